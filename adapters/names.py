@@ -1,0 +1,37 @@
+"""Adapter names as clients write them: `tenant/name`, optionally pinned as `tenant/name@7`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_PART = r"[a-z0-9][a-z0-9._-]{0,62}"
+_ADAPTER_ID = re.compile(rf"(?P<tenant>{_PART})/(?P<name>{_PART})")
+_MODEL_REF = re.compile(rf"(?P<adapter>{_PART}/{_PART})(?:@(?P<version>[1-9][0-9]{{0,8}}))?")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    adapter_id: str
+    version: int | None  # None: whatever version is live
+
+    @property
+    def tenant(self) -> str:
+        return self.adapter_id.split("/", 1)[0]
+
+
+def is_valid_adapter_id(adapter_id: str) -> bool:
+    return _ADAPTER_ID.fullmatch(adapter_id) is not None
+
+
+def parse_model_ref(model: str) -> ModelRef | None:
+    """`acme/support` or `acme/support@3`; None when the text is not an adapter reference."""
+    match = _MODEL_REF.fullmatch(model)
+    if match is None:
+        return None
+    version = match.group("version")
+    return ModelRef(match.group("adapter"), int(version) if version else None)
+
+
+def served_name(adapter_id: str, version: int) -> str:
+    return f"{adapter_id}@{version}"

@@ -1,0 +1,121 @@
+"""The `loraloop` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="loraloop: one frozen base model, many tenants' LoRA adapters, chosen per request, "
+    "served through an OpenAI-compatible API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_DEMO_MODEL = Path(".loraloop/demo-model")
+
+
+def _parse_adapters(specs: list[str]) -> dict[str, Path]:
+    adapters = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise typer.BadParameter(f"'{spec}' is not tenant/name=PATH", param_hint="--adapter")
+        adapters[name] = Path(path)
+    return adapters
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(
+        help="Base model: a local directory or a hub id. Without it (and without "
+        "LORALOOP_MODEL) the demo model is built in .loraloop/demo-model and served.")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        help="Serve an adapter directory from start-up as tenant/name=PATH (repeatable).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="vllm (default) or reference (transformers + PEFT, for comparison only).")] = None,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="Name clients use for the base model (default: the model's name).")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length.")] = None,
+    max_loras: Annotated[int | None, typer.Option(help="Adapters resident at once.")] = None,
+    max_cpu_loras: Annotated[int | None, typer.Option(
+        help="Adapters cached in host memory.")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
+    enforce_eager: Annotated[bool | None, typer.Option(
+        help="Skip graph capture: faster start, slower decoding.")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache size (CPU).")] = None,
+) -> None:
+    """Start the server. Every option can also be set as LORALOOP_<OPTION> in the environment."""
+    import uvicorn
+
+    from .app import create_app
+    from .settings import ServeSettings
+
+    options = dict(
+        model=model, host=host, port=port, engine=engine, served_model_name=served_model_name,
+        max_model_len=max_model_len, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
+        max_lora_rank=max_lora_rank, dtype=dtype, enforce_eager=enforce_eager,
+        kv_cache_gib=kv_cache_gib,
+    )
+    # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
+    overrides = {name: value for name, value in options.items() if value is not None}
+    if adapter:
+        overrides["adapters"] = _parse_adapters(adapter)
+    if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
+        overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
+    _configure_logging()
+    settings = ServeSettings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="info", timeout_graceful_shutdown=30)
+
+
+def _ensure_demo_model(path: Path) -> Path:
+    if not path.exists():
+        from .demo_model import build_demo_model
+
+        typer.echo(f"building the demo model in {path} ...", err=True)
+        build_demo_model(path)
+    return path
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command("demo-model")
+def demo_model(
+    directory: Annotated[Path, typer.Argument(help="Where to write the model (must not exist).")],
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+) -> None:
+    """Build the tiny demo model (random weights, trained tokenizer, chat template), offline."""
+    from .demo_model import build_demo_model
+
+    build_demo_model(directory, seed=seed)
+    typer.echo(f"demo model written to {directory}")
+
+
+@app.command("demo-adapter")
+def demo_adapter(
+    directory: Annotated[Path, typer.Argument(help="Where to write the adapter.")],
+    model: Annotated[Path, typer.Option(help="The base model directory.")],
+    seed: Annotated[int, typer.Option(help="Different seeds give different adapters.")] = 1,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+) -> None:
+    """Write a LoRA adapter with random weights for a local base model (safetensors)."""
+    from .demo_model import build_random_adapter
+
+    build_random_adapter(model, directory, seed=seed, rank=rank)
+    typer.echo(f"adapter written to {directory}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,172 @@
+"""Demo artifacts built offline: a tiny Llama model and random LoRA adapters for it.
+
+Nothing here touches a model hub. The model has random weights, a byte-level BPE tokenizer
+trained on a built-in corpus, and a ChatML chat template; vLLM and transformers both load it.
+The same seed always gives byte-identical files, so tests and demos are reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]
+
+# ChatML: the assistant turn ends with <|im_end|>, which is also the generation stop token.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_WORDS = (
+    "the a an of to and in is it that for on with as was be at by this from or have not are "
+    "you we they he she his her their our what which who when where why how can will would "
+    "could should may might must do does did done make made take took give gave get got see "
+    "saw know knew think thought say said tell told ask asked help answer question model "
+    "adapter tenant server request response feedback version train learn better good bad "
+    "yes no please thanks hello world data time day year people way thing man woman child "
+    "water food house city country number word sentence story book music light night sun "
+    "support ticket order refund account password login error retry success failure price "
+    "one two three four five six seven eight nine ten first last next new old big small"
+).split()
+
+
+@dataclass(frozen=True)
+class DemoModelShape:
+    """Dimensions of the generated model. The default is tiny; benchmarks use larger shapes."""
+
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 2048
+    max_position_embeddings: int = 2048
+    # Large enough that logits are peaked: greedy decoding then does not hinge on rounding
+    # differences between engines' kernels.
+    initializer_range: float = 0.2
+
+
+def _corpus(seed: int, lines: int = 4000) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(_WORDS, k=rng.randint(4, 16))) + "." for _ in range(lines)]
+
+
+def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    # Prepend BOS to plain prompts the way Llama tokenizers do.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=BOS,
+        eos_token=IM_END,  # what a chat turn ends with, so generation stops there
+        pad_token=PAD,
+        additional_special_tokens=[EOS, IM_START],
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | None = None) -> Path:
+    """Write a complete model directory to `target` atomically (temp dir, then rename)."""
+    shape = shape or DemoModelShape()
+    target = Path(target)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; remove it or choose another directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=target.parent))
+    try:
+        tokenizer = build_tokenizer(shape.vocab_size, seed)
+        tokenizer.save_pretrained(staging)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=shape.hidden_size,
+            intermediate_size=shape.intermediate_size,
+            num_hidden_layers=shape.num_hidden_layers,
+            num_attention_heads=shape.num_attention_heads,
+            num_key_value_heads=shape.num_key_value_heads,
+            max_position_embeddings=shape.max_position_embeddings,
+            initializer_range=shape.initializer_range,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False,
+            dtype="float32",
+        )
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+        model.generation_config.do_sample = False
+        model.save_pretrained(staging, safe_serialization=True)
+        _fsync_tree(staging)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def build_random_adapter(
+    base_model_dir: Path, target: Path, *, seed: int, rank: int = 8, scale: float = 0.5
+) -> Path:
+    """Write a LoRA adapter with random A and B for the model in `base_model_dir`.
+
+    PEFT initialises B to zero (a no-op adapter); random B makes every adapter change the
+    model's output, so tests can tell adapters apart.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    target = Path(target)
+    base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=list(LORA_TARGET_MODULES),
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(base, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    model.save_pretrained(target, safe_serialization=True)
+    return target

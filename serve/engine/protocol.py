@@ -1,0 +1,86 @@
+"""The boundary between the HTTP layer and whatever runs the model.
+
+An engine knows token ids, sampling settings and adapter files; it knows nothing about HTTP,
+chat templates or tenants. Two implementations: vLLM (the product) and transformers + PEFT
+(the test oracle and benchmark baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """One immutable adapter version, as the engine needs it.
+
+    `lora_int_id` is unique per version and never reused: vLLM keys its caches (LoRA slots,
+    prefix cache) by it, so reusing an id for other weights would serve stale state.
+    """
+
+    adapter_id: str  # "tenant/name"
+    version: int
+    lora_int_id: int
+    path: Path
+
+    @property
+    def served_name(self) -> str:
+        return f"{self.adapter_id}@{self.version}"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives per token; None: no logprobs at all
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...]  # most likely first, at most SamplingSpec.logprobs
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """What one engine step added to one sequence."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None
+    finish_reason: FinishReason | None
+
+
+class Engine(Protocol):
+    max_model_len: int
+    active_requests: int  # generations started and not yet finished or aborted
+    aborted_requests: int  # generations stopped before they finished (client gone, error)
+
+    async def start(self) -> None: ...
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        """Load the adapter's weights; raises AdapterUnavailable if they cannot be used."""
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None: ...
+
+    def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        adapter: AdapterRef | None,
+        request_id: str,
+    ) -> AsyncIterator[GenerationDelta]:
+        """Stream deltas; closing the iterator early aborts the request in the engine."""
+
+    def is_healthy(self) -> bool: ...
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,165 @@
+"""The vLLM engine, in-process (AsyncLLM), one LoRARequest per request. The only vLLM import site.
+
+vLLM's own LoRA cache does the hot-swapping: `max_loras` adapters sit in the engine's slots,
+`max_cpu_loras` more stay in host memory, the rest are re-read from their (immutable) files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from ..errors import AdapterUnavailable, EngineUnavailable
+from .protocol import AdapterRef, GenerationDelta, SamplingSpec, TokenLogprob
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    model: str
+    max_model_len: int
+    max_loras: int
+    max_cpu_loras: int
+    max_lora_rank: int
+    max_logprobs: int
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    gpu_memory_utilization: float = 0.9
+    kv_cache_gib: float | None = None  # CPU: host memory for the KV cache
+    seed: int = 0
+
+
+def _lora_request(adapter: AdapterRef) -> LoRARequest:
+    return LoRARequest(adapter.served_name, adapter.lora_int_id, str(adapter.path))
+
+
+def _sampling_params(spec: SamplingSpec) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        stop=list(spec.stop) or None,
+        logprobs=spec.logprobs,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _token_logprobs(token_ids, logprobs, k: int) -> tuple[TokenLogprob, ...]:
+    # logprobs: one {token_id: Logprob} per new token; it always holds the sampled token.
+    converted = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=True):
+        chosen = candidates[token_id]
+        ranked = sorted(candidates.values(), key=lambda c: c.logprob, reverse=True)[:k]
+        top = tuple((c.decoded_token or "", c.logprob) for c in ranked)
+        converted.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
+    return tuple(converted)
+
+
+class VLLMEngine:
+    def __init__(self, config: VLLMConfig) -> None:
+        self.config = config
+        self.max_model_len = config.max_model_len
+        self.active_requests = 0
+        self.aborted_requests = 0
+        self._engine: AsyncLLM | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        args = AsyncEngineArgs(
+            model=c.model,
+            max_model_len=c.max_model_len,
+            dtype=c.dtype,
+            enforce_eager=c.enforce_eager,
+            gpu_memory_utilization=c.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(c.kv_cache_gib * GiB) if c.kv_cache_gib else None,
+            enable_lora=True,
+            max_loras=c.max_loras,
+            max_cpu_loras=c.max_cpu_loras,
+            max_lora_rank=c.max_lora_rank,
+            max_logprobs=c.max_logprobs,
+            seed=c.seed,
+            disable_log_stats=True,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+
+    @property
+    def engine(self) -> AsyncLLM:
+        if self._engine is None:
+            raise EngineUnavailable("The engine is still starting; retry shortly.")
+        return self._engine
+
+    async def add_adapter(self, adapter: AdapterRef) -> None:
+        # add_lora fails cleanly on bad weights, whereas a bad adapter reaching generate()
+        # kills the engine for every tenant: every version passes through here first.
+        try:
+            await self.engine.add_lora(_lora_request(adapter))
+        except EngineDeadError as exc:
+            raise EngineUnavailable("The engine has stopped.") from exc
+        except Exception as exc:
+            logger.warning("loading adapter %s failed: %s", adapter.served_name, exc)
+            raise AdapterUnavailable(
+                f"The adapter '{adapter.served_name}' could not be loaded; "
+                "an operator must register a working version."
+            ) from exc
+
+    async def remove_adapter(self, adapter: AdapterRef) -> None:
+        await self.engine.remove_lora(adapter.lora_int_id)
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        adapter: AdapterRef | None,
+        request_id: str,
+    ) -> AsyncIterator[GenerationDelta]:
+        stream = self.engine.generate(
+            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            _sampling_params(sampling),
+            request_id,
+            lora_request=_lora_request(adapter) if adapter else None,
+        )
+        self.active_requests += 1
+        finished = False
+        try:
+            async for output in stream:
+                finished = output.finished
+                completion = output.outputs[0]
+                logprobs = None
+                if sampling.logprobs is not None and completion.logprobs is not None:
+                    logprobs = _token_logprobs(
+                        completion.token_ids, completion.logprobs, sampling.logprobs
+                    )
+                yield GenerationDelta(
+                    text=completion.text,
+                    token_ids=tuple(completion.token_ids),
+                    logprobs=logprobs,
+                    finish_reason=completion.finish_reason if output.finished else None,
+                )
+        except EngineDeadError as exc:
+            raise EngineUnavailable("The engine has stopped.") from exc
+        finally:
+            # Closing vLLM's generator aborts the request in the engine (client gone).
+            await stream.aclose()
+            self.active_requests -= 1
+            self.aborted_requests += not finished
+
+    def is_healthy(self) -> bool:
+        return self._engine is not None and not self._engine.errored
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            self._engine.shutdown()
+            self._engine = None

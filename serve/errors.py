@@ -1,0 +1,130 @@
+"""One error taxonomy for the whole server, and its single mapping to OpenAI's error shape.
+
+Code raises these; `install_error_handlers` turns them into
+`{"error": {"message", "type", "param", "code"}}` with the right status. Anything else is a
+bug: it is logged with its traceback and the client gets a sanitized 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class LoraloopError(Exception):
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(LoraloopError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AdapterNotFound(LoraloopError):
+    """Unknown and foreign adapters look the same, so tenants cannot probe for names."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model '{model}' does not exist or you do not have access to it. "
+            "GET /v1/models lists the models you can use.",
+            param="model",
+        )
+
+
+class AdapterUnavailable(LoraloopError):
+    """The adapter is known but its weights could not be loaded into the engine."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "adapter_load_failed"
+
+
+class Overloaded(LoraloopError):
+    status_code = 503
+    error_type = "server_error"
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class EngineUnavailable(Overloaded):
+    code = "engine_unavailable"
+
+
+def error_body(message: str, error_type: str, *, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _response(err: LoraloopError) -> JSONResponse:
+    body = error_body(err.message, err.error_type, param=err.param, code=err.code)
+    return JSONResponse(body, status_code=err.status_code, headers=err.headers())
+
+
+def _validation_param(loc: tuple) -> str | None:
+    # loc is ("body", "messages", 0, "content"): drop the location kind, join the rest.
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query") else []
+    return ".".join(parts) or None
+
+
+def validation_error(exc: RequestValidationError) -> InvalidRequest:
+    problems = exc.errors()
+    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON: " + first["msg"] + ".")
+    described = "; ".join(
+        f"{_validation_param(tuple(p['loc'])) or 'body'}: {p['msg']}" for p in problems
+    )
+    return InvalidRequest(described, param=_validation_param(tuple(first["loc"])))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(LoraloopError)
+    async def _known(_: Request, exc: LoraloopError) -> JSONResponse:
+        return _response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        body = error_body(str(exc.detail), error_type, param=None, code=None)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        body = error_body("The server had an internal error.", "server_error", param=None,
+                          code="internal_error")
+        return JSONResponse(body, status_code=500)

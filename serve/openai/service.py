@@ -1,0 +1,201 @@
+"""The logic behind /v1/chat/completions and /v1/completions.
+
+Resolve the model to an adapter version, check the request against the configured bounds,
+render the prompt to token ids, admit the request, make sure its adapter is loaded, and
+start one engine request per choice. Errors found before the first token come back as HTTP
+errors; the first token is awaited here for that reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from ..admission import AdmissionGate
+from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
+from ..errors import EngineUnavailable, InvalidRequest
+from ..prompts import PromptRenderer
+from ..routing import RoutingTable
+from ..settings import RequestLimits
+from ..streams import merge_indexed, prepend, releasing
+from ..warmup import AdapterWarmer
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+
+@dataclass
+class Generation:
+    id: str
+    created: int
+    model: str  # what served it: the base model's name or "tenant/name@version"
+    adapter: AdapterRef | None
+    prompt_tokens: int
+    choices: int
+    events: AsyncIterator[tuple[int, GenerationDelta]]
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+async def collect(generation: Generation) -> list[ChoiceResult]:
+    results = [ChoiceResult() for _ in range(generation.choices)]
+    async for index, delta in generation.events:
+        result = results[index]
+        result.text += delta.text
+        result.completion_tokens += len(delta.token_ids)
+        result.logprobs.extend(delta.logprobs or ())
+        result.finish_reason = delta.finish_reason or result.finish_reason
+    return results
+
+
+class GenerationService:
+    def __init__(
+        self,
+        engine: Engine,
+        renderer: PromptRenderer,
+        warmer: AdapterWarmer,
+        admission: AdmissionGate,
+        limits: RequestLimits,
+        routes: RoutingTable,
+    ) -> None:
+        self.engine, self.renderer, self.warmer = engine, renderer, warmer
+        self.admission, self.limits, self.routes = admission, limits, routes
+        self.ready = False
+
+    async def chat(self, request: ChatCompletionRequest) -> Generation:
+        adapter = self.routes.snapshot.resolve(request.model)
+        self._check_sampling(request, request.requested_max_tokens)
+        if len(request.messages) > self.limits.max_messages:
+            raise InvalidRequest(
+                f"At most {self.limits.max_messages} messages per request.", param="messages"
+            )
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in request.messages
+        ]
+        self._check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
+        top = self._check_logprobs(request.top_logprobs or 0, "top_logprobs")
+        prompt = self.renderer.chat(messages)
+        sampling = self._sampling(request, prompt, request.requested_max_tokens, "messages",
+                                  logprobs=top if request.logprobs else None)
+        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n)
+
+    async def complete(self, request: CompletionRequest) -> Generation:
+        adapter = self.routes.snapshot.resolve(request.model)
+        self._check_sampling(request, request.max_tokens)
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = self._check_logprobs(request.logprobs, "logprobs")
+        prompts = [
+            (ids, self._sampling(request, ids, request.max_tokens, "prompt", logprobs=logprobs))
+            for ids in self._completion_prompts(request.prompt)
+        ]
+        return await self._start("cmpl", adapter, prompts, request.n)
+
+    def _completion_prompts(self, prompt) -> list[list[int]]:
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            prompt = [prompt]
+        if not prompt or len(prompt) > self.limits.max_prompts:
+            raise InvalidRequest(
+                f"Send between 1 and {self.limits.max_prompts} prompts.", param="prompt"
+            )
+        texts = [p for p in prompt if isinstance(p, str)]
+        self._check_prompt_chars(sum(map(len, texts)), "prompt")
+        renderer = self.renderer
+        token_lists = [
+            renderer.text(p) if isinstance(p, str) else renderer.check_token_ids(p, "prompt")
+            for p in prompt
+        ]
+        if any(not ids for ids in token_lists):
+            raise InvalidRequest("A prompt must not be empty.", param="prompt")
+        return token_lists
+
+    def _check_sampling(self, request: SamplingFields, max_tokens: int | None) -> None:
+        limits = self.limits
+        if request.n > limits.max_n:
+            raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
+        if max_tokens is not None and max_tokens > limits.max_tokens:
+            raise InvalidRequest(
+                f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens"
+            )
+        stop = request.stop_sequences()
+        if len(stop) > limits.max_stop or any(
+            not 0 < len(s) <= limits.max_stop_chars for s in stop
+        ):
+            raise InvalidRequest(
+                f"Up to {limits.max_stop} stop sequences of 1 to {limits.max_stop_chars} "
+                "characters each.",
+                param="stop",
+            )
+
+    def _check_logprobs(self, requested: int, param: str) -> int:
+        if requested > self.limits.max_top_logprobs:
+            raise InvalidRequest(
+                f"{param} must be at most {self.limits.max_top_logprobs}.", param=param
+            )
+        return requested
+
+    def _check_prompt_chars(self, chars: int, param: str) -> None:
+        if chars > self.limits.max_prompt_chars:
+            raise InvalidRequest(
+                f"The prompt has {chars} characters; the limit is "
+                f"{self.limits.max_prompt_chars}.",
+                param=param,
+            )
+
+    def _sampling(self, request: SamplingFields, prompt: list[int], max_tokens: int | None,
+                  prompt_param: str, *, logprobs: int | None) -> SamplingSpec:
+        return SamplingSpec(
+            max_tokens=self.renderer.max_tokens_for(
+                len(prompt), max_tokens, self.limits.default_max_tokens, prompt_param=prompt_param
+            ),
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stop_sequences(),
+            logprobs=logprobs,
+        )
+
+    async def _start(self, prefix: str, adapter: AdapterRef | None,
+                     prompts: list[tuple[list[int], SamplingSpec]], n: int) -> Generation:
+        if not self.ready:
+            raise EngineUnavailable("The model is still loading; retry shortly.")
+        generation_id = f"{prefix}-{uuid.uuid4().hex}"
+        ticket = self.admission.admit()
+        try:
+            if adapter is not None:
+                await self.warmer.ensure_loaded(adapter)
+            streams = [
+                self.engine.generate(ids, _choice_sampling(spec, sample), adapter,
+                                     f"{generation_id}-{p * n + sample}")
+                for p, (ids, spec) in enumerate(prompts)
+                for sample in range(n)
+            ]
+            events = releasing(merge_indexed(streams), ticket.release)
+            first = await anext(events)
+        except BaseException:
+            ticket.release()
+            raise
+        return Generation(
+            id=generation_id,
+            created=int(time.time()),
+            model=adapter.served_name if adapter else self.routes.snapshot.base_model,
+            adapter=adapter,
+            prompt_tokens=sum(len(ids) for ids, _ in prompts),
+            choices=len(prompts) * n,
+            events=prepend(first, events),
+        )
+
+
+def _choice_sampling(spec: SamplingSpec, sample: int) -> SamplingSpec:
+    # With n > 1 and a seed, each sample gets its own seed so the choices differ, yet the
+    # whole response stays reproducible.
+    if spec.seed is None or sample == 0:
+        return spec
+    return replace(spec, seed=(spec.seed + sample) % 2**63)

@@ -1,0 +1,30 @@
+"""What one server process holds, built once at start-up and injected into routes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from .engine.protocol import Engine
+from .metrics import ServeMetrics
+from .openai.service import GenerationService
+from .routing import RoutingTable
+from .settings import ServeSettings
+from .warmup import AdapterWarmer
+
+
+@dataclass
+class ServerState:
+    settings: ServeSettings
+    engine: Engine
+    routes: RoutingTable
+    warmer: AdapterWarmer
+    service: GenerationService
+    metrics: ServeMetrics
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.loraloop

@@ -1,0 +1,181 @@
+"""Small pieces on their own: names, routing, settings, text streaming, stream merging."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from loraloop.adapters.names import ModelRef, parse_model_ref
+from loraloop.serve.engine.reference import IncrementalText
+from loraloop.serve.errors import AdapterNotFound
+from loraloop.serve.routing import RoutingSnapshot
+from loraloop.serve.settings import ServeSettings
+from loraloop.serve.streams import merge_indexed
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("acme/support", ModelRef("acme/support", None)),
+    ("acme/support@12", ModelRef("acme/support", 12)),
+    ("a.b_c-d/e9", ModelRef("a.b_c-d/e9", None)),
+])
+def test_model_refs(text, expected):
+    assert parse_model_ref(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "acme", "Acme/support", "acme/support@0", "acme/support@x", "../acme/x", "/abs/path",
+    "acme/sup port", "acme/-x", "acme//x", "acme/x/y", "a" * 64 + "/x", "acme/x@01",
+])
+def test_invalid_model_refs(text):
+    assert parse_model_ref(text) is None
+
+
+def test_routing_resolves_base_live_and_pinned(tmp_path):
+    snapshot = RoutingSnapshot.from_directories("base", {"b/two": tmp_path, "a/one": tmp_path})
+    assert snapshot.resolve("base") is None
+    one = snapshot.resolve("a/one")
+    assert (one.adapter_id, one.version, one.served_name) == ("a/one", 1, "a/one@1")
+    assert snapshot.resolve("a/one@1") == one
+    assert snapshot.resolve("b/two").lora_int_id != one.lora_int_id
+    for unknown in ("a/one@2", "c/three", "not a name"):
+        with pytest.raises(AdapterNotFound):
+            snapshot.resolve(unknown)
+
+
+def test_settings_refuse_bad_adapters_and_explain(tmp_path):
+    with pytest.raises(ValidationError) as refused:
+        ServeSettings(model="m", adapters={"Bad Name": tmp_path, "acme/x": tmp_path / "missing"})
+    message = str(refused.value)
+    assert "'Bad Name' is not tenant/name" in message
+    assert "missing is not a directory" in message
+
+
+def test_settings_refuse_inconsistent_values():
+    with pytest.raises(ValidationError, match="max_cpu_loras"):
+        ServeSettings(model="m", max_loras=8, max_cpu_loras=4)
+    with pytest.raises(ValidationError, match="max_lora_rank"):
+        ServeSettings(model="m", max_lora_rank=7)
+    with pytest.raises(ValidationError, match="default_max_tokens"):
+        ServeSettings(model="m", limits={"max_tokens": 10, "default_max_tokens": 20})
+
+
+def test_settings_from_environment(monkeypatch):
+    monkeypatch.setenv("LORALOOP_MODEL", "/models/x")
+    monkeypatch.setenv("LORALOOP_LIMITS__MAX_N", "3")
+    settings = ServeSettings(port=9000)
+    assert (settings.model, settings.port, settings.limits.max_n) == ("/models/x", 9000, 3)
+    assert settings.base_model_name == "x"
+
+
+class CharTokenizer:
+    """Token i is chr(i); 0xFFFD stands for half a character."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(map(chr, ids))
+
+
+def stream_text(text: str, stop: tuple[str, ...]) -> tuple[list[str], bool]:
+    incremental, ids, deltas = IncrementalText(CharTokenizer(), stop), [], []
+    for i, ch in enumerate(text):
+        ids.append(ord(ch))
+        delta, stopped = incremental.step(ids, final=i == len(text) - 1)
+        deltas.append(delta)
+        if stopped:
+            return deltas, True
+    return deltas, False
+
+
+def test_incremental_text_holds_back_possible_stop_strings():
+    deltas, stopped = stream_text("hello world", stop=("wor",))
+    assert stopped and "".join(deltas) == "hello "
+    assert all("w" not in d for d in deltas)
+
+
+def test_incremental_text_without_stop_emits_everything():
+    deltas, stopped = stream_text("hello", stop=())
+    assert not stopped and deltas == list("hello")
+
+
+def test_incremental_text_withholds_a_trailing_half_character():
+    deltas, _ = stream_text("ab\ufffd", stop=())
+    assert "".join(deltas) == "ab"
+
+
+def test_merge_indexed_interleaves_and_tags():
+    async def numbers(prefix: str, count: int):
+        for i in range(count):
+            await asyncio.sleep(0)
+            yield f"{prefix}{i}"
+
+    async def run():
+        return [item async for item in merge_indexed([numbers("a", 3), numbers("b", 2)])]
+
+    merged = asyncio.run(run())
+    assert sorted(merged) == [(0, "a0"), (0, "a1"), (0, "a2"), (1, "b0"), (1, "b1")]
+    assert [v for i, v in merged if i == 0] == ["a0", "a1", "a2"]
+
+
+def test_merge_indexed_closes_every_stream_when_left_early():
+    closed = []
+
+    async def endless(name: str):
+        try:
+            while True:
+                await asyncio.sleep(0)
+                yield name
+        finally:
+            closed.append(name)
+
+    async def run():
+        merged = merge_indexed([endless("x"), endless("y")])
+        await anext(merged)
+        await merged.aclose()
+
+    asyncio.run(run())
+    assert sorted(closed) == ["x", "y"]
+
+
+def test_merge_indexed_raises_a_stream_error():
+    async def failing():
+        yield 1
+        raise RuntimeError("engine fell over")
+
+    async def ok():
+        yield 2
+
+    async def run():
+        return [item async for item in merge_indexed([failing(), ok()])]
+
+    with pytest.raises(RuntimeError, match="engine fell over"):
+        asyncio.run(run())
+
+
+def test_cli_help_lists_the_commands():
+    from typer.testing import CliRunner
+
+    from loraloop.serve.cli import app
+
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "demo-model", "demo-adapter"):
+        assert command in result.output
+
+
+def test_cli_refuses_a_malformed_adapter_flag():
+    from typer.testing import CliRunner
+
+    from loraloop.serve.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", "m", "--adapter", "no-equals-sign"])
+    assert result.exit_code != 0
+    assert "tenant/name=PATH" in result.output
+
+
+def test_routing_paths_are_resolved_server_side(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path)
+    ref = RoutingSnapshot.from_directories("base", {"a/x": link}).resolve("a/x")
+    assert ref.path == Path(tmp_path).resolve()
