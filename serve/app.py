@@ -44,7 +44,8 @@ async def _start_engine(state: ServerState) -> None:
         await state.engine.start()
         await state.warmer.warm(state.routes.snapshot.live_adapters())
     except Exception:
-        logger.exception("the engine failed to start; /ready stays 503")
+        logger.exception("the engine failed to start; /health and /ready answer 503")
+        state.start_failed = True
         return
     state.service.ready = True
     snapshot = state.routes.snapshot

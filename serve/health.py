@@ -15,16 +15,20 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 @router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+async def health(state: StateDep) -> JSONResponse:
+    # 200 while the model loads (a liveness probe must not kill a slow start), 503 once the
+    # engine is lost, so the orchestrator restarts the process.
+    if state.engine_lost():
+        return JSONResponse({"status": "engine_lost"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/ready")
 async def ready(state: StateDep) -> JSONResponse:
-    if state.service.ready and state.engine.is_healthy():
+    if state.service.ready and not state.engine_lost():
         return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "starting" if not state.service.ready else "engine_down"},
-                        status_code=503)
+    status = "engine_lost" if state.engine_lost() else "starting"
+    return JSONResponse({"status": status}, status_code=503)
 
 
 @router.get("/metrics")

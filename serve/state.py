@@ -24,6 +24,11 @@ class ServerState:
     service: GenerationService
     metrics: ServeMetrics
     started_at: int = field(default_factory=lambda: int(time.time()))
+    start_failed: bool = False
+
+    def engine_lost(self) -> bool:
+        """The engine failed to start or died: only a restart helps."""
+        return self.start_failed or (self.service.ready and not self.engine.is_healthy())
 
 
 def get_state(request: Request) -> ServerState:

@@ -26,6 +26,9 @@ BASE_MODEL_NAME = "demo"
 # float32 so greedy decoding in vLLM matches transformers + PEFT token for token.
 ENGINE_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
                "--kv-cache-gib", "1", "--served-model-name", BASE_MODEL_NAME]
+# Fewer engine slots and host-cache places than adapters: requests keep swapping adapters in
+# and out, and evicted ones are read again from their files.
+LORA_CACHE_ARGS = ["--max-loras", "2", "--max-cpu-loras", "4"]
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +70,9 @@ def adapter_flags(adapters: dict[str, Path]) -> list[str]:
 def vllm_server(demo_model, adapter_dirs, broken_adapter_dir, tmp_path_factory):
     adapters = {**adapter_dirs, BROKEN_ADAPTER: broken_adapter_dir}
     server = ServerProcess(
-        ["--model", str(demo_model), *ENGINE_ARGS, *adapter_flags(adapters)],
+        ["--model", str(demo_model), *ENGINE_ARGS, *LORA_CACHE_ARGS, *adapter_flags(adapters)],
         tmp_path_factory.mktemp("logs") / "vllm-server.log",
-        env={"LORALOOP_LIMITS__MAX_TOKENS": "512"},
+        env={"LORALOOP_LIMITS__MAX_TOKENS": "1000"},
     )
     try:
         yield server.wait_ready()

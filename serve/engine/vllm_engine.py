@@ -19,7 +19,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from ..errors import AdapterUnavailable, EngineUnavailable
-from .protocol import AdapterRef, GenerationDelta, SamplingSpec, TokenLogprob
+from .protocol import AdapterRef, FinishReason, GenerationDelta, SamplingSpec, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,13 @@ def _token_logprobs(token_ids, logprobs, k: int) -> tuple[TokenLogprob, ...]:
         top = tuple((c.decoded_token or "", c.logprob) for c in ranked)
         converted.append(TokenLogprob(chosen.decoded_token or "", chosen.logprob, top))
     return tuple(converted)
+
+
+def _finish_reason(reason: str | None, finished: bool) -> FinishReason | None:
+    # vLLM also reports "abort", which only a request we abandoned ever sees.
+    if not finished:
+        return None
+    return "length" if reason == "length" else "stop"
 
 
 class VLLMEngine:
@@ -146,7 +153,7 @@ class VLLMEngine:
                     text=completion.text,
                     token_ids=tuple(completion.token_ids),
                     logprobs=logprobs,
-                    finish_reason=completion.finish_reason if output.finished else None,
+                    finish_reason=_finish_reason(completion.finish_reason, output.finished),
                 )
         except EngineDeadError as exc:
             raise EngineUnavailable("The engine has stopped.") from exc
