@@ -121,6 +121,7 @@ def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | Non
         model.generation_config.do_sample = False
         model.save_pretrained(staging, safe_serialization=True)
         _fsync_tree(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -20,6 +20,8 @@ CASES = {
     "foreign-looking path": (chat(model="../../etc/passwd"), 404, "model"),
     "unknown pinned version": (chat(model="acme/support@9"), 404, "model"),
     "max_tokens over the bound": (chat(max_tokens=100_000), 400, "max_tokens"),
+    "max_completion_tokens over the bound": (chat(max_completion_tokens=100_000), 400,
+                                             "max_completion_tokens"),
     "max_tokens zero": (chat(max_tokens=0), 400, "max_tokens"),
     "negative temperature": (chat(temperature=-0.5), 400, "temperature"),
     "top_p zero": (chat(top_p=0), 400, "top_p"),

@@ -35,6 +35,10 @@ def test_tokenizer_round_trips_text(demo_model):
     assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
 
 
+def test_model_directory_is_readable_by_others(demo_model):
+    assert demo_model.stat().st_mode & 0o755 == 0o755
+
+
 def test_refuses_to_overwrite(demo_model):
     with pytest.raises(FileExistsError):
         build_demo_model(demo_model)

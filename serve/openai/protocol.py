@@ -75,6 +75,11 @@ class ChatCompletionRequest(SamplingFields):
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    @property
+    def max_tokens_param(self) -> str:
+        """Which of the two names the client used, for error messages."""
+        return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+
 
 TokenIds = list[Annotated[int, Field(ge=0)]]
 

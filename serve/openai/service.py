@@ -70,7 +70,7 @@ class GenerationService:
 
     async def chat(self, request: ChatCompletionRequest) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model)
-        self._check_sampling(request, request.requested_max_tokens)
+        self._check_sampling(request, request.requested_max_tokens, request.max_tokens_param)
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(
                 f"At most {self.limits.max_messages} messages per request.", param="messages"
@@ -88,7 +88,7 @@ class GenerationService:
 
     async def complete(self, request: CompletionRequest) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model)
-        self._check_sampling(request, request.max_tokens)
+        self._check_sampling(request, request.max_tokens, "max_tokens")
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._check_logprobs(request.logprobs, "logprobs")
@@ -116,13 +116,16 @@ class GenerationService:
             raise InvalidRequest("A prompt must not be empty.", param="prompt")
         return token_lists
 
-    def _check_sampling(self, request: SamplingFields, max_tokens: int | None) -> None:
+    def _check_sampling(
+        self, request: SamplingFields, max_tokens: int | None, max_tokens_param: str
+    ) -> None:
         limits = self.limits
         if request.n > limits.max_n:
             raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
         if max_tokens is not None and max_tokens > limits.max_tokens:
             raise InvalidRequest(
-                f"max_tokens must be at most {limits.max_tokens}.", param="max_tokens"
+                f"{max_tokens_param} must be at most {limits.max_tokens}.",
+                param=max_tokens_param,
             )
         stop = request.stop_sequences()
         if len(stop) > limits.max_stop or any(
