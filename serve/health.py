@@ -25,10 +25,11 @@ async def health(state: StateDep) -> JSONResponse:
 
 @router.get("/ready")
 async def ready(state: StateDep) -> JSONResponse:
-    if state.service.ready and not state.engine_lost():
-        return JSONResponse({"status": "ready"})
-    status = "engine_lost" if state.engine_lost() else "starting"
-    return JSONResponse({"status": status}, status_code=503)
+    if state.engine_lost():
+        return JSONResponse({"status": "engine_lost"}, status_code=503)
+    if not state.service.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/metrics")

@@ -41,7 +41,8 @@ class PromptRenderer:
         return token_ids
 
     def max_tokens_for(
-        self, prompt_len: int, requested: int | None, default: int, *, prompt_param: str
+        self, prompt_len: int, requested: int | None, default: int, *, prompt_param: str,
+        max_tokens_param: str,
     ) -> int:
         """How many tokens to generate; refuses prompts that leave no room in the context."""
         room = self.max_model_len - prompt_len
@@ -56,8 +57,8 @@ class PromptRenderer:
         if requested > room:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.max_model_len} tokens. The "
-                f"prompt has {prompt_len} tokens and max_tokens asks for {requested}; "
-                f"lower max_tokens to {room} or shorten the prompt.",
-                param="max_tokens",
+                f"prompt has {prompt_len} tokens and {max_tokens_param} asks for {requested}; "
+                f"lower {max_tokens_param} to {room} or shorten the prompt.",
+                param=max_tokens_param,
             )
         return requested

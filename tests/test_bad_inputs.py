@@ -44,6 +44,9 @@ CASES = {
     "max_tokens beyond the context": (
         chat(messages=[{"role": "user", "content": "word " * 700}], max_tokens=500), 400,
         "max_tokens"),
+    "max_completion_tokens beyond the context": (
+        chat(messages=[{"role": "user", "content": "word " * 700}], max_completion_tokens=500),
+        400, "max_completion_tokens"),
 }
 
 COMPLETION_CASES = {

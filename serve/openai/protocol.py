@@ -39,6 +39,15 @@ class SamplingFields(StrictRequest):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=MAX_ID_CHARS)
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def max_tokens_param(self) -> str:
+        """The name the client used for the token budget, for error messages."""
+        return "max_tokens"
+
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -77,7 +86,6 @@ class ChatCompletionRequest(SamplingFields):
 
     @property
     def max_tokens_param(self) -> str:
-        """Which of the two names the client used, for error messages."""
         return "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
 
 

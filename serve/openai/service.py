@@ -70,7 +70,7 @@ class GenerationService:
 
     async def chat(self, request: ChatCompletionRequest) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model)
-        self._check_sampling(request, request.requested_max_tokens, request.max_tokens_param)
+        self._check_sampling(request)
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(
                 f"At most {self.limits.max_messages} messages per request.", param="messages"
@@ -82,18 +82,18 @@ class GenerationService:
         self._check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
         top = self._check_logprobs(request.top_logprobs or 0, "top_logprobs")
         prompt = self.renderer.chat(messages)
-        sampling = self._sampling(request, prompt, request.requested_max_tokens, "messages",
+        sampling = self._sampling(request, prompt, "messages",
                                   logprobs=top if request.logprobs else None)
         return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n)
 
     async def complete(self, request: CompletionRequest) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model)
-        self._check_sampling(request, request.max_tokens, "max_tokens")
+        self._check_sampling(request)
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._check_logprobs(request.logprobs, "logprobs")
         prompts = [
-            (ids, self._sampling(request, ids, request.max_tokens, "prompt", logprobs=logprobs))
+            (ids, self._sampling(request, ids, "prompt", logprobs=logprobs))
             for ids in self._completion_prompts(request.prompt)
         ]
         return await self._start("cmpl", adapter, prompts, request.n)
@@ -116,16 +116,14 @@ class GenerationService:
             raise InvalidRequest("A prompt must not be empty.", param="prompt")
         return token_lists
 
-    def _check_sampling(
-        self, request: SamplingFields, max_tokens: int | None, max_tokens_param: str
-    ) -> None:
-        limits = self.limits
+    def _check_sampling(self, request: SamplingFields) -> None:
+        limits, max_tokens = self.limits, request.requested_max_tokens
         if request.n > limits.max_n:
             raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
         if max_tokens is not None and max_tokens > limits.max_tokens:
             raise InvalidRequest(
-                f"{max_tokens_param} must be at most {limits.max_tokens}.",
-                param=max_tokens_param,
+                f"{request.max_tokens_param} must be at most {limits.max_tokens}.",
+                param=request.max_tokens_param,
             )
         stop = request.stop_sequences()
         if len(stop) > limits.max_stop or any(
@@ -152,11 +150,12 @@ class GenerationService:
                 param=param,
             )
 
-    def _sampling(self, request: SamplingFields, prompt: list[int], max_tokens: int | None,
-                  prompt_param: str, *, logprobs: int | None) -> SamplingSpec:
+    def _sampling(self, request: SamplingFields, prompt: list[int], prompt_param: str, *,
+                  logprobs: int | None) -> SamplingSpec:
         return SamplingSpec(
             max_tokens=self.renderer.max_tokens_for(
-                len(prompt), max_tokens, self.limits.default_max_tokens, prompt_param=prompt_param
+                len(prompt), request.requested_max_tokens, self.limits.default_max_tokens,
+                prompt_param=prompt_param, max_tokens_param=request.max_tokens_param,
             ),
             temperature=request.temperature,
             top_p=request.top_p,
