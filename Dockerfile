@@ -92,7 +92,8 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10m --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
 ENTRYPOINT ["loraloop"]
-# Bind every interface: inside a container, 127.0.0.1 is unreachable from outside.
+# Bind every interface: inside a container, 127.0.0.1 is unreachable from outside. Auth
+# stays on there, so the container needs LORALOOP_ADMIN_KEY (at least 16 characters).
 # Options given here win over LORALOOP_HOST/LORALOOP_PORT; the rest (LORALOOP_MODEL,
-# LORALOOP_MAX_LORAS, ...) come from the environment.
+# LORALOOP_DATABASE_URL, ...) come from the environment.
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -13,16 +13,20 @@ PIP_INDEX_ARGS := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 MODEL ?=
 HOST ?= 127.0.0.1
+# Without an admin credential in the environment, the local demo runs with auth off
+# (refused by the server on anything but a loopback address).
+AUTH_FLAG := $(if $(LORALOOP_ADMIN_KEY),,--no-auth)
 PORT ?= 8000
 PYTEST_ARGS ?=
 
 .PHONY: serve test lint install-serve install-test clean
 
 serve: install-serve
-	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT)
+	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) $(AUTH_FLAG)
 
 test: install-test
 	$(BIN)/ruff check serve adapters trainer tests
+	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test

@@ -1,11 +1,18 @@
-"""Adapter names as clients write them: `tenant/name`, optionally pinned as `tenant/name@7`."""
+"""Names: adapters as clients write them (`tenant/name`, optionally pinned as `tenant/name@7`),
+and the files an adapter consists of."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
 _PART = r"[a-z0-9][a-z0-9._-]{0,62}"
+NAME_HELP = "1 to 63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"
+ADAPTER_ID_HELP = f"write tenant/name, each part {NAME_HELP}"
 _ADAPTER_ID = re.compile(rf"(?P<tenant>{_PART})/(?P<name>{_PART})")
 _MODEL_REF = re.compile(rf"(?P<adapter>{_PART}/{_PART})(?:@(?P<version>[1-9][0-9]{{0,8}}))?")
 
@@ -18,6 +25,11 @@ class ModelRef:
     @property
     def tenant(self) -> str:
         return self.adapter_id.split("/", 1)[0]
+
+
+def is_valid_name(name: str) -> bool:
+    """One part of an adapter id: a tenant name or an adapter name."""
+    return re.fullmatch(_PART, name) is not None
 
 
 def is_valid_adapter_id(adapter_id: str) -> bool:

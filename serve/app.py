@@ -1,7 +1,8 @@
-"""The FastAPI application: wiring of settings, engine, routing and routes, and its lifespan.
+"""The FastAPI application: wiring of settings, registry, engine, routing and routes.
 
 The engine starts in the background so /health answers at once while the model loads;
-/ready turns 200 once the engine is up and the adapters known at start-up are warm.
+/ready turns 200 once the engine is up and every live and canary version is warm. From then
+on the routing snapshot follows the registry.
 """
 
 from __future__ import annotations
@@ -9,10 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
+from loraloop.adapters.db import Database
+from loraloop.adapters.registry import AdapterRegistry, RegistrationPolicy
+from loraloop.adapters.routing_state import read_routing_state
+from loraloop.adapters.store import WeightStore
+from loraloop.adapters.tenants import TenantBook
+from loraloop.adapters.validation import BaseModelInfo
+
 from . import health
+from .admin import router as admin_router
 from .admission import AdmissionGate
 from .engine import Engine, create_engine
 from .errors import install_error_handlers
@@ -20,6 +30,7 @@ from .metrics import ServeMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
 from .prompts import PromptRenderer
+from .registry_watch import RegistryWatcher
 from .routing import RoutingSnapshot, RoutingTable
 from .settings import ServeSettings
 from .state import ServerState
@@ -28,28 +39,52 @@ from .warmup import AdapterWarmer
 logger = logging.getLogger(__name__)
 
 
-def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
-    routes = RoutingTable(
-        RoutingSnapshot.from_directories(settings.base_model_name, settings.adapters)
+def _local_model_dir(model: str) -> Path:
+    """The base model's files on this machine; a hub id is fetched once into the hub cache."""
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def open_registry(settings: ServeSettings) -> tuple[Database, AdapterRegistry, TenantBook]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.registry_url)
+    db.upgrade()
+    base = BaseModelInfo.load(
+        _local_model_dir(settings.model), aliases=[settings.model, settings.base_model_name]
     )
+    policy = RegistrationPolicy(base, settings.max_lora_rank, settings.max_adapter_bytes)
+    return db, AdapterRegistry(db, WeightStore(settings.weights_dir), policy), TenantBook(db)
+
+
+def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
+    db, registry, tenants = open_registry(settings)
+    routes = RoutingTable(RoutingSnapshot.from_state(
+        settings.base_model_name, read_routing_state(db), registry.store.path_of
+    ))
     renderer = PromptRenderer.load(settings.model, settings.max_model_len)
     warmer = AdapterWarmer(engine)
+    watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
     admission = AdmissionGate(settings.max_pending_requests)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes)
-    return ServerState(settings, engine, routes, warmer, service, ServeMetrics(admission, engine))
+    return ServerState(settings, engine, db, registry, tenants, routes, watcher, warmer, service,
+                       ServeMetrics(admission, engine))
 
 
 async def _start_engine(state: ServerState) -> None:
     try:
         await state.engine.start()
-        await state.warmer.warm(state.routes.snapshot.live_adapters())
+        await state.watcher.start_warming()
     except Exception:
         logger.exception("the engine failed to start; /health and /ready answer 503")
         state.start_failed = True
         return
     state.service.ready = True
     snapshot = state.routes.snapshot
-    logger.info("ready: serving %s with %d adapters", snapshot.base_model, len(snapshot.live))
+    logger.info("ready: serving %s with %d live adapters", snapshot.base_model, len(snapshot.live))
+    await state.watcher.watch()
 
 
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
@@ -57,16 +92,18 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        starting = asyncio.create_task(_start_engine(state))
+        running = asyncio.create_task(_start_engine(state))
         try:
             yield
         finally:
-            starting.cancel()
+            running.cancel()
             await state.engine.shutdown()
+            state.db.dispose()
 
     app = FastAPI(title="loraloop", version="0.1.0", lifespan=lifespan)
     app.state.loraloop = state
     install_error_handlers(app)
     app.include_router(openai_router.router)
+    app.include_router(admin_router.router)
     app.include_router(health.router)
     return app

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from .admin_cli import adapters_app, tenants_app
+
 app = typer.Typer(
     help="loraloop: one frozen base model, many tenants' LoRA adapters, chosen per request, "
     "served through an OpenAI-compatible API.",
@@ -19,23 +21,11 @@ app = typer.Typer(
 DEFAULT_DEMO_MODEL = Path(".loraloop/demo-model")
 
 
-def _parse_adapters(specs: list[str]) -> dict[str, Path]:
-    adapters = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise typer.BadParameter(f"'{spec}' is not tenant/name=PATH", param_hint="--adapter")
-        adapters[name] = Path(path)
-    return adapters
-
-
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Option(
         help="Base model: a local directory or a hub id. Without it (and without "
         "LORALOOP_MODEL) the demo model is built in .loraloop/demo-model and served.")] = None,
-    adapter: Annotated[list[str] | None, typer.Option(
-        help="Serve an adapter directory from start-up as tenant/name=PATH (repeatable).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     engine: Annotated[str | None, typer.Option(
@@ -51,6 +41,15 @@ def serve(
     enforce_eager: Annotated[bool | None, typer.Option(
         help="Skip graph capture: faster start, slower decoding.")] = None,
     kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache size (CPU).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Registry database (SQLite) and adapter weights (default .loraloop).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="Registry on PostgreSQL: postgresql+psycopg://user@host/db.")] = None,
+    allowed_adapter_root: Annotated[list[Path] | None, typer.Option(
+        help="A server directory versions may be registered from (repeatable).")] = None,
+    auth: Annotated[bool | None, typer.Option(
+        "--auth/--no-auth", help="Require API keys (default). --no-auth only on 127.0.0.1; "
+        "the admin credential comes from LORALOOP_ADMIN_KEY.")] = None,
 ) -> None:
     """Start the server. Every option can also be set as LORALOOP_<OPTION> in the environment."""
     import uvicorn
@@ -62,12 +61,11 @@ def serve(
         model=model, host=host, port=port, engine=engine, served_model_name=served_model_name,
         max_model_len=max_model_len, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
         max_lora_rank=max_lora_rank, dtype=dtype, enforce_eager=enforce_eager,
-        kv_cache_gib=kv_cache_gib,
+        kv_cache_gib=kv_cache_gib, data_dir=data_dir, database_url=database_url,
+        allowed_adapter_roots=allowed_adapter_root or None, auth=auth,
     )
     # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
     overrides = {name: value for name, value in options.items() if value is not None}
-    if adapter:
-        overrides["adapters"] = _parse_adapters(adapter)
     if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
         overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
     _configure_logging()
@@ -116,6 +114,9 @@ def demo_adapter(
     build_random_adapter(model, directory, seed=seed, rank=rank)
     typer.echo(f"adapter written to {directory}")
 
+
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(adapters_app, name="adapters")
 
 if __name__ == "__main__":
     app()

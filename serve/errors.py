@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loraloop.adapters import errors as registry
+
 logger = logging.getLogger(__name__)
 
 
@@ -56,6 +58,18 @@ class AdapterNotFound(LoraloopError):
         )
 
 
+class Unauthenticated(LoraloopError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(LoraloopError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "forbidden"
+
+
 class AdapterUnavailable(LoraloopError):
     """The adapter is known but its weights could not be loaded into the engine."""
 
@@ -81,6 +95,15 @@ class EngineUnavailable(Overloaded):
     code = "engine_unavailable"
 
 
+# Registry errors, as the admin API reports them: (status, code).
+_REGISTRY_STATUS: dict[type[registry.RegistryError], tuple[int, str]] = {
+    registry.NotFound: (404, "not_found"),
+    registry.Conflict: (409, "conflict"),
+    registry.AdapterInvalid: (400, "adapter_invalid"),
+    registry.InvalidArgument: (400, "invalid_value"),
+}
+
+
 def error_body(message: str, error_type: str, *, param: str | None, code: str | None) -> dict:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
@@ -90,9 +113,17 @@ def _response(err: LoraloopError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status_code, headers=err.headers())
 
 
+def _registry_response(err: registry.RegistryError) -> JSONResponse:
+    status, code = _REGISTRY_STATUS.get(type(err), (500, "internal_error"))
+    body = error_body(err.message, "invalid_request_error", param=None, code=code)
+    if isinstance(err, registry.AdapterInvalid):
+        body["error"]["problems"] = err.problems  # every problem, for tools to show one by one
+    return JSONResponse(body, status_code=status)
+
+
 def _validation_param(loc: tuple) -> str | None:
     # loc is ("body", "messages", 0, "content"): drop the location kind, join the rest.
-    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query") else []
+    parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else []
     return ".".join(parts) or None
 
 
@@ -111,6 +142,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LoraloopError)
     async def _known(_: Request, exc: LoraloopError) -> JSONResponse:
         return _response(exc)
+
+    @app.exception_handler(registry.RegistryError)
+    async def _registry(_: Request, exc: registry.RegistryError) -> JSONResponse:
+        return _registry_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,55 +1,83 @@
 """The routing snapshot: what a client writes in `model`, mapped to what the engine runs.
 
-A snapshot is immutable; changing routes means building a new one and swapping the
-reference, so a request resolves against one consistent view from start to finish.
+A snapshot is built from one read of the registry and never changes; following the registry
+means building a new one and swapping the reference, so a request resolves against one
+consistent view from start to finish.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraloop.adapters.names import parse_model_ref
+from loraloop.adapters.records import ActiveKey, RoutingState
 
 from .engine.protocol import AdapterRef
 from .errors import AdapterNotFound
 
 
 @dataclass(frozen=True)
+class Canary:
+    version: int
+    percent: int  # of the adapter's unpinned requests
+
+
+@dataclass(frozen=True)
 class RoutingSnapshot:
     base_model: str
-    versions: Mapping[tuple[str, int], AdapterRef]  # (adapter id, version) -> version
-    live: Mapping[str, int]  # adapter id -> live version
+    revision: int = -1  # the registry revision it was read at; -1: not read yet
+    versions: Mapping[tuple[str, int], AdapterRef] = field(default_factory=dict)
+    live: Mapping[str, int] = field(default_factory=dict)  # adapter id -> live version
+    canaries: Mapping[str, Canary] = field(default_factory=dict)
+    keys: Mapping[str, ActiveKey] = field(default_factory=dict)  # tenant keys by prefix
 
     @classmethod
-    def from_directories(cls, base_model: str, adapters: Mapping[str, Path]) -> RoutingSnapshot:
-        """Adapters given at start-up: each is version 1, live, with its own LoRA id."""
-        refs = [
-            AdapterRef(adapter_id, 1, lora_int_id, Path(path).resolve())
-            for lora_int_id, (adapter_id, path) in enumerate(sorted(adapters.items()), start=1)
-        ]
+    def from_state(cls, base_model: str, state: RoutingState,
+                   path_of: Callable[[str], Path]) -> RoutingSnapshot:
+        refs = [AdapterRef(v.adapter_id, v.number, v.lora_id, path_of(v.storage_key))
+                for v in state.servable]
         return cls(
             base_model,
+            revision=state.revision,
             versions={(r.adapter_id, r.version): r for r in refs},
-            live={r.adapter_id: r.version for r in refs},
+            live={a.adapter_id: a.live_version for a in state.adapters if a.live_version},
+            canaries={a.adapter_id: Canary(a.canary_version, a.canary_percent)
+                      for a in state.adapters if a.canary_version and a.canary_percent},
+            keys=state.keys,
         )
 
-    def resolve(self, model: str) -> AdapterRef | None:
-        """None means the base model; unknown names raise AdapterNotFound."""
+    def resolve(self, model: str, tenant: str | None = None,
+                draw: Callable[[], float] = random.random) -> AdapterRef | None:
+        """None means the base model. Unknown names, and other tenants' adapters when
+        `tenant` is set, raise the same AdapterNotFound."""
         if model == self.base_model:
             return None
         ref = parse_model_ref(model)
-        if ref is None:
+        if ref is None or (tenant is not None and ref.tenant != tenant):
             raise AdapterNotFound(model)
-        version = ref.version if ref.version is not None else self.live.get(ref.adapter_id)
+        version = ref.version or self._unpinned_version(ref.adapter_id, draw)
         adapter = self.versions.get((ref.adapter_id, version)) if version else None
         if adapter is None:
             raise AdapterNotFound(model)
         return adapter
 
-    def live_adapters(self) -> list[AdapterRef]:
-        return [self.versions[(adapter_id, v)] for adapter_id, v in sorted(self.live.items())]
+    def _unpinned_version(self, adapter_id: str, draw: Callable[[], float]) -> int | None:
+        canary = self.canaries.get(adapter_id)
+        if canary is not None and draw() * 100 < canary.percent:
+            return canary.version
+        return self.live.get(adapter_id)
+
+    def live_adapters(self, tenant: str | None = None) -> list[AdapterRef]:
+        return [self.versions[(adapter_id, v)] for adapter_id, v in sorted(self.live.items())
+                if tenant is None or adapter_id.split("/", 1)[0] == tenant]
+
+    def routed_adapters(self) -> list[AdapterRef]:
+        """Versions unpinned requests can reach: what must be warm before a switch."""
+        canaries = [self.versions[(a, c.version)] for a, c in sorted(self.canaries.items())]
+        return self.live_adapters() + canaries
 
 
 class RoutingTable:

@@ -8,10 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loraloop.adapters.names import is_valid_adapter_id
+from loraloop.adapters.db import sqlite_url
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+GiB = 1 << 30
 
 # The ranks vLLM's LoRA kernels are built for.
 SUPPORTED_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -50,9 +53,21 @@ class ServeSettings(BaseSettings):
     engine: Literal["vllm", "reference"] = "vllm"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    adapters: dict[str, Path] = Field(
-        default_factory=dict, description="adapters served from start-up: tenant/name -> dir"
+
+    data_dir: Path = Field(Path(".loraloop"), description="registry database and adapter weights")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the registry; default: SQLite in data_dir"
     )
+    registry_poll_s: float = Field(
+        0.5, gt=0, le=10, description="how often to look for registry writes by other processes"
+    )
+    allowed_adapter_roots: list[Path] = Field(
+        default_factory=list, description="server directories versions may be registered from"
+    )
+    max_adapter_bytes: int = Field(GiB, ge=1 << 10, description="largest adapter accepted")
+
+    auth: bool = Field(True, description="require API keys; off only on a loopback address")
+    admin_key: SecretStr | None = Field(None, description="the operators' credential")
 
     max_model_len: int = Field(2048, ge=32)
     max_loras: int = Field(8, ge=1, description="adapters resident in the engine at once")
@@ -71,25 +86,20 @@ class ServeSettings(BaseSettings):
     def base_model_name(self) -> str:
         return self.served_model_name or self.model.rstrip("/").rsplit("/", 1)[-1]
 
+    @property
+    def registry_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.data_dir / "weights"
+
     @field_validator("max_lora_rank")
     @classmethod
     def _rank_supported(cls, rank: int) -> int:
         if rank not in SUPPORTED_LORA_RANKS:
             raise ValueError(f"max_lora_rank must be one of {SUPPORTED_LORA_RANKS}")
         return rank
-
-    @field_validator("adapters")
-    @classmethod
-    def _adapters_well_formed(cls, adapters: dict[str, Path]) -> dict[str, Path]:
-        problems = [
-            f"'{name}' is not tenant/name (lowercase letters, digits, '.', '_', '-')"
-            for name in adapters
-            if not is_valid_adapter_id(name)
-        ]
-        problems += [f"{p} is not a directory" for p in adapters.values() if not p.is_dir()]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return adapters
 
     @model_validator(mode="after")
     def _cache_holds_the_slots(self) -> ServeSettings:
@@ -98,4 +108,21 @@ class ServeSettings(BaseSettings):
                 f"max_cpu_loras ({self.max_cpu_loras}) must be at least "
                 f"max_loras ({self.max_loras})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _credentials_safe(self) -> ServeSettings:
+        if not self.auth and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"auth is off but the server would listen on {self.host}: anyone who reaches "
+                "it could use and change every adapter. Bind to 127.0.0.1, or keep auth on "
+                "and set LORALOOP_ADMIN_KEY"
+            )
+        if self.auth and self.admin_key is None:
+            raise ValueError(
+                "auth is on but no admin credential is set: set LORALOOP_ADMIN_KEY (at least "
+                "16 characters), or pass --no-auth for a demo on 127.0.0.1"
+            )
+        if self.admin_key is not None and len(self.admin_key.get_secret_value()) < 16:
+            raise ValueError("LORALOOP_ADMIN_KEY must be at least 16 characters long")
         return self

@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from loraloop.adapters.db import Database
+from loraloop.adapters.registry import AdapterRegistry
+from loraloop.adapters.tenants import TenantBook
+
 from .engine.protocol import Engine
 from .metrics import ServeMetrics
 from .openai.service import GenerationService
+from .registry_watch import RegistryWatcher
 from .routing import RoutingTable
 from .settings import ServeSettings
 from .warmup import AdapterWarmer
@@ -19,7 +24,11 @@ from .warmup import AdapterWarmer
 class ServerState:
     settings: ServeSettings
     engine: Engine
+    db: Database
+    registry: AdapterRegistry
+    tenants: TenantBook
     routes: RoutingTable
+    watcher: RegistryWatcher
     warmer: AdapterWarmer
     service: GenerationService
     metrics: ServeMetrics

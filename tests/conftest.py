@@ -1,18 +1,22 @@
 """Shared fixtures: a generated model and adapters, and real servers started on them.
 
-One vLLM server serves the whole session (engine start-up takes tens of seconds).
+One vLLM server serves the whole session (engine start-up takes tens of seconds). Adapters
+reach it as operators' do: tenants, keys, adapters and versions through the admin API.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
 from transformers import AutoTokenizer
 
+from loraloop.serve.admin_client import AdminClient
 from loraloop.serve.demo_model import build_demo_model, build_random_adapter
 
+from .databases import BACKENDS, database_url
 from .server import ServerProcess
 
 # tenant/name -> seed; eight adapters across three tenants.
@@ -20,8 +24,9 @@ ADAPTER_SEEDS = {
     "acme/support": 1, "acme/sales": 2, "acme/legal": 3, "globex/chat": 4,
     "globex/code": 5, "globex/docs": 6, "initech/tps": 7, "initech/memo": 8,
 }
-BROKEN_ADAPTER = "acme/broken"
 BASE_MODEL_NAME = "demo"
+ADMIN_KEY = "test-admin-key-0123456789"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 # float32 so greedy decoding in vLLM matches transformers + PEFT token for token.
 ENGINE_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
@@ -50,41 +55,63 @@ def adapter_dirs(demo_model, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def provision(server: ServerProcess, adapters: dict[str, Path]) -> dict[str, str]:
+    """Tenants, one key each, and every adapter registered and promoted to version 1.
+    Returns each tenant's key."""
+    tenants = sorted({name.split("/")[0] for name in adapters})
+    with AdminClient(server.url, ADMIN_KEY, actor="conftest") as admin:
+        keys = {}
+        for tenant in tenants:
+            admin.create_tenant(tenant)
+            keys[tenant] = admin.issue_key(tenant, label="tests")["key"]
+        for name, directory in adapters.items():
+            admin.create_adapter(name)
+            version, _ = admin.register(name, directory)
+            admin.promote(name, version["version"], expected_live=0)
+    return keys
+
+
+def start_server(args: list[str], log_path: Path, data_dir: Path,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    return ServerProcess(args, log_path, env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})},
+                         data_dir=data_dir)
+
+
 @pytest.fixture(scope="session")
-def broken_adapter_dir(adapter_dirs, tmp_path_factory) -> Path:
-    """A copy of a good adapter whose weights file is cut in half."""
-    broken = tmp_path_factory.mktemp("broken") / "adapter"
-    broken.mkdir()
-    source = adapter_dirs["acme/support"]
-    (broken / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
-    weights = (source / "adapter_model.safetensors").read_bytes()
-    (broken / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
-    return broken
-
-
-def adapter_flags(adapters: dict[str, Path]) -> list[str]:
-    return [arg for name, path in adapters.items() for arg in ("--adapter", f"{name}={path}")]
+def adapter_root(tmp_path_factory) -> Path:
+    """The one server directory the session server may register versions from."""
+    return tmp_path_factory.mktemp("allowed-root")
 
 
 @pytest.fixture(scope="session")
-def vllm_server(demo_model, adapter_dirs, broken_adapter_dir, tmp_path_factory):
-    adapters = {**adapter_dirs, BROKEN_ADAPTER: broken_adapter_dir}
-    server = ServerProcess(
-        ["--model", str(demo_model), *ENGINE_ARGS, *LORA_CACHE_ARGS, *adapter_flags(adapters)],
+def vllm_server(demo_model, adapter_dirs, adapter_root, tmp_path_factory):
+    server = start_server(
+        ["--model", str(demo_model), *ENGINE_ARGS, *LORA_CACHE_ARGS,
+         "--allowed-adapter-root", str(adapter_root)],
         tmp_path_factory.mktemp("logs") / "vllm-server.log",
+        tmp_path_factory.mktemp("vllm-data"),
         env={"LORALOOP_LIMITS__MAX_TOKENS": "1000"},
     )
     try:
-        yield server.wait_ready()
+        server.wait_ready()
+        server.tenant_keys = provision(server, adapter_dirs)
+        yield server
     finally:
         server.stop()
 
 
 @pytest.fixture(scope="session")
 def client(vllm_server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{vllm_server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{vllm_server.url}/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 def async_client(server: ServerProcess) -> openai.AsyncOpenAI:
     """A new async client: each asyncio.run() needs its own, bound to its own loop."""
-    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=ADMIN_KEY, max_retries=0)
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request, tmp_path) -> Iterator[str]:
+    """The URL of an empty registry database, once per backend."""
+    with database_url(request.param, tmp_path) as url:
+        yield url

@@ -22,12 +22,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 data_dir: Path | None = None) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
+        self.tenant_keys: dict[str, str] = {}  # filled by whoever provisions tenants
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         command = [sys.executable, "-m", "loraloop.serve.cli", "serve", "--port",
                    str(self.port), *args]
+        if data_dir is not None:
+            command += ["--data-dir", str(data_dir)]
         self._log = open(log_path, "wb")  # noqa: SIM115 - open as long as the process runs
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT,

@@ -5,9 +5,17 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .conftest import BROKEN_ADAPTER
+from loraloop.serve.admin_client import AdminClient
+from loraloop.serve.demo_model import build_random_adapter
+
+from .conftest import ADMIN_HEADERS, ADMIN_KEY
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def post(server, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", headers={**ADMIN_HEADERS, **(headers or {})},
+                      timeout=30, **kwargs)
 
 
 def chat(**fields) -> dict:
@@ -73,7 +81,7 @@ def assert_openai_error(response: httpx.Response, status: int, param: str | None
 @pytest.mark.parametrize("case", CASES)
 def test_chat_bad_input(vllm_server, case):
     body, status, param = CASES[case]
-    response = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=body, timeout=30)
+    response = post(vllm_server, "/v1/chat/completions", json=body)
     assert_openai_error(response, status, param)
 
 
@@ -81,30 +89,40 @@ def test_chat_bad_input(vllm_server, case):
 def test_completion_bad_input(vllm_server, case):
     fields, status, param = COMPLETION_CASES[case]
     body = {"model": "acme/support", "max_tokens": 4, **fields}
-    response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=30)
+    response = post(vllm_server, "/v1/completions", json=body)
     assert_openai_error(response, status, param)
 
 
 def test_context_overflow_has_its_own_code(vllm_server):
     body, _, _ = CASES["prompt longer than the context"]
-    response = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=body, timeout=30)
+    response = post(vllm_server, "/v1/chat/completions", json=body)
     assert response.json()["error"]["code"] == "context_length_exceeded"
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'{"model": "acme/support"'])
 def test_malformed_json(vllm_server, raw):
-    response = httpx.post(f"{vllm_server.url}/v1/chat/completions", content=raw,
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = post(vllm_server, "/v1/chat/completions", content=raw,
+                    headers={"content-type": "application/json"})
     assert_openai_error(response, 400, None)
 
 
 def test_unknown_route_is_an_openai_error(vllm_server):
-    assert_openai_error(httpx.get(f"{vllm_server.url}/v1/nothing-here"), 404, None)
+    response = httpx.get(f"{vllm_server.url}/v1/nothing-here", headers=ADMIN_HEADERS)
+    assert_openai_error(response, 404, None)
 
 
-def test_broken_adapter_fails_only_its_own_requests(vllm_server, client):
-    response = httpx.post(f"{vllm_server.url}/v1/chat/completions",
-                          json=chat(model=BROKEN_ADAPTER), timeout=30)
+def test_damaged_version_fails_only_its_own_requests(vllm_server, client, demo_model, tmp_path):
+    """Weights damaged on disk after registration: the load fails cleanly in the engine, that
+    version's requests get 500 adapter_load_failed, every other adapter keeps serving."""
+    adapter = build_random_adapter(demo_model, tmp_path / "fragile", seed=99)
+    with AdminClient(vllm_server.url, ADMIN_KEY) as admin:
+        admin.create_adapter("acme/fragile")
+        version, _ = admin.register("acme/fragile", adapter)
+    digest = version["content_hash"]
+    stored = vllm_server.data_dir / "weights" / "sha256" / digest[:2] / digest
+    weights = stored / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    response = post(vllm_server, "/v1/chat/completions", json=chat(model="acme/fragile@1"))
     error = assert_openai_error(response, 500, None)
     assert error["code"] == "adapter_load_failed"
     healthy = client.chat.completions.create(model="acme/support", messages=OK_MESSAGES,
@@ -114,7 +132,7 @@ def test_broken_adapter_fails_only_its_own_requests(vllm_server, client):
 
 def test_server_healthy_after_bad_inputs(vllm_server, client):
     for case in CASES.values():
-        httpx.post(f"{vllm_server.url}/v1/chat/completions", json=case[0], timeout=30)
+        post(vllm_server, "/v1/chat/completions", json=case[0])
     assert httpx.get(f"{vllm_server.url}/health").status_code == 200
     assert httpx.get(f"{vllm_server.url}/ready").status_code == 200
     answer = client.chat.completions.create(model="acme/support", messages=OK_MESSAGES,

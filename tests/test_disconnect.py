@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from .conftest import ADMIN_HEADERS
 from .metrics import read_metric, wait_for_metric
 
 ABORTED = "loraloop_engine_requests_aborted_total"
@@ -26,7 +27,8 @@ def long_request_runs_to_length(client):
 def test_stream_disconnect_aborts_every_choice(vllm_server, long_request_runs_to_length):
     aborted_before = read_metric(vllm_server.url, ABORTED)
     with httpx.stream("POST", f"{vllm_server.url}/v1/chat/completions",
-                      json={**LONG, "stream": True}, timeout=30) as response:
+                      json={**LONG, "stream": True}, headers=ADMIN_HEADERS,
+                      timeout=30) as response:
         lines = response.iter_lines()
         for _ in range(8):  # a few chunks, then hang up
             next(lines)
@@ -38,7 +40,8 @@ def test_stream_disconnect_aborts_every_choice(vllm_server, long_request_runs_to
 def test_non_streaming_disconnect_aborts_every_choice(vllm_server, long_request_runs_to_length):
     aborted_before = read_metric(vllm_server.url, ABORTED)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{vllm_server.url}/v1/chat/completions", json=LONG, timeout=0.3)
+        httpx.post(f"{vllm_server.url}/v1/chat/completions", json=LONG, headers=ADMIN_HEADERS,
+                   timeout=0.3)
     assert wait_for_metric(vllm_server.url, ACTIVE, 0, timeout_s=10) == 0
     assert read_metric(vllm_server.url, ABORTED) - aborted_before == LONG["n"]
     assert read_metric(vllm_server.url, IN_PROGRESS) == 0

@@ -11,8 +11,7 @@ import asyncio
 import openai
 import pytest
 
-from .conftest import ENGINE_ARGS, adapter_flags, async_client
-from .server import ServerProcess
+from .conftest import ADMIN_KEY, ENGINE_ARGS, async_client, provision, start_server
 
 MESSAGES = [{"role": "user", "content": "what is the refund policy"}]
 MAX_PENDING = 2
@@ -20,21 +19,23 @@ MAX_PENDING = 2
 
 @pytest.fixture(scope="module")
 def reference_server(demo_model, adapter_dirs, tmp_path_factory):
-    server = ServerProcess(
-        ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS,
-         *adapter_flags(adapter_dirs)],
+    server = start_server(
+        ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS],
         tmp_path_factory.mktemp("logs") / "reference-server.log",
+        tmp_path_factory.mktemp("reference-data"),
         env={"LORALOOP_MAX_PENDING_REQUESTS": str(MAX_PENDING)},
     )
     try:
-        yield server.wait_ready()
+        server.wait_ready()
+        provision(server, adapter_dirs)
+        yield server
     finally:
         server.stop()
 
 
 @pytest.fixture(scope="module")
 def reference_client(reference_server):
-    return openai.OpenAI(base_url=f"{reference_server.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{reference_server.url}/v1", api_key=ADMIN_KEY, max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["demo", "acme/support", "initech/tps"])

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from ..auth import Caller
 from ..disconnect import unless_disconnected
 from ..state import ServerState, get_state
 from . import responses
@@ -42,8 +43,9 @@ def _whole(result: BaseModel | Response, generation: Generation) -> Response:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep):
-    generation = await state.service.chat(body)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep,
+                                 caller: Caller):
+    generation = await state.service.chat(body, caller.scope)
     if body.stream:
         return _stream(responses.chat_events(generation, body.include_usage), generation)
     whole = responses.chat_completion(generation, body.logprobs)
@@ -51,8 +53,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 
 @router.post("/completions", response_model=Completion)
-async def create_completion(body: CompletionRequest, request: Request, state: StateDep):
-    generation = await state.service.complete(body)
+async def create_completion(body: CompletionRequest, request: Request, state: StateDep,
+                            caller: Caller):
+    generation = await state.service.complete(body, caller.scope)
     if body.stream:
         return _stream(responses.completion_events(generation, body.include_usage), generation)
     whole = responses.completion(generation, body.logprobs is not None)
@@ -60,5 +63,5 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
 
 
 @router.get("/models", response_model=ModelList)
-async def get_models(state: StateDep) -> ModelList:
-    return list_models(state.routes.snapshot, state.started_at)
+async def get_models(state: StateDep, caller: Caller) -> ModelList:
+    return list_models(state.routes.snapshot, state.started_at, caller.scope)

@@ -68,8 +68,9 @@ class GenerationService:
         self.admission, self.limits, self.routes = admission, limits, routes
         self.ready = False
 
-    async def chat(self, request: ChatCompletionRequest) -> Generation:
-        adapter = self.routes.snapshot.resolve(request.model)
+    async def chat(self, request: ChatCompletionRequest, tenant: str | None) -> Generation:
+        """`tenant`: whose adapters the caller may use; None for every tenant's."""
+        adapter = self.routes.snapshot.resolve(request.model, tenant)
         self._check_sampling(request)
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(
@@ -86,8 +87,8 @@ class GenerationService:
                                   logprobs=top if request.logprobs else None)
         return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n)
 
-    async def complete(self, request: CompletionRequest) -> Generation:
-        adapter = self.routes.snapshot.resolve(request.model)
+    async def complete(self, request: CompletionRequest, tenant: str | None) -> Generation:
+        adapter = self.routes.snapshot.resolve(request.model, tenant)
         self._check_sampling(request)
         logprobs = None
         if request.logprobs is not None:

@@ -1,0 +1,95 @@
+"""Connections to the registry database: SQLite (embedded default) or PostgreSQL (scale-out).
+
+One code path for both. Every write is one transaction that starts by incrementing the
+registry revision, which serializes writers on either backend (SQLite: `BEGIN IMMEDIATE`
+takes the write lock up front; PostgreSQL: the revision row stays locked until commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from .schema import RegistryRevision
+
+_READ_ONLY = "loraloop_read_only"
+_MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant: PostgreSQL advisory lock that keeps replicas starting together from
+# running the same migration twice.
+_MIGRATION_LOCK_KEY = 0x6C6F7261
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / 'registry.db'}"
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record) -> None:
+        # Leave transaction control to the "begin" hook below, not to the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection) -> None:
+        # Writers take the lock at BEGIN: two deferred transactions that both read and then
+        # write would otherwise deadlock and one would fail with "database is locked".
+        read_only = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            _tune_sqlite(self.engine)
+        self._writer = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction; the revision is incremented first. Commits on success."""
+        with self._writer.begin() as session:
+            session.execute(
+                update(RegistryRevision).values(revision=RegistryRevision.revision + 1)
+            )
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._reader.begin() as session:
+            yield session
+
+    def revision(self) -> int:
+        with self.reading() as session:
+            return session.scalar(select(RegistryRevision.revision)) or 0
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration; safe to run from many processes at once."""
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS))
+        with self.engine.begin() as connection:
+            if not self.is_sqlite:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": _MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,34 @@
+"""The adapter registry's errors.
+
+They describe what went wrong in registry terms only; the server maps each class to an HTTP
+status in one place. Callers match on the class, never on the message.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(RegistryError):
+    """A tenant, adapter, version or key that does not exist."""
+
+
+class Conflict(RegistryError):
+    """The current state does not allow the operation (a lost compare-and-swap, a rejected
+    version, ...)."""
+
+
+class AdapterInvalid(RegistryError):
+    """An uploaded adapter was refused; `problems` lists everything wrong with it at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("The adapter was refused: " + "; ".join(problems))
+        self.problems = list(problems)
+
+
+class InvalidArgument(RegistryError):
+    """A value the registry cannot accept, such as a malformed name or an out-of-range percent."""

@@ -1,0 +1,33 @@
+"""The registry as a server routes by it: pointers, servable versions and active keys.
+
+Read in one transaction, so the revision, the pointers and the keys agree with each other.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from .db import Database
+from .records import ActiveKey, AdapterRecord, RoutingState, VersionRecord
+from .schema import Adapter, AdapterVersion, ApiKey, RegistryRevision, Tenant
+
+
+def read_routing_state(db: Database) -> RoutingState:
+    with db.reading() as session:
+        revision = session.scalar(select(RegistryRevision.revision)) or 0
+        adapters = session.execute(select(Adapter, Tenant.name).join(Tenant)).all()
+        adapter_ids = {row.id: f"{tenant}/{row.name}" for row, tenant in adapters}
+        versions = session.scalars(
+            select(AdapterVersion).where(AdapterVersion.status != "rejected")
+        )
+        keys = session.execute(
+            select(ApiKey.prefix, ApiKey.key_hash, Tenant.name)
+            .join(Tenant)
+            .where(ApiKey.revoked_at.is_(None))
+        )
+        return RoutingState(
+            revision=revision,
+            adapters=tuple(AdapterRecord.of(row, adapter_ids[row.id], None) for row, _ in adapters),
+            servable=tuple(VersionRecord.of(v, adapter_ids[v.adapter_id]) for v in versions),
+            keys={prefix: ActiveKey(key_hash, tenant) for prefix, key_hash, tenant in keys},
+        )

@@ -1,0 +1,135 @@
+"""Admin routes for adapters and their versions; translation only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, File, Path, Query, Response, UploadFile
+
+from ..auth import Admin, require_admin
+from ..state import ServerState, get_state
+from . import service
+from .protocol import (
+    AdapterCreate,
+    AdapterPublic,
+    CanaryRequest,
+    EventPublic,
+    PromoteRequest,
+    ReasonBody,
+    RollbackRequest,
+    VersionCreate,
+    VersionPublic,
+    version_form,
+)
+
+router = APIRouter(prefix="/admin/v1/adapters", tags=["admin"],
+                   dependencies=[Depends(require_admin)])
+StateDep = Annotated[ServerState, Depends(get_state)]
+ReasonDep = Annotated[ReasonBody | None, Body()]
+VersionPath = Annotated[int, Path(ge=1, le=10**9)]
+ONE = "/{tenant}/{name}"
+
+
+def _reason(body: ReasonBody | None) -> str | None:
+    return body.reason if body else None
+
+
+@router.post("", status_code=201)
+async def create_adapter(body: AdapterCreate, state: StateDep, admin: Admin) -> AdapterPublic:
+    record = await service.write(state, state.registry.create, body.id, actor=admin.name,
+                                 description=body.description)
+    return AdapterPublic.of(record)
+
+
+@router.get("")
+async def list_adapters(state: StateDep, tenant: str | None = None) -> list[AdapterPublic]:
+    return [AdapterPublic.of(a) for a in await service.read(state.registry.list, tenant)]
+
+
+@router.get(ONE)
+async def show_adapter(tenant: str, name: str, state: StateDep) -> AdapterPublic:
+    return AdapterPublic.of(await service.read(state.registry.get, f"{tenant}/{name}"))
+
+
+@router.post(ONE + "/versions", status_code=201)
+async def register_version(tenant: str, name: str, state: StateDep, admin: Admin,
+                           response: Response,
+                           form: Annotated[VersionCreate, Depends(version_form)],
+                           file: Annotated[list[UploadFile] | None, File()] = None
+                           ) -> VersionPublic:
+    """Upload `adapter_config.json` and `adapter_model.safetensors` as `file` parts, or name
+    a directory under an allowed root in `path`. The same files again: 200 and that version."""
+    record, created = await service.register_version(state, f"{tenant}/{name}", form,
+                                                     file or [], admin.name)
+    response.status_code = 201 if created else 200
+    return VersionPublic.of(record)
+
+
+@router.get(ONE + "/versions")
+async def list_versions(tenant: str, name: str, state: StateDep) -> list[VersionPublic]:
+    return [VersionPublic.of(v)
+            for v in await service.read(state.registry.versions, f"{tenant}/{name}")]
+
+
+@router.get(ONE + "/versions/{version}")
+async def show_version(tenant: str, name: str, version: VersionPath,
+                       state: StateDep) -> VersionPublic:
+    return VersionPublic.of(
+        await service.read(state.registry.version, f"{tenant}/{name}", version))
+
+
+@router.post(ONE + "/promote")
+async def promote(tenant: str, name: str, body: PromoteRequest, state: StateDep,
+                  admin: Admin) -> AdapterPublic:
+    return AdapterPublic.of(await service.write(
+        state, state.registry.promote, f"{tenant}/{name}", body.version, actor=admin.name,
+        expected_live=body.expected_live, reason=body.reason))
+
+
+@router.post(ONE + "/rollback")
+async def rollback(tenant: str, name: str, state: StateDep, admin: Admin,
+                   body: Annotated[RollbackRequest | None, Body()] = None) -> AdapterPublic:
+    body = body or RollbackRequest()
+    return AdapterPublic.of(await service.write(
+        state, state.registry.rollback, f"{tenant}/{name}", actor=admin.name,
+        to_version=body.to_version, reason=body.reason))
+
+
+@router.put(ONE + "/canary")
+async def set_canary(tenant: str, name: str, body: CanaryRequest, state: StateDep,
+                     admin: Admin) -> AdapterPublic:
+    return AdapterPublic.of(await service.write(
+        state, state.registry.set_canary, f"{tenant}/{name}", body.version, body.percent,
+        actor=admin.name, reason=body.reason))
+
+
+@router.delete(ONE + "/canary")
+async def clear_canary(tenant: str, name: str, state: StateDep, admin: Admin,
+                       reason: Annotated[str | None, Query(max_length=1000)] = None
+                       ) -> AdapterPublic:
+    return AdapterPublic.of(await service.write(
+        state, state.registry.clear_canary, f"{tenant}/{name}", actor=admin.name,
+        reason=reason))
+
+
+@router.post(ONE + "/versions/{version}/reject")
+async def reject(tenant: str, name: str, version: VersionPath, state: StateDep, admin: Admin,
+                 body: ReasonDep = None) -> VersionPublic:
+    return VersionPublic.of(await service.write(
+        state, state.registry.reject, f"{tenant}/{name}", version, actor=admin.name,
+        reason=_reason(body)))
+
+
+@router.post(ONE + "/versions/{version}/retire")
+async def retire(tenant: str, name: str, version: VersionPath, state: StateDep, admin: Admin,
+                 body: ReasonDep = None) -> VersionPublic:
+    return VersionPublic.of(await service.write(
+        state, state.registry.retire, f"{tenant}/{name}", version, actor=admin.name,
+        reason=_reason(body)))
+
+
+@router.get(ONE + "/history")
+async def history(tenant: str, name: str, state: StateDep,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventPublic]:
+    events = await service.read(state.registry.history, f"{tenant}/{name}", limit=limit)
+    return [EventPublic.of(e) for e in events]

@@ -1,0 +1,224 @@
+"""Wire types of the admin API: one model per role (`XCreate` in, `XPublic` out).
+
+Paths never appear: versions are named by adapter id and number, weights by content hash.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Form
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from loraloop.adapters.records import (
+    AdapterRecord,
+    EventRecord,
+    IssuedKey,
+    KeyRecord,
+    TenantRecord,
+    VersionRecord,
+)
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
+AdapterId = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}$")
+]
+Reason = Annotated[str, StringConstraints(max_length=1000)]
+Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+VersionNumber = Annotated[int, Field(ge=1, le=10**9)]
+MAX_ENTRIES = 64
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantCreate(Strict):
+    name: Name
+
+
+class TenantPublic(BaseModel):
+    name: str
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def of(cls, record: TenantRecord) -> TenantPublic:
+        return cls(**vars(record))
+
+
+class KeyCreate(Strict):
+    label: Annotated[str, StringConstraints(max_length=128)] | None = None
+
+
+class KeyPublic(BaseModel):
+    tenant: str
+    prefix: str
+    label: str | None
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, record: KeyRecord) -> KeyPublic:
+        return cls(**vars(record))
+
+
+class KeyIssuedPublic(KeyPublic):
+    key: str = Field(description="shown only in this response; store it now")
+
+    @classmethod
+    def issued(cls, issued: IssuedKey) -> KeyIssuedPublic:
+        return cls(key=issued.key, **vars(issued.record))
+
+
+class ReasonBody(Strict):
+    reason: Reason | None = None
+
+
+class AdapterCreate(Strict):
+    id: AdapterId
+    description: Reason | None = None
+
+
+class AdapterPublic(BaseModel):
+    id: str
+    description: str | None
+    created_at: datetime
+    created_by: str
+    live_version: int | None
+    canary_version: int | None
+    canary_percent: int | None
+    latest_version: int | None
+
+    @classmethod
+    def of(cls, record: AdapterRecord) -> AdapterPublic:
+        fields = vars(record).copy()
+        return cls(id=fields.pop("adapter_id"), **fields)
+
+
+class VersionPublic(BaseModel):
+    adapter: str
+    version: int
+    status: str
+    content_hash: str
+    base_fingerprint: str
+    base_override_reason: str | None
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    source: str
+    parent_version: int | None
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def of(cls, r: VersionRecord) -> VersionPublic:
+        return cls(
+            adapter=r.adapter_id, version=r.number, status=r.status,
+            content_hash=r.content_hash, base_fingerprint=r.base_fingerprint,
+            base_override_reason=r.base_override_reason, rank=r.rank, alpha=r.alpha,
+            target_modules=list(r.target_modules), size_bytes=r.size_bytes, source=r.source,
+            parent_version=r.parent_version, metrics=dict(r.metrics), tags=dict(r.tags),
+            created_at=r.created_at, created_by=r.created_by,
+        )
+
+
+class VersionCreate(Strict):
+    """The form fields that come with an upload (or name a server path instead)."""
+
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    source: Label | None = None
+    parent_version: VersionNumber | None = None
+    reason: Reason | None = None
+    base_model_override_reason: Reason | None = Field(
+        None, description="accept a different base_model_name_or_path, recording why"
+    )
+    metrics: dict[Label, float] = Field(default_factory=dict, max_length=MAX_ENTRIES)
+    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] = Field(
+        default_factory=dict, max_length=MAX_ENTRIES
+    )
+
+    @field_validator("metrics", "tags", mode="before")
+    @classmethod
+    def _json_text(cls, value: Any) -> Any:
+        # Multipart fields are text: metrics and tags arrive as JSON objects in a string.
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("metrics")
+    @classmethod
+    def _finite(cls, metrics: dict[str, float]) -> dict[str, float]:
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise ValueError("metric values must be finite numbers")
+        return metrics
+
+
+FormText = Annotated[str | None, Form()]
+
+
+def version_form(
+    path: FormText = None, source: FormText = None, parent_version: FormText = None,
+    reason: FormText = None, base_model_override_reason: FormText = None,
+    metrics: FormText = None, tags: FormText = None,
+) -> VersionCreate:
+    """The registration form's text fields, validated like a JSON body."""
+    fields = {name: value for name, value in locals().items() if value is not None}
+    try:
+        return VersionCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+
+
+class PromoteRequest(Strict):
+    version: VersionNumber
+    expected_live: Annotated[int, Field(ge=0, le=10**9)] | None = Field(
+        None, description="promote only if this is still the live version (0: none is live)"
+    )
+    reason: Reason | None = None
+
+
+class RollbackRequest(Strict):
+    to_version: VersionNumber | None = Field(
+        None, description="default: the version that was live before the current one"
+    )
+    reason: Reason | None = None
+
+
+class CanaryRequest(Strict):
+    version: VersionNumber
+    percent: Annotated[int, Field(ge=1, le=99)]
+    reason: Reason | None = None
+
+
+class EventPublic(BaseModel):
+    id: int
+    kind: str
+    at: datetime
+    actor: str
+    tenant: str | None
+    adapter: str | None
+    from_version: int | None
+    to_version: int | None
+    reason: str | None
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, record: EventRecord) -> EventPublic:
+        fields = vars(record).copy()
+        return cls(adapter=fields.pop("adapter_id"), **fields)

@@ -1,0 +1,10 @@
+"""The admin API: every route needs the admin credential (401 without a key, 403 with a
+tenant's key)."""
+
+from fastapi import APIRouter
+
+from . import adapters_router, tenants_router
+
+router = APIRouter()
+router.include_router(tenants_router.router)
+router.include_router(adapters_router.router)

@@ -1,0 +1,49 @@
+"""Admin routes for tenants and their API keys; translation only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+
+from ..auth import Admin, require_admin
+from ..state import ServerState, get_state
+from . import service
+from .protocol import KeyCreate, KeyIssuedPublic, KeyPublic, ReasonBody, TenantCreate, TenantPublic
+
+router = APIRouter(prefix="/admin/v1/tenants", tags=["admin"],
+                   dependencies=[Depends(require_admin)])
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+@router.post("", status_code=201)
+async def create_tenant(body: TenantCreate, state: StateDep, admin: Admin) -> TenantPublic:
+    record = await service.write(state, state.tenants.create, body.name, actor=admin.name)
+    return TenantPublic.of(record)
+
+
+@router.get("")
+async def list_tenants(state: StateDep) -> list[TenantPublic]:
+    return [TenantPublic.of(t) for t in await service.read(state.tenants.list)]
+
+
+@router.post("/{tenant}/keys", status_code=201)
+async def issue_key(tenant: str, state: StateDep, admin: Admin,
+                    body: Annotated[KeyCreate | None, Body()] = None) -> KeyIssuedPublic:
+    label = body.label if body else None
+    issued = await service.write(state, state.tenants.issue_key, tenant, actor=admin.name,
+                                 label=label)
+    return KeyIssuedPublic.issued(issued)
+
+
+@router.get("/{tenant}/keys")
+async def list_keys(tenant: str, state: StateDep) -> list[KeyPublic]:
+    return [KeyPublic.of(k) for k in await service.read(state.tenants.list_keys, tenant)]
+
+
+@router.post("/{tenant}/keys/{prefix}/revoke")
+async def revoke_key(tenant: str, prefix: str, state: StateDep, admin: Admin,
+                     body: Annotated[ReasonBody | None, Body()] = None) -> KeyPublic:
+    record = await service.write(state, state.tenants.revoke_key, tenant, prefix,
+                                 actor=admin.name, reason=body.reason if body else None)
+    return KeyPublic.of(record)

@@ -1,0 +1,59 @@
+"""Serving follows the registry: re-read it when its revision moves, warm, then switch.
+
+Writes made through this server refresh at once (the admin API awaits `refresh` before it
+answers); writes by other processes (other replicas, the trainer) are seen by polling the
+revision, one cheap query every `poll_s`. Versions that unpinned requests will reach are
+loaded into the engine before the new snapshot is swapped in, so the first request after a
+promote does not pay the load and requests in flight finish on the version they started on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from loraloop.adapters.db import Database
+from loraloop.adapters.routing_state import read_routing_state
+from loraloop.adapters.store import WeightStore
+
+from .routing import RoutingSnapshot, RoutingTable
+from .warmup import AdapterWarmer
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryWatcher:
+    def __init__(self, db: Database, store: WeightStore, routes: RoutingTable,
+                 warmer: AdapterWarmer, *, poll_s: float) -> None:
+        self.db, self.store, self.routes, self.warmer = db, store, routes, warmer
+        self.poll_s = poll_s
+        self.warming = False  # set once the engine runs; before that nothing can be loaded
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            state = await asyncio.to_thread(read_routing_state, self.db)
+            if state.revision == self.routes.snapshot.revision:
+                return
+            snapshot = RoutingSnapshot.from_state(
+                self.routes.snapshot.base_model, state, self.store.path_of
+            )
+            if self.warming:
+                await self.warmer.warm(snapshot.routed_adapters())
+            self.routes.swap(snapshot)
+            logger.info("routing follows registry revision %d", state.revision)
+
+    async def start_warming(self) -> None:
+        """The engine is up: load what the current snapshot routes to, and keep doing so."""
+        async with self._lock:
+            self.warming = True
+            await self.warmer.warm(self.routes.snapshot.routed_adapters())
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.refresh()
+            except Exception:
+                # A database outage must not stop serving: keep the last snapshot, retry.
+                logger.exception("could not read the registry; serving the last snapshot")
