@@ -19,10 +19,14 @@ AUTH_FLAG := $(if $(LORALOOP_ADMIN_KEY),,--no-auth)
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint install-serve install-test clean
+.PHONY: serve demo test lint install-serve install-test clean
 
 serve: install-serve
-	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) $(AUTH_FLAG)
+	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) $(AUTH_FLAG) --with-trainer
+
+# Against the server `make serve` runs (start that first, in another terminal).
+demo: install-serve
+	$(BIN)/loraloop demo --url http://$(HOST):$(PORT)
 
 test: install-test
 	$(BIN)/ruff check serve adapters trainer tests

@@ -63,12 +63,15 @@ class Database:
         )
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """One write transaction; the revision is incremented first. Commits on success."""
+    def transaction(self, *, routing_change: bool = True) -> Iterator[Session]:
+        """One write transaction, committed on success. A routing change (anything servers
+        route or authenticate by) increments the revision first; feedback and training
+        bookkeeping do not, so that they never make every server reload its routes."""
         with self._writer.begin() as session:
-            session.execute(
-                update(RegistryRevision).values(revision=RegistryRevision.revision + 1)
-            )
+            if routing_change:
+                session.execute(
+                    update(RegistryRevision).values(revision=RegistryRevision.revision + 1)
+                )
             yield session
 
     @contextmanager

@@ -12,7 +12,7 @@ from . import schema
 VersionStatus = Literal["candidate", "live", "retired", "rejected"]
 EventKind = Literal[
     "tenant_created", "key_issued", "key_revoked", "adapter_created", "register",
-    "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire",
+    "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire", "policy_set",
 ]
 
 
@@ -94,11 +94,13 @@ class AdapterRecord:
     canary_version: int | None
     canary_percent: int | None
     latest_version: int | None
+    records_completions: bool = False  # its training policy asks to keep completions
 
     @classmethod
     def of(cls, row: schema.Adapter, adapter_id: str, latest: int | None) -> AdapterRecord:
+        records = bool((row.policy or {}).get("record_completions", False))
         return cls(adapter_id, row.description, _utc(row.created_at), row.created_by,
-                   row.live_version, row.canary_version, row.canary_percent, latest)
+                   row.live_version, row.canary_version, row.canary_percent, latest, records)
 
 
 @dataclass(frozen=True)

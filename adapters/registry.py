@@ -6,7 +6,7 @@ row (adapters/db.py serializes them). Helpers take the session as a keyword and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,9 +196,11 @@ class AdapterRegistry:
             return _record(adapter, adapter_id, session=session)
 
     def register(self, adapter_id: str, files: Mapping[str, Path], new: NewVersion, *,
-                 actor: str) -> tuple[VersionRecord, bool]:
+                 actor: str, within: Callable[[Session, VersionRecord], None] | None = None
+                 ) -> tuple[VersionRecord, bool]:
         """Validate, store, then insert the version row. False: these files were already
-        registered for this adapter, and that version is returned."""
+        registered for this adapter, and that version is returned. `within` runs inside the
+        same transaction (the trainer marks its feedback consumed there)."""
         self.get(adapter_id)  # an unknown adapter is reported before a costly validation
         facts = validate_adapter(
             files, self.policy.base, max_rank=self.policy.max_rank,
@@ -213,7 +215,10 @@ class AdapterRegistry:
                 AdapterVersion.content_hash == stored.content_hash,
             ))
             if existing is not None:
-                return VersionRecord.of(existing, adapter_id), False
+                record = VersionRecord.of(existing, adapter_id)
+                if within is not None:
+                    within(session, record)
+                return record, False
             if new.parent_version is not None:
                 version_row(adapter, adapter_id, new.parent_version, session=session)
             version = AdapterVersion(
@@ -230,7 +235,23 @@ class AdapterRegistry:
             session.flush()
             _log("register", adapter, actor, session=session, to_version=version.number,
                  reason=new.reason, content_hash=stored.content_hash, source=new.source)
-            return VersionRecord.of(version, adapter_id), True
+            record = VersionRecord.of(version, adapter_id)
+            if within is not None:
+                within(session, record)
+            return record, True
+
+    def policy(self, adapter_id: str) -> dict | None:
+        """The adapter's training policy as stored (None: the defaults)."""
+        with self.db.reading() as session:
+            return adapter_row(adapter_id, session=session).policy
+
+    def set_policy(self, adapter_id: str, policy: dict, *, actor: str,
+                   reason: str | None = None) -> dict:
+        with self.db.transaction() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            adapter.policy = policy
+            _log("policy_set", adapter, actor, session=session, reason=reason, policy=policy)
+            return policy
 
     def promote(self, adapter_id: str, number: int, *, actor: str,
                 expected_live: int | None = None, reason: str | None = None) -> AdapterRecord:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -85,6 +86,8 @@ class Adapter(Base):
     live_version: Mapped[int | None] = mapped_column(Integer)
     canary_version: Mapped[int | None] = mapped_column(Integer)
     canary_percent: Mapped[int | None] = mapped_column(Integer)
+    # The trainer's policy for this adapter (trainer/policy.py); None: the defaults.
+    policy: Mapped[dict | None] = mapped_column(JSON)
 
 
 class AdapterVersion(Base):
@@ -133,3 +136,79 @@ class Event(Base):
     to_version: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+
+
+class Feedback(Base):
+    """What a user (or an AI judge) thought of an answer: one preference pair or one score.
+
+    `status` moves pending -> claimed (by a training run, under a lease) -> consumed (in the
+    transaction that registers the version trained on it); an expired lease makes a claimed
+    row claimable again.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_feedback_adapter_status", "adapter_id", "status"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False)
+    version: Mapped[int | None] = mapped_column(Integer)  # the version that answered, if known
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # preference | score
+    prompt: Mapped[dict] = mapped_column(JSON, nullable=False)  # {"messages": [...]} | {"text"}
+    chosen: Mapped[str | None] = mapped_column(Text)
+    rejected: Mapped[str | None] = mapped_column(Text)
+    completion: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)
+    judge: Mapped[str | None] = mapped_column(String(128))
+    rationale: Mapped[str | None] = mapped_column(Text)
+    completion_id: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consumed_by_version: Mapped[int | None] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RecordedCompletion(Base):
+    """A completion kept (when the adapter's policy says so) for score feedback to name."""
+
+    __tablename__ = "completions"
+
+    completion_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    choice: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), nullable=False)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    prompt: Mapped[dict] = mapped_column(JSON, nullable=False)
+    output: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    """One trainer run for one adapter: queued, running, then promoted, rejected, candidate
+    (passed, but auto-promote is off) or failed."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    requested_by: Mapped[str | None] = mapped_column(String(ACTOR_LENGTH))
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    candidate_version: Mapped[int | None] = mapped_column(Integer)
+    pairs: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -143,6 +143,24 @@ class AdminClient:
     def history(self, adapter_id: str, limit: int = 100) -> list[dict]:
         return self._call("GET", f"/adapters/{adapter_id}/history", params={"limit": limit})
 
+    # -- training ------------------------------------------------------------------------
+
+    def policy(self, adapter_id: str) -> dict:
+        return self._call("GET", f"/adapters/{adapter_id}/policy")
+
+    def set_policy(self, adapter_id: str, policy: dict) -> dict:
+        return self._call("PUT", f"/adapters/{adapter_id}/policy", json=policy)
+
+    def queue_run(self, adapter_id: str) -> dict:
+        return self._call("POST", f"/adapters/{adapter_id}/training-runs")
+
+    def runs(self, adapter_id: str, limit: int = 50) -> list[dict]:
+        return self._call("GET", f"/adapters/{adapter_id}/training-runs",
+                          params={"limit": limit})
+
+    def run(self, adapter_id: str, run_id: int) -> dict:
+        return self._call("GET", f"/adapters/{adapter_id}/training-runs/{run_id}")
+
 
 def _form_fields(fields: Mapping[str, Any], server_path: str | None) -> dict[str, str]:
     form = {name: json.dumps(value) if isinstance(value, dict) else str(value)

@@ -10,22 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
-from loraloop.adapters.db import Database
-from loraloop.adapters.registry import AdapterRegistry, RegistrationPolicy
+from loraloop.adapters.feedback import FeedbackBook
+from loraloop.adapters.opening import open_registry
 from loraloop.adapters.routing_state import read_routing_state
-from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.validation import BaseModelInfo
+from loraloop.adapters.training import TrainingBook
 
 from . import health
 from .admin import router as admin_router
 from .admission import AdmissionGate
 from .engine import Engine, create_engine
 from .errors import install_error_handlers
+from .feedback import router as feedback_router
+from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
@@ -39,28 +39,13 @@ from .warmup import AdapterWarmer
 logger = logging.getLogger(__name__)
 
 
-def _local_model_dir(model: str) -> Path:
-    """The base model's files on this machine; a hub id is fetched once into the hub cache."""
-    if Path(model).is_dir():
-        return Path(model)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors"]))
-
-
-def open_registry(settings: ServeSettings) -> tuple[Database, AdapterRegistry, TenantBook]:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.registry_url)
-    db.upgrade()
-    base = BaseModelInfo.load(
-        _local_model_dir(settings.model), aliases=[settings.model, settings.base_model_name]
-    )
-    policy = RegistrationPolicy(base, settings.max_lora_rank, settings.max_adapter_bytes)
-    return db, AdapterRegistry(db, WeightStore(settings.weights_dir), policy), TenantBook(db)
-
-
 def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
-    db, registry, tenants = open_registry(settings)
+    registry = open_registry(
+        model=settings.model, aliases=[settings.base_model_name], data_dir=settings.data_dir,
+        database_url=settings.database_url, max_rank=settings.max_lora_rank,
+        max_bytes=settings.max_adapter_bytes,
+    )
+    db, tenants = registry.db, TenantBook(registry.db)
     routes = RoutingTable(RoutingSnapshot.from_state(
         settings.base_model_name, read_routing_state(db), registry.store.path_of
     ))
@@ -68,8 +53,11 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     warmer = AdapterWarmer(engine)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
     admission = AdmissionGate(settings.max_pending_requests)
-    service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes)
-    return ServerState(settings, engine, db, registry, tenants, routes, watcher, warmer, service,
+    feedback = FeedbackBook(db)
+    service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
+                                feedback)
+    return ServerState(settings, engine, db, registry, tenants, FeedbackService(feedback, routes),
+                       TrainingBook(db), routes, watcher, warmer, service,
                        ServeMetrics(admission, engine))
 
 
@@ -104,6 +92,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app.state.loraloop = state
     install_error_handlers(app)
     app.include_router(openai_router.router)
+    app.include_router(feedback_router.router)
     app.include_router(admin_router.router)
     app.include_router(health.router)
     return app

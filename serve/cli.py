@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
+from . import training_cli  # noqa: F401 - registers `adapters policy|train|runs`
 from .admin_cli import adapters_app, tenants_app
 
 app = typer.Typer(
@@ -50,6 +54,9 @@ def serve(
     auth: Annotated[bool | None, typer.Option(
         "--auth/--no-auth", help="Require API keys (default). --no-auth only on 127.0.0.1; "
         "the admin credential comes from LORALOOP_ADMIN_KEY.")] = None,
+    with_trainer: Annotated[bool, typer.Option(
+        help="Also run the trainer sidecar as a child process on the same registry (one "
+        "machine; in Kubernetes it is a container of its own).")] = False,
 ) -> None:
     """Start the server. Every option can also be set as LORALOOP_<OPTION> in the environment."""
     import uvicorn
@@ -70,8 +77,23 @@ def serve(
         overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
     _configure_logging()
     settings = ServeSettings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="info", timeout_graceful_shutdown=30)
+    sidecar = _start_trainer(settings) if with_trainer else None
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="info", timeout_graceful_shutdown=30)
+    finally:
+        if sidecar is not None:
+            sidecar.terminate()
+            sidecar.wait(timeout=30)
+
+
+def _start_trainer(settings) -> subprocess.Popen:
+    command = [sys.executable, "-m", "loraloop.serve.cli", "trainer", "--model", settings.model,
+               "--data-dir", str(settings.data_dir)]
+    env = dict(os.environ)
+    if settings.database_url:  # through the environment: a URL may hold a password
+        env["LORALOOP_DATABASE_URL"] = settings.database_url
+    return subprocess.Popen(command, env=env)
 
 
 def _ensure_demo_model(path: Path) -> Path:
@@ -87,6 +109,59 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+
+@app.command()
+def trainer(
+    model: Annotated[str | None, typer.Option(
+        help="The base model the servers serve (default: the demo model, as for serve).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="The servers' data directory: registry (SQLite) and adapter weights.")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="The servers' PostgreSQL registry, if they use one.")] = None,
+    poll_s: Annotated[float | None, typer.Option(help="Seconds between looks for work.")] = None,
+    lease_s: Annotated[float | None, typer.Option(
+        help="Seconds before a silent run's feedback is handed to another run.")] = None,
+    once: Annotated[bool, typer.Option(help="Do at most one run, then exit.")] = False,
+) -> None:
+    """Run the trainer sidecar: pending feedback becomes new, gated adapter versions."""
+    from loraloop.trainer.main import run_trainer
+    from loraloop.trainer.settings import TrainerSettings
+
+    options = dict(model=model, data_dir=data_dir, database_url=database_url,
+                   trainer_poll_s=poll_s, trainer_lease_s=lease_s)
+    overrides = {name: value for name, value in options.items() if value is not None}
+    if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
+        overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
+    _configure_logging()
+    run_trainer(TrainerSettings(**overrides), once=once)
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(envvar="LORALOOP_URL", help="The running server.")] =
+    "http://127.0.0.1:8000",
+    admin_key: Annotated[str | None, typer.Option(
+        envvar="LORALOOP_ADMIN_KEY", show_default=False,
+        help="The admin credential, if the server has auth on.")] = None,
+    model: Annotated[Path, typer.Option(
+        help="The base model directory the server serves.")] = DEFAULT_DEMO_MODEL,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for training.")] = 600,
+) -> None:
+    """Show the loop on a running server with its trainer (`make serve`): an adapter, feedback,
+    a trained and promoted version with changed answers, a rollback."""
+    from .admin_client import AdminApiError
+    from .demo import run_demo
+
+    try:
+        run_demo(url, admin_key, model, typer.echo, timeout_s=timeout_s)
+    except AdminApiError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot talk to the server at {url}: {exc}. Start it with "
+                   "`make serve`.", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("demo-model")

@@ -12,6 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraloop.adapters import errors as registry
@@ -113,12 +114,29 @@ def _response(err: LoraloopError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status_code, headers=err.headers())
 
 
-def _registry_response(err: registry.RegistryError) -> JSONResponse:
-    status, code = _REGISTRY_STATUS.get(type(err), (500, "internal_error"))
+def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
+    status, code = next((mapped for kind, mapped in _REGISTRY_STATUS.items()
+                         if isinstance(err, kind)), (500, "internal_error"))
     body = error_body(err.message, "invalid_request_error", param=None, code=code)
     if isinstance(err, registry.AdapterInvalid):
         body["error"]["problems"] = err.problems  # every problem, for tools to show one by one
-    return JSONResponse(body, status_code=status)
+    return status, body
+
+
+def _internal_error() -> tuple[int, dict]:
+    return 500, error_body("The server had an internal error.", "server_error", param=None,
+                           code="internal_error")
+
+
+def describe_error(exc: Exception) -> tuple[int, dict]:
+    """(status, body) for any error: where one response carries many results (batches)."""
+    if isinstance(exc, LoraloopError):
+        return exc.status_code, error_body(exc.message, exc.error_type, param=exc.param,
+                                           code=exc.code)
+    if isinstance(exc, registry.RegistryError):
+        return _registry_error(exc)
+    logger.error("unhandled error in a batch line", exc_info=exc)
+    return _internal_error()
 
 
 def _validation_param(loc: tuple) -> str | None:
@@ -127,8 +145,10 @@ def _validation_param(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
-def validation_error(exc: RequestValidationError) -> InvalidRequest:
-    problems = exc.errors()
+def validation_error(exc: RequestValidationError | ValidationError,
+                     location: str | None = None) -> InvalidRequest:
+    """`location`: where a plain pydantic error's fields sit in the request ("body")."""
+    problems = [{**p, "loc": (location, *p["loc"])} if location else p for p in exc.errors()]
     first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return InvalidRequest("The request body is not valid JSON: " + first["msg"] + ".")
@@ -145,7 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(registry.RegistryError)
     async def _registry(_: Request, exc: registry.RegistryError) -> JSONResponse:
-        return _registry_response(exc)
+        status, body = _registry_error(exc)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -160,6 +181,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        body = error_body("The server had an internal error.", "server_error", param=None,
-                          code="internal_error")
-        return JSONResponse(body, status_code=500)
+        status, body = _internal_error()
+        return JSONResponse(body, status_code=status)

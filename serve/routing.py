@@ -33,6 +33,8 @@ class RoutingSnapshot:
     live: Mapping[str, int] = field(default_factory=dict)  # adapter id -> live version
     canaries: Mapping[str, Canary] = field(default_factory=dict)
     keys: Mapping[str, ActiveKey] = field(default_factory=dict)  # tenant keys by prefix
+    known_adapters: frozenset[str] = frozenset()  # every registered adapter id
+    recording: frozenset[str] = frozenset()  # adapters whose completions are kept
 
     @classmethod
     def from_state(cls, base_model: str, state: RoutingState,
@@ -47,6 +49,8 @@ class RoutingSnapshot:
             canaries={a.adapter_id: Canary(a.canary_version, a.canary_percent)
                       for a in state.adapters if a.canary_version and a.canary_percent},
             keys=state.keys,
+            known_adapters=frozenset(a.adapter_id for a in state.adapters),
+            recording=frozenset(a.adapter_id for a in state.adapters if a.records_completions),
         )
 
     def resolve(self, model: str, tenant: str | None = None,

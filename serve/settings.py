@@ -11,8 +11,6 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from loraloop.adapters.db import sqlite_url
-
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 GiB = 1 << 30
 
@@ -86,13 +84,6 @@ class ServeSettings(BaseSettings):
     def base_model_name(self) -> str:
         return self.served_model_name or self.model.rstrip("/").rsplit("/", 1)[-1]
 
-    @property
-    def registry_url(self) -> str:
-        return self.database_url or sqlite_url(self.data_dir)
-
-    @property
-    def weights_dir(self) -> Path:
-        return self.data_dir / "weights"
 
     @field_validator("max_lora_rank")
     @classmethod

@@ -10,8 +10,10 @@ from fastapi import Request
 from loraloop.adapters.db import Database
 from loraloop.adapters.registry import AdapterRegistry
 from loraloop.adapters.tenants import TenantBook
+from loraloop.adapters.training import TrainingBook
 
 from .engine.protocol import Engine
+from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
 from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
@@ -27,6 +29,8 @@ class ServerState:
     db: Database
     registry: AdapterRegistry
     tenants: TenantBook
+    feedback: FeedbackService
+    training: TrainingBook
     routes: RoutingTable
     watcher: RegistryWatcher
     warmer: AdapterWarmer

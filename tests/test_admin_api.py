@@ -186,7 +186,8 @@ def test_keys_are_checked(vllm_server, admin):
 
 def _admin_routes(server) -> list[tuple[str, str]]:
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    values = {"tenant": "acme", "name": "support", "version": "1", "prefix": "llk_abcdefgh"}
+    values = {"tenant": "acme", "name": "support", "version": "1", "prefix": "llk_abcdefgh",
+              "run_id": "1"}
     return [(method.upper(), path.format(**values))
             for path, methods in spec["paths"].items() if path.startswith("/admin/")
             for method in methods]
@@ -194,7 +195,7 @@ def _admin_routes(server) -> list[tuple[str, str]]:
 
 def test_every_admin_route_refuses_tenant_keys_and_anonymous_calls(vllm_server):
     routes = _admin_routes(vllm_server)
-    assert len(routes) >= 16  # the walk covers the whole admin API
+    assert len(routes) >= 21  # the walk covers the whole admin API
     tenant = {"Authorization": f"Bearer {vllm_server.tenant_keys['acme']}"}
     for method, path in routes:
         url = f"{vllm_server.url}{path}"

@@ -43,12 +43,12 @@ async def create_adapter(body: AdapterCreate, state: StateDep, admin: Admin) -> 
 
 @router.get("")
 async def list_adapters(state: StateDep, tenant: str | None = None) -> list[AdapterPublic]:
-    return [AdapterPublic.of(a) for a in await service.read(state.registry.list, tenant)]
+    return [AdapterPublic.of(a) for a in await service.offload(state.registry.list, tenant)]
 
 
 @router.get(ONE)
 async def show_adapter(tenant: str, name: str, state: StateDep) -> AdapterPublic:
-    return AdapterPublic.of(await service.read(state.registry.get, f"{tenant}/{name}"))
+    return AdapterPublic.of(await service.offload(state.registry.get, f"{tenant}/{name}"))
 
 
 @router.post(ONE + "/versions", status_code=201)
@@ -68,14 +68,14 @@ async def register_version(tenant: str, name: str, state: StateDep, admin: Admin
 @router.get(ONE + "/versions")
 async def list_versions(tenant: str, name: str, state: StateDep) -> list[VersionPublic]:
     return [VersionPublic.of(v)
-            for v in await service.read(state.registry.versions, f"{tenant}/{name}")]
+            for v in await service.offload(state.registry.versions, f"{tenant}/{name}")]
 
 
 @router.get(ONE + "/versions/{version}")
 async def show_version(tenant: str, name: str, version: VersionPath,
                        state: StateDep) -> VersionPublic:
     return VersionPublic.of(
-        await service.read(state.registry.version, f"{tenant}/{name}", version))
+        await service.offload(state.registry.version, f"{tenant}/{name}", version))
 
 
 @router.post(ONE + "/promote")
@@ -131,5 +131,5 @@ async def retire(tenant: str, name: str, version: VersionPath, state: StateDep, 
 @router.get(ONE + "/history")
 async def history(tenant: str, name: str, state: StateDep,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventPublic]:
-    events = await service.read(state.registry.history, f"{tenant}/{name}", limit=limit)
+    events = await service.offload(state.registry.history, f"{tenant}/{name}", limit=limit)
     return [EventPublic.of(e) for e in events]

@@ -29,6 +29,7 @@ from loraloop.adapters.records import (
     TenantRecord,
     VersionRecord,
 )
+from loraloop.adapters.training import RunRecord
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 AdapterId = Annotated[
@@ -220,5 +221,27 @@ class EventPublic(BaseModel):
 
     @classmethod
     def of(cls, record: EventRecord) -> EventPublic:
+        fields = vars(record).copy()
+        return cls(adapter=fields.pop("adapter_id"), **fields)
+
+
+class RunPublic(BaseModel):
+    id: int
+    adapter: str
+    status: str
+    requested_by: str | None
+    worker: str | None
+    parent_version: int | None
+    candidate_version: int | None
+    pairs: int | None
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunPublic:
         fields = vars(record).copy()
         return cls(adapter=fields.pop("adapter_id"), **fields)

@@ -3,8 +3,9 @@ tenant's key)."""
 
 from fastapi import APIRouter
 
-from . import adapters_router, tenants_router
+from . import adapters_router, tenants_router, training_router
 
 router = APIRouter()
 router.include_router(tenants_router.router)
 router.include_router(adapters_router.router)
+router.include_router(training_router.router)

@@ -34,8 +34,9 @@ async def write(state: ServerState, change: Callable[..., T], *args, **kwargs) -
     return result
 
 
-async def read(change: Callable[..., T], *args, **kwargs) -> T:
-    return await asyncio.to_thread(change, *args, **kwargs)
+async def offload(call: Callable[..., T], *args, **kwargs) -> T:
+    """A blocking registry call that changes nothing servers route by."""
+    return await asyncio.to_thread(call, *args, **kwargs)
 
 
 async def _stage(uploads: list[UploadFile], staging: Path, max_bytes: int) -> dict[str, Path]:
@@ -71,7 +72,7 @@ async def register_version(state: ServerState, adapter_id: str, form: VersionCre
     registry = state.registry
     if form.path is not None:
         roots = state.settings.allowed_adapter_roots
-        files = await read(files_in_allowed_dir, form.path, roots)
+        files = await offload(files_in_allowed_dir, form.path, roots)
         return await write(state, registry.register, adapter_id, files, new, actor=actor)
     staging = registry.store.staging_dir()
     try:

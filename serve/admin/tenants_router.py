@@ -24,7 +24,7 @@ async def create_tenant(body: TenantCreate, state: StateDep, admin: Admin) -> Te
 
 @router.get("")
 async def list_tenants(state: StateDep) -> list[TenantPublic]:
-    return [TenantPublic.of(t) for t in await service.read(state.tenants.list)]
+    return [TenantPublic.of(t) for t in await service.offload(state.tenants.list)]
 
 
 @router.post("/{tenant}/keys", status_code=201)
@@ -38,7 +38,7 @@ async def issue_key(tenant: str, state: StateDep, admin: Admin,
 
 @router.get("/{tenant}/keys")
 async def list_keys(tenant: str, state: StateDep) -> list[KeyPublic]:
-    return [KeyPublic.of(k) for k in await service.read(state.tenants.list_keys, tenant)]
+    return [KeyPublic.of(k) for k in await service.offload(state.tenants.list_keys, tenant)]
 
 
 @router.post("/{tenant}/keys/{prefix}/revoke")

@@ -8,10 +8,15 @@ errors; the first token is awaited here for that reason.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+
+from loraloop.adapters.feedback import CompletionToRecord, FeedbackBook
 
 from ..admission import AdmissionGate
 from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
@@ -22,6 +27,8 @@ from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
 from ..warmup import AdapterWarmer
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,9 +70,11 @@ class GenerationService:
         admission: AdmissionGate,
         limits: RequestLimits,
         routes: RoutingTable,
+        feedback: FeedbackBook,
     ) -> None:
         self.engine, self.renderer, self.warmer = engine, renderer, warmer
         self.admission, self.limits, self.routes = admission, limits, routes
+        self.feedback = feedback
         self.ready = False
 
     async def chat(self, request: ChatCompletionRequest, tenant: str | None) -> Generation:
@@ -85,7 +94,8 @@ class GenerationService:
         prompt = self.renderer.chat(messages)
         sampling = self._sampling(request, prompt, "messages",
                                   logprobs=top if request.logprobs else None)
-        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n)
+        records = [{"messages": messages}] if self._records(adapter) else None
+        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n, records)
 
     async def complete(self, request: CompletionRequest, tenant: str | None) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model, tenant)
@@ -93,11 +103,16 @@ class GenerationService:
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._check_logprobs(request.logprobs, "logprobs")
-        prompts = [
-            (ids, self._sampling(request, ids, "prompt", logprobs=logprobs))
-            for ids in self._completion_prompts(request.prompt)
-        ]
-        return await self._start("cmpl", adapter, prompts, request.n)
+        token_lists = self._completion_prompts(request.prompt)
+        prompts = [(ids, self._sampling(request, ids, "prompt", logprobs=logprobs))
+                   for ids in token_lists]
+        records = None
+        if self._records(adapter):
+            records = [{"text": self.renderer.tokenizer.decode(ids)} for ids in token_lists]
+        return await self._start("cmpl", adapter, prompts, request.n, records)
+
+    def _records(self, adapter: AdapterRef | None) -> bool:
+        return adapter is not None and adapter.adapter_id in self.routes.snapshot.recording
 
     def _completion_prompts(self, prompt) -> list[list[int]]:
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
@@ -166,7 +181,9 @@ class GenerationService:
         )
 
     async def _start(self, prefix: str, adapter: AdapterRef | None,
-                     prompts: list[tuple[list[int], SamplingSpec]], n: int) -> Generation:
+                     prompts: list[tuple[list[int], SamplingSpec]], n: int,
+                     records: list[dict] | None = None) -> Generation:
+        """`records`: each prompt as feedback will name it, when completions are kept."""
         if not self.ready:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         generation_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -180,7 +197,10 @@ class GenerationService:
                 for p, (ids, spec) in enumerate(prompts)
                 for sample in range(n)
             ]
-            events = releasing(merge_indexed(streams), ticket.release)
+            events = merge_indexed(streams)
+            if records is not None:
+                events = self._recording(events, generation_id, adapter, records, n)
+            events = releasing(events, ticket.release)
             first = await anext(events)
         except BaseException:
             ticket.release()
@@ -194,6 +214,24 @@ class GenerationService:
             choices=len(prompts) * n,
             events=prepend(first, events),
         )
+
+
+    async def _recording(self, events: AsyncIterator[tuple[int, GenerationDelta]],
+                         generation_id: str, adapter: AdapterRef, records: list[dict],
+                         n: int) -> AsyncIterator[tuple[int, GenerationDelta]]:
+        """Pass the events through; once all are out, keep each choice's prompt and output so
+        that score feedback can name the completion by its id."""
+        outputs: dict[int, str] = defaultdict(str)
+        async for index, delta in events:
+            outputs[index] += delta.text
+            yield index, delta
+        rows = [CompletionToRecord(generation_id, index, adapter.adapter_id, adapter.version,
+                                   records[index // n], text)
+                for index, text in sorted(outputs.items())]
+        try:
+            await asyncio.to_thread(self.feedback.record, rows)
+        except Exception:  # the answer matters more than its record: serve it regardless
+            logger.exception("could not record completion %s", generation_id)
 
 
 def _choice_sampling(spec: SamplingSpec, sample: int) -> SamplingSpec:

@@ -1,0 +1,203 @@
+"""Training-run bookkeeping: queued and running runs, and the feedback they claim under a lease.
+
+A run claims pending feedback by stamping it with its id and a lease expiry; it keeps the
+lease alive while it trains. A trainer killed mid-run stops renewing: once the lease expires
+the run is marked failed and its feedback is claimable again, so nothing is lost and no two
+runs train on the same rows. Feedback becomes `consumed` only inside the transaction that
+registers the version trained on it (see `consume`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .errors import Conflict, NotFound
+from .feedback import adapter_row_id_to_name
+from .records import _utc
+from .registry import adapter_row
+from .schema import Adapter, Feedback, TrainingRun, utcnow
+
+LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
+
+
+class LeaseLost(Conflict):
+    """The run is no longer this worker's: it must stop without registering anything."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    adapter_id: str
+    status: str
+    requested_by: str | None
+    worker: str | None
+    parent_version: int | None
+    candidate_version: int | None
+    pairs: int | None
+    progress: dict
+    metrics: dict
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: TrainingRun, adapter_id: str) -> RunRecord:
+        def utc(moment):
+            return _utc(moment) if moment else None
+
+        return cls(row.id, adapter_id, row.status, row.requested_by, row.worker,
+                   row.parent_version, row.candidate_version, row.pairs, dict(row.progress),
+                   dict(row.metrics), row.reason, _utc(row.created_at), utc(row.started_at),
+                   utc(row.finished_at))
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    adapter_id: str
+    policy: dict | None
+    pending: int
+    oldest: datetime | None
+    queued: bool  # an operator asked for a run
+
+
+@dataclass(frozen=True)
+class ClaimedFeedback:
+    id: int
+    kind: str
+    prompt: dict
+    chosen: str | None
+    rejected: str | None
+    completion: str | None
+    score: float | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: int
+    adapter_id: str
+    parent_version: int | None  # the live version when the run started: what it trains from
+    feedback: tuple[ClaimedFeedback, ...]
+
+
+def _claimable(now: datetime):
+    return or_(Feedback.status == "pending",
+               and_(Feedback.status == "claimed", Feedback.lease_expires_at < now))
+
+
+class TrainingBook:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def queue(self, adapter_id: str, *, actor: str) -> RunRecord:
+        with self.db.transaction(routing_change=False) as session:
+            adapter = adapter_row(adapter_id, session=session)
+            run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
+            session.add(run)
+            session.flush()
+            return RunRecord.of(run, adapter_id)
+
+    def runs(self, adapter_id: str, *, limit: int = 50) -> list[RunRecord]:
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rows = session.scalars(select(TrainingRun).where(TrainingRun.adapter_id == adapter.id)
+                                   .order_by(TrainingRun.id.desc()).limit(limit))
+            return [RunRecord.of(row, adapter_id) for row in rows]
+
+    def run(self, adapter_id: str, run_id: int) -> RunRecord:
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            row = session.get(TrainingRun, run_id)
+            if row is None or row.adapter_id != adapter.id:
+                raise NotFound(f"'{adapter_id}' has no training run {run_id}.")
+            return RunRecord.of(row, adapter_id)
+
+    def pending_work(self) -> list[PendingWork]:
+        """Per adapter with claimable feedback or a queued run: what the trainer decides on."""
+        now = utcnow()
+        with self.db.reading() as session:
+            counts = dict((a, (n, oldest)) for a, n, oldest in session.execute(
+                select(Feedback.adapter_id, func.count(), func.min(Feedback.created_at))
+                .where(_claimable(now)).group_by(Feedback.adapter_id)))
+            queued = set(session.scalars(
+                select(TrainingRun.adapter_id).where(TrainingRun.status == "queued")))
+            work = []
+            for adapter_id in sorted(set(counts) | queued):
+                pending, oldest = counts.get(adapter_id, (0, None))
+                policy = session.get(Adapter, adapter_id).policy
+                work.append(PendingWork(adapter_row_id_to_name(adapter_id, session=session),
+                                        policy, pending, _utc(oldest) if oldest else None,
+                                        adapter_id in queued))
+            return work
+
+    def claim(self, adapter_id: str, *, worker: str, lease_s: float) -> Claim:
+        now = utcnow()
+        lease = now + timedelta(seconds=lease_s)
+        with self.db.transaction(routing_change=False) as session:
+            adapter = adapter_row(adapter_id, session=session)
+            self._fail_abandoned(adapter.id, now, session=session)
+            run = session.scalar(select(TrainingRun).where(
+                TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
+                .order_by(TrainingRun.id).limit(1)) or TrainingRun(adapter_id=adapter.id)
+            run.status, run.worker, run.lease_expires_at = "running", worker, lease
+            run.started_at, run.parent_version = now, adapter.live_version
+            session.add(run)
+            session.flush()
+            # SKIP LOCKED: on PostgreSQL a second trainer passes over rows being claimed now.
+            rows = session.scalars(select(Feedback).where(
+                Feedback.adapter_id == adapter.id, _claimable(now))
+                .order_by(Feedback.id).with_for_update(skip_locked=True)).all()
+            for row in rows:
+                row.status, row.run_id, row.lease_expires_at = "claimed", run.id, lease
+            claimed = tuple(ClaimedFeedback(r.id, r.kind, dict(r.prompt), r.chosen, r.rejected,
+                                            r.completion, r.score) for r in rows)
+            return Claim(run.id, adapter_id, adapter.live_version, claimed)
+
+    def _fail_abandoned(self, adapter_id: int, now: datetime, *, session: Session) -> None:
+        session.execute(update(TrainingRun).where(
+            TrainingRun.adapter_id == adapter_id, TrainingRun.status == "running",
+            TrainingRun.lease_expires_at < now,
+        ).values(status="failed", reason=LEASE_LOST, finished_at=now))
+
+    def _owned_run(self, run_id: int, worker: str, *, session: Session) -> TrainingRun:
+        run = session.get(TrainingRun, run_id)
+        if run is None or run.status != "running" or run.worker != worker or (
+                _utc(run.lease_expires_at) < utcnow()):
+            raise LeaseLost(f"Training run {run_id} is no longer held by {worker}.")
+        return run
+
+    def renew(self, run_id: int, *, worker: str, lease_s: float, progress: dict) -> None:
+        lease = utcnow() + timedelta(seconds=lease_s)
+        with self.db.transaction(routing_change=False) as session:
+            run = self._owned_run(run_id, worker, session=session)
+            run.lease_expires_at, run.progress = lease, progress
+            session.execute(update(Feedback).where(Feedback.run_id == run_id,
+                                                   Feedback.status == "claimed")
+                            .values(lease_expires_at=lease))
+
+    def consume(self, run_id: int, version: int, *, worker: str, pairs: int,
+                session: Session) -> None:
+        """Inside the registration's transaction: the claimed feedback becomes consumed by
+        `version`. A lost lease raises, and the registration rolls back with it."""
+        run = self._owned_run(run_id, worker, session=session)
+        run.candidate_version, run.pairs = version, pairs
+        session.execute(update(Feedback).where(Feedback.run_id == run_id,
+                                               Feedback.status == "claimed")
+                        .values(status="consumed", consumed_by_version=version))
+
+    def finish(self, run_id: int, status: str, *, reason: str | None = None,
+               metrics: dict | None = None, release: bool = False) -> None:
+        """End a run. `release`: its claimed feedback goes back to pending (nothing trained)."""
+        with self.db.transaction(routing_change=False) as session:
+            run = session.get(TrainingRun, run_id)
+            run.status, run.reason, run.finished_at = status, reason, utcnow()
+            run.metrics = metrics or run.metrics
+            if release:
+                session.execute(update(Feedback).where(Feedback.run_id == run_id,
+                                                       Feedback.status == "claimed")
+                                .values(status="pending", run_id=None, lease_expires_at=None))

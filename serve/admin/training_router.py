@@ -1,0 +1,52 @@
+"""Admin routes for an adapter's training policy and its training runs; translation only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from loraloop.trainer.policy import TrainingPolicy
+
+from ..auth import Admin, require_admin
+from ..state import ServerState, get_state
+from . import service
+from .protocol import RunPublic
+
+router = APIRouter(prefix="/admin/v1/adapters/{tenant}/{name}", tags=["admin"],
+                   dependencies=[Depends(require_admin)])
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+@router.get("/policy")
+async def show_policy(tenant: str, name: str, state: StateDep) -> TrainingPolicy:
+    stored = await service.offload(state.registry.policy, f"{tenant}/{name}")
+    return TrainingPolicy.model_validate(stored or {})
+
+
+@router.put("/policy")
+async def set_policy(tenant: str, name: str, body: TrainingPolicy, state: StateDep,
+                     admin: Admin) -> TrainingPolicy:
+    stored = await service.write(state, state.registry.set_policy, f"{tenant}/{name}",
+                                 body.model_dump(mode="json"), actor=admin.name)
+    return TrainingPolicy.model_validate(stored)
+
+
+@router.post("/training-runs", status_code=201)
+async def queue_run(tenant: str, name: str, state: StateDep, admin: Admin) -> RunPublic:
+    """Ask the trainer to run for this adapter now, whatever its policy's thresholds."""
+    record = await service.offload(state.training.queue, f"{tenant}/{name}", actor=admin.name)
+    return RunPublic.of(record)
+
+
+@router.get("/training-runs")
+async def list_runs(tenant: str, name: str, state: StateDep,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunPublic]:
+    runs = await service.offload(state.training.runs, f"{tenant}/{name}", limit=limit)
+    return [RunPublic.of(run) for run in runs]
+
+
+@router.get("/training-runs/{run_id}")
+async def show_run(tenant: str, name: str, state: StateDep,
+                   run_id: Annotated[int, Path(ge=1, le=2**62)]) -> RunPublic:
+    return RunPublic.of(await service.offload(state.training.run, f"{tenant}/{name}", run_id))

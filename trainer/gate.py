@@ -1,0 +1,155 @@
+"""The promotion decision: is a trained candidate better than the live version, by enough
+and with enough confidence, without drifting too far from it or from the base model?
+
+Every figure measured goes into GateReport.metrics, so a rejected candidate records why.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dpo import TrainResult
+from .evaluate import PreferenceScore, Scorer, weights_changed
+from .pairs import PreferencePair, Prompt
+from .policy import TrainingPolicy
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    value: float
+    threshold: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class GateReport:
+    checks: tuple[Check, ...]
+    passed: bool  # every check passed: worth keeping as a candidate better than live
+    promote: bool  # passed, and the accuracy gain over live meets the auto-promote margin
+    metrics: dict[str, float]  # every figure measured, flat, for the version's record
+
+    def failures(self) -> str:
+        """The failed checks as a rejection reason: "name: value vs threshold; ..."."""
+        return "; ".join(
+            f"{check.name}: {check.value:.4g} vs {check.threshold:.4g} ({check.detail})"
+            for check in self.checks
+            if not check.passed
+        )
+
+
+def evaluate_candidate(
+    scorer: Scorer,
+    *,
+    candidate: Path,
+    live: Path | None,
+    held_out: Sequence[PreferencePair],
+    drift_prompts: Sequence[Prompt],
+    train: TrainResult,
+    policy: TrainingPolicy,
+) -> GateReport:
+    """Measure `candidate` against `live` (None: the base model) and decide."""
+    if not held_out or not drift_prompts:
+        raise ValueError("the gate needs held-out pairs and drift prompts to measure on")
+    gate = policy.gate
+    ours, theirs = scorer.preference(candidate, held_out), scorer.preference(live, held_out)
+    kl_base = scorer.mean_token_kl(candidate, None, drift_prompts)
+    kl_live = None if live is None else scorer.mean_token_kl(candidate, live, drift_prompts)
+    gain = margin_gain_lower_bound(ours, theirs, gate.confidence_z)
+    checks = (
+        *_training_checks(train, weights_changed(live, candidate)),
+        *_preference_checks(ours, theirs, gain, gate.min_accuracy, gate.confidence_z),
+        *_drift_checks(kl_live, kl_base, gate.max_kl_from_live, gate.max_kl_from_base),
+    )
+    passed = all(check.passed for check in checks)
+    return GateReport(
+        checks=checks,
+        passed=passed,
+        promote=passed and ours.accuracy >= theirs.accuracy + gate.promote_margin,
+        metrics=_metrics(train, ours, theirs, gain, kl_live, kl_base),
+    )
+
+
+def _training_checks(train: TrainResult, changed: bool) -> tuple[Check, ...]:
+    return (
+        Check("trainable_parameters", train.trainable_parameters > 0,
+              float(train.trainable_parameters), 1.0, "the policy model had parameters to train"),
+        Check("weights_changed", changed, float(changed), 1.0,
+              "the candidate's LoRA tensors differ from the live version's"),
+    )
+
+
+def _preference_checks(
+    ours: PreferenceScore, theirs: PreferenceScore, gain: float, min_accuracy: float, z: float
+) -> tuple[Check, ...]:
+    return (
+        Check("heldout_accuracy_vs_live", ours.accuracy >= theirs.accuracy, ours.accuracy,
+              theirs.accuracy, "held-out preference accuracy at least the live version's"),
+        Check("heldout_accuracy_min", ours.accuracy >= min_accuracy, ours.accuracy,
+              min_accuracy, "held-out preference accuracy at least the policy's minimum"),
+        Check("heldout_margin_vs_live", ours.mean_margin >= theirs.mean_margin,
+              ours.mean_margin, theirs.mean_margin,
+              "mean held-out log-prob margin at least the live version's"),
+        Check("margin_gain_significant", gain > 0, gain, 0.0,
+              f"per-pair margin gain over live, mean - {z:g} standard errors, above zero"),
+    )
+
+
+def margin_gain_lower_bound(ours: PreferenceScore, theirs: PreferenceScore, z: float) -> float:
+    """mean - z * stderr of the paired per-pair margin gains; -inf below two pairs, where
+    no standard error exists."""
+    gains = [a - b for a, b in zip(ours.margins, theirs.margins, strict=True)]
+    if len(gains) < 2:
+        return -math.inf
+    stderr = statistics.stdev(gains) / math.sqrt(len(gains))
+    return statistics.fmean(gains) - z * stderr
+
+
+def _drift_checks(
+    kl_live: float | None, kl_base: float, max_live: float, max_base: float
+) -> tuple[Check, ...]:
+    if kl_live is None:
+        from_live = Check("kl_from_live", True, 0.0, max_live,
+                          "no live version: drift is measured from the base model alone")
+    else:
+        from_live = Check("kl_from_live", kl_live <= max_live, kl_live, max_live,
+                          "mean per-token KL (nats) from the live version")
+    return (
+        from_live,
+        Check("kl_from_base", kl_base <= max_base, kl_base, max_base,
+              "mean per-token KL (nats) from the base model"),
+    )
+
+
+def _metrics(
+    train: TrainResult,
+    ours: PreferenceScore,
+    theirs: PreferenceScore,
+    gain: float,
+    kl_live: float | None,
+    kl_base: float,
+) -> dict[str, float]:
+    """Finite figures only, so the record is valid JSON."""
+    metrics = {
+        "heldout_pairs": float(len(ours.margins)),
+        "heldout_accuracy": ours.accuracy,
+        "heldout_accuracy_live": theirs.accuracy,
+        "heldout_margin": ours.mean_margin,
+        "heldout_margin_live": theirs.mean_margin,
+        "kl_from_base": kl_base,
+        "trainable_parameters": float(train.trainable_parameters),
+        "train_steps": float(train.steps),
+        "train_loss": train.final_loss,
+    }
+    if math.isfinite(gain):
+        metrics["margin_gain_lower_bound"] = gain
+    if kl_live is not None:
+        metrics["kl_from_live"] = kl_live
+    if train.train_reward_accuracy is not None:
+        metrics["train_reward_accuracy"] = train.train_reward_accuracy
+    return metrics

@@ -1,0 +1,39 @@
+"""`loraloop trainer`: the sidecar process, wired from its settings."""
+
+from __future__ import annotations
+
+import logging
+
+from loraloop.adapters.opening import local_model_dir, open_registry
+from loraloop.adapters.training import TrainingBook
+
+from .settings import TrainerSettings
+from .sidecar import Trainer, remove_leftovers
+
+logger = logging.getLogger(__name__)
+
+
+def _quiet_progress_bars() -> None:
+    # The trainer's log carries its own progress lines; library bars would bury them.
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def run_trainer(settings: TrainerSettings, *, once: bool = False) -> None:
+    _quiet_progress_bars()
+    registry = open_registry(
+        model=settings.model, aliases=[settings.base_model_name], data_dir=settings.data_dir,
+        database_url=settings.database_url, max_rank=settings.max_lora_rank,
+        max_bytes=settings.max_adapter_bytes,
+    )
+    remove_leftovers(registry.store.staging)
+    trainer = Trainer(registry, TrainingBook(registry.db), local_model_dir(settings.model),
+                      worker=settings.trainer_worker, lease_s=settings.trainer_lease_s)
+    if once:
+        ran = trainer.run_once()
+        logger.info("trainer: %s", "one run done" if ran else "nothing was due")
+        return
+    trainer.run_forever(settings.trainer_poll_s)
