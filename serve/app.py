@@ -27,6 +27,7 @@ from .errors import install_error_handlers
 from .feedback import router as feedback_router
 from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
+from .middleware import BodyLimit, RequestMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
 from .prompts import PromptRenderer
@@ -34,9 +35,11 @@ from .registry_watch import RegistryWatcher
 from .routing import RoutingSnapshot, RoutingTable
 from .settings import ServeSettings
 from .state import ServerState
+from .token_budget import TokenBudget
 from .warmup import AdapterWarmer
 
 logger = logging.getLogger(__name__)
+UPLOAD_OVERHEAD = 1 << 20  # multipart framing and form fields around the adapter files
 
 
 def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
@@ -50,15 +53,19 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
         settings.base_model_name, read_routing_state(db), registry.store.path_of
     ))
     renderer = PromptRenderer.load(settings.model, settings.max_model_len)
-    warmer = AdapterWarmer(engine)
+    budget = (TokenBudget(settings.tenant_tokens_per_minute)
+              if settings.tenant_tokens_per_minute else None)
+    admission = AdmissionGate(settings.max_pending_requests, settings.max_tenant_requests,
+                              budget)
+    metrics = ServeMetrics(admission, engine, routes, db)
+    warmer = AdapterWarmer(engine, metrics)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
-    admission = AdmissionGate(settings.max_pending_requests)
     feedback = FeedbackBook(db)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
-                                feedback)
-    return ServerState(settings, engine, db, registry, tenants, FeedbackService(feedback, routes),
-                       TrainingBook(db), routes, watcher, warmer, service,
-                       ServeMetrics(admission, engine))
+                                feedback, metrics)
+    return ServerState(settings, engine, db, registry, tenants,
+                       FeedbackService(feedback, routes, metrics), TrainingBook(db), routes,
+                       watcher, warmer, service, metrics)
 
 
 async def _start_engine(state: ServerState) -> None:
@@ -90,6 +97,10 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
 
     app = FastAPI(title="loraloop", version="0.1.0", lifespan=lifespan)
     app.state.loraloop = state
+    # Added last is outermost: metrics see every request, the 413s included.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
     install_error_handlers(app)
     app.include_router(openai_router.router)
     app.include_router(feedback_router.router)

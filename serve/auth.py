@@ -60,6 +60,12 @@ def _is_admin_key(key: str, state: ServerState) -> bool:
 
 
 def authenticate(request: Request, state: ServerState = Depends(get_state)) -> Principal:
+    principal = _identify(request, state)
+    request.state.caller = principal.name  # for the request log (serve/middleware.py)
+    return principal
+
+
+def _identify(request: Request, state: ServerState) -> Principal:
     if not state.settings.auth:
         return Principal(tenant=None, is_admin=True, name=_actor(request, "local"))
     key = _bearer(request)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import typer
 
 from . import training_cli  # noqa: F401 - registers `adapters policy|train|runs`
 from .admin_cli import adapters_app, tenants_app
+from .logs import configure_logging
 
 app = typer.Typer(
     help="loraloop: one frozen base model, many tenants' LoRA adapters, chosen per request, "
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 
 DEFAULT_DEMO_MODEL = Path(".loraloop/demo-model")
+HEADER_LIMIT_BYTES = 64 << 10
 
 
 @app.command()
@@ -75,16 +76,22 @@ def serve(
     overrides = {name: value for name, value in options.items() if value is not None}
     if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
         overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
-    _configure_logging()
     settings = ServeSettings(**overrides)
+    configure_logging(settings.log_format)
     sidecar = _start_trainer(settings) if with_trainer else None
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level="info", timeout_graceful_shutdown=30)
+                    log_level="info", log_config=None, timeout_graceful_shutdown=30,
+                    # Caps a request's line and headers: a client cannot make the server
+                    # buffer unbounded header data.
+                    h11_max_incomplete_event_size=HEADER_LIMIT_BYTES)
     finally:
         if sidecar is not None:
-            sidecar.terminate()
-            sidecar.wait(timeout=30)
+            sidecar.terminate()  # it finishes a run in progress, if that is quick enough
+            try:
+                sidecar.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sidecar.kill()  # its lease lapses and the next trainer takes the feedback
 
 
 def _start_trainer(settings) -> subprocess.Popen:
@@ -106,9 +113,7 @@ def _ensure_demo_model(path: Path) -> Path:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(os.environ.get("LORALOOP_LOG_FORMAT", "text"))
 
 
 @app.command()

@@ -92,6 +92,14 @@ class Overloaded(LoraloopError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class RateLimited(Overloaded):
+    """One tenant over its share: the server itself still has room for others."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class EngineUnavailable(Overloaded):
     code = "engine_unavailable"
 

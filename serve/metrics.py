@@ -1,40 +1,132 @@
-"""Prometheus metrics of the serving path. Labels stay bounded: no per-request values."""
+"""Prometheus metrics. Labels stay bounded: endpoints, registered adapters and their versions,
+outcomes; never request ids, keys or client-chosen text.
+
+Request metrics are this process's own. Registry-wide facts (training runs, promotions,
+rollbacks, rejections) happen in other processes too (the trainer), so they are read from the
+registry at scrape time: every replica reports the same value; aggregate them with max().
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry
+from collections.abc import AsyncIterator
+from time import perf_counter
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from loraloop.adapters.db import Database
+from loraloop.adapters.schema import Event, TrainingRun
 
 from .admission import AdmissionGate
-from .engine.protocol import Engine
+from .engine.protocol import Engine, GenerationDelta
+from .routing import RoutingTable
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 class _LiveCounts(Collector):
-    """Values read from the admission gate and the engine at scrape time."""
+    """Values read from the admission gate, the engine and the routing snapshot at scrape."""
 
-    def __init__(self, admission: AdmissionGate, engine: Engine) -> None:
-        self.admission, self.engine = admission, engine
+    def __init__(self, admission: AdmissionGate, engine: Engine, routes: RoutingTable) -> None:
+        self.admission, self.engine, self.routes = admission, engine, routes
 
     def collect(self):
-        yield GaugeMetricFamily(
-            "loraloop_requests_in_progress",
-            "Generation requests admitted and not yet finished.",
-            value=self.admission.in_progress,
-        )
-        yield GaugeMetricFamily(
-            "loraloop_engine_requests_active",
-            "Sequences the engine is generating (one per choice).",
-            value=self.engine.active_requests,
-        )
+        yield GaugeMetricFamily("loraloop_requests_in_progress",
+                                "Generation requests admitted and not yet finished.",
+                                value=self.admission.in_progress)
+        yield GaugeMetricFamily("loraloop_engine_requests_active",
+                                "Sequences the engine is generating (one per choice).",
+                                value=self.engine.active_requests)
         yield CounterMetricFamily(
             "loraloop_engine_requests_aborted",
             "Sequences stopped in the engine before they finished, e.g. the client left.",
-            value=self.engine.aborted_requests,
-        )
+            value=self.engine.aborted_requests)
+        live = GaugeMetricFamily("loraloop_adapter_live_version",
+                                 "The live version of each adapter, as this server routes.",
+                                 labels=["adapter"])
+        for adapter_id, version in sorted(self.routes.snapshot.live.items()):
+            live.add_metric([adapter_id], version)
+        yield live
+
+
+class _RegistryCounts(Collector):
+    """Registry-wide counts, read from the database at scrape time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self):
+        with self.db.reading() as session:
+            events = session.execute(select(Event.kind, func.count()).group_by(Event.kind)).all()
+            runs = session.execute(
+                select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all()
+        changes = CounterMetricFamily(
+            "loraloop_registry_events", "Registry changes by kind (promote, rollback, reject, "
+            "register, ...), all processes.", labels=["kind"])
+        for kind, count in events:
+            changes.add_metric([kind], count)
+        yield changes
+        by_status = GaugeMetricFamily("loraloop_training_runs",
+                                      "Training runs by status, all trainers.", labels=["status"])
+        for status, count in runs:
+            by_status.add_metric([status], count)
+        yield by_status
 
 
 class ServeMetrics:
-    def __init__(self, admission: AdmissionGate, engine: Engine) -> None:
-        self.registry = CollectorRegistry()
-        self.registry.register(_LiveCounts(admission, engine))
+    def __init__(self, admission: AdmissionGate, engine: Engine, routes: RoutingTable,
+                 db: Database) -> None:
+        self.registry = registry = CollectorRegistry()
+        registry.register(_LiveCounts(admission, engine, routes))
+        registry.register(_RegistryCounts(db))
+        self.requests = Counter("loraloop_requests", "API requests by outcome.",
+                                ["endpoint", "adapter", "version", "status"], registry=registry)
+        self.rejected = Counter("loraloop_requests_rejected",
+                                "Requests refused for load: overloaded (503) or rate_limited "
+                                "(429).", ["reason"], registry=registry)
+        self.prompt_tokens = Counter("loraloop_prompt_tokens", "Prompt tokens processed.",
+                                     ["adapter"], registry=registry)
+        self.generation_tokens = Counter("loraloop_generation_tokens", "Tokens generated.",
+                                         ["adapter"], registry=registry)
+        self.ttft = Histogram("loraloop_time_to_first_token_seconds",
+                              "From admission to the first generated token.", ["endpoint"],
+                              buckets=LATENCY_BUCKETS, registry=registry)
+        self.tpot = Histogram("loraloop_time_per_output_token_seconds",
+                              "Decoding time per output token after the first, per request.",
+                              ["endpoint"], buckets=TOKEN_BUCKETS, registry=registry)
+        self.duration = Histogram("loraloop_request_duration_seconds",
+                                  "End to end, until the last byte of the response.",
+                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.adapter_loads = Counter("loraloop_adapter_loads", "Adapter loads into the engine.",
+                                     ["outcome"], registry=registry)
+        self.adapter_load_seconds = Histogram("loraloop_adapter_load_seconds",
+                                              "Time to load an adapter into the engine.",
+                                              buckets=LATENCY_BUCKETS, registry=registry)
+        self.cache_lookups = Counter("loraloop_adapter_cache_lookups",
+                                     "Requests whose adapter was already loaded (hit) or not.",
+                                     ["result"], registry=registry)
+        self.feedback = Counter("loraloop_feedback", "Feedback stored, by kind.", ["kind"],
+                                registry=registry)
+
+    async def observe_generation(
+        self, events: AsyncIterator[tuple[int, GenerationDelta]], *, endpoint: str,
+        adapter: str, choices: int, prompt_tokens: int, started: float,
+    ) -> AsyncIterator[tuple[int, GenerationDelta]]:
+        """Pass the events through, timing the first token and counting the rest."""
+        first, tokens = None, 0
+        try:
+            async for event in events:
+                if first is None:
+                    first = perf_counter()
+                    self.ttft.labels(endpoint).observe(first - started)
+                tokens += len(event[1].token_ids)
+                yield event
+        finally:  # a client that leaves early still used what was generated until then
+            self.prompt_tokens.labels(adapter).inc(prompt_tokens)
+            self.generation_tokens.labels(adapter).inc(tokens)
+            per_choice = tokens / max(choices, 1)
+            if first is not None and per_choice > 1:
+                self.tpot.labels(endpoint).observe((perf_counter() - first) / (per_choice - 1))

@@ -64,6 +64,9 @@ class ServeSettings(BaseSettings):
     )
     max_adapter_bytes: int = Field(GiB, ge=1 << 10, description="largest adapter accepted")
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: one object per line, for log pipelines"
+    )
     auth: bool = Field(True, description="require API keys; off only on a loopback address")
     admin_key: SecretStr | None = Field(None, description="the operators' credential")
 
@@ -77,6 +80,15 @@ class ServeSettings(BaseSettings):
     kv_cache_gib: float | None = Field(None, gt=0, description="KV cache size; CPU engines")
     max_pending_requests: int = Field(
         64, ge=1, description="requests admitted at once; beyond it clients get 503"
+    )
+    max_tenant_requests: int = Field(
+        32, ge=1, description="one tenant's requests admitted at once; beyond it it gets 429"
+    )
+    tenant_tokens_per_minute: int | None = Field(
+        None, ge=1, description="tokens one tenant may generate per minute (429 beyond)"
+    )
+    max_request_bytes: int = Field(
+        16 << 20, ge=1 << 10, description="largest request body (uploads: max_adapter_bytes)"
     )
     limits: RequestLimits = Field(default_factory=RequestLimits)
 

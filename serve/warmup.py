@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 
 from .engine.protocol import AdapterRef, Engine
 from .errors import AdapterUnavailable
+from .metrics import ServeMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class AdapterWarmer:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, engine: Engine, metrics: ServeMetrics) -> None:
+        self._engine, self._metrics = engine, metrics
         self._loaded: set[int] = set()
         self._failed: dict[int, AdapterUnavailable] = {}
         self._locks: dict[int, asyncio.Lock] = {}
@@ -27,7 +29,9 @@ class AdapterWarmer:
     async def ensure_loaded(self, adapter: AdapterRef) -> None:
         key = adapter.lora_int_id
         if key in self._loaded:
+            self._metrics.cache_lookups.labels("hit").inc()
             return
+        self._metrics.cache_lookups.labels("miss").inc()
         # One load per version however many requests arrive for it at once.
         async with self._locks.setdefault(key, asyncio.Lock()):
             if key in self._failed:
@@ -36,11 +40,15 @@ class AdapterWarmer:
                 await self._load(adapter)
 
     async def _load(self, adapter: AdapterRef) -> None:
+        started = perf_counter()
         try:
             await self._engine.add_adapter(adapter)
         except AdapterUnavailable as exc:
             self._failed[adapter.lora_int_id] = exc
+            self._metrics.adapter_loads.labels("failed").inc()
             raise
+        self._metrics.adapter_loads.labels("loaded").inc()
+        self._metrics.adapter_load_seconds.observe(perf_counter() - started)
         self._loaded.add(adapter.lora_int_id)
         logger.info("adapter %s loaded (lora id %d)", adapter.served_name, adapter.lora_int_id)
 

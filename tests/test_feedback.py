@@ -138,3 +138,10 @@ def test_scores_can_name_a_recorded_completion(vllm_server):
     missing = post(vllm_server, {"completion_id": unrecorded.id, "score": 1, "judge": "x"},
                    tenant="initech")
     assert missing.status_code == 404
+
+
+def test_a_batch_that_is_not_text_is_refused(vllm_server):
+    response = httpx.post(f"{vllm_server.url}/v1/feedback/batch", content=b"\xff\xfe{}",
+                          headers=tenant_headers(vllm_server, "acme"), timeout=30)
+    assert response.status_code == 400
+    assert "UTF-8" in response.json()["error"]["message"]

@@ -223,6 +223,8 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
         finished = _wait(lambda: [r for r in training.runs("loop/killed")
                                   if r.status in FINISHED and r.status != "failed"],
                          RUN_TIMEOUT_S, "the restarted trainer to finish a run")
+        second.terminate()  # SIGTERM between runs: the trainer exits cleanly
+        assert second.wait(timeout=30) == 0
     finally:
         stop(second)
     assert finished[0].candidate_version == 2

@@ -12,9 +12,11 @@ from loraloop.adapters.names import ModelRef, parse_model_ref
 from loraloop.adapters.records import AdapterRecord, RoutingState, VersionRecord
 from loraloop.serve.engine.reference import IncrementalText
 from loraloop.serve.errors import AdapterNotFound
+from loraloop.serve.openai.service import CacheSalts
 from loraloop.serve.routing import RoutingSnapshot
 from loraloop.serve.settings import ServeSettings
 from loraloop.serve.streams import merge_indexed
+from loraloop.serve.token_budget import TokenBudget
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -209,3 +211,25 @@ def test_cli_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("serve", "demo-model", "demo-adapter"):
         assert command in result.output
+
+
+def test_prefix_cache_salts_separate_tenants():
+    salts = CacheSalts()
+    acme, globex, operators = salts.of("acme"), salts.of("globex"), salts.of(None)
+    assert len({acme, globex, operators}) == 3
+    assert salts.of("acme") == acme  # stable, so a tenant still reuses its own cache
+    assert CacheSalts().of("acme") != acme  # keyed per process: not computable by clients
+
+
+def test_token_budget_refills_and_refuses_when_spent():
+    now = [0.0]
+    budget = TokenBudget(tokens_per_minute=600, clock=lambda: now[0])  # 10 tokens a second
+    assert budget.wait_s("acme") == 0
+    budget.spend("acme", 700)  # one long answer overdraws the bucket
+    assert budget.wait_s("acme") == 11  # -100 tokens: 10 s back to zero, then one more
+    assert budget.wait_s("globex") == 0  # other tenants keep their own budget
+    now[0] = 11.0
+    assert budget.wait_s("acme") == 0
+    now[0] = 1000.0
+    budget.spend("acme", 0)
+    assert budget._level("acme") == 600  # never above one minute's worth

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from loraloop.adapters.opening import local_model_dir, open_registry
 from loraloop.adapters.training import TrainingBook
@@ -36,4 +38,7 @@ def run_trainer(settings: TrainerSettings, *, once: bool = False) -> None:
         ran = trainer.run_once()
         logger.info("trainer: %s", "one run done" if ran else "nothing was due")
         return
-    trainer.run_forever(settings.trainer_poll_s)
+    stopping = threading.Event()
+    # SIGTERM (a pod stopping): finish the run in progress, start none, exit.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    trainer.run_forever(settings.trainer_poll_s, stopping)

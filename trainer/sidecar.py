@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from loraloop.adapters.training import Claim, ClaimedFeedback, LeaseLost, Pendin
 from .dpo import train_dpo
 from .evaluate import Scorer
 from .gate import GateReport, evaluate_candidate
+from .lease import LeaseKeeper
 from .pairs import PreferencePair, Prompt, ScoredCompletion, build_pairs, split_held_out
 from .policy import TrainingPolicy
 
@@ -76,16 +78,19 @@ class Trainer:
             self._scorer = Scorer(self.base_model)
         return self._scorer
 
-    def run_forever(self, poll_s: float) -> None:
+    def run_forever(self, poll_s: float, stopping: threading.Event) -> None:
+        """Until `stopping` is set: a run in progress then finishes, and no new one starts.
+        (A run cut short by SIGKILL is abandoned instead: its lease lapses.)"""
         logger.info("trainer %s watching for feedback", self.worker)
-        while True:
+        while not stopping.is_set():
             try:
                 ran = self.run_once()
             except Exception:  # e.g. the database is away: keep the sidecar up, try again
                 logger.exception("trainer loop error; retrying in %.1f s", poll_s)
                 ran = False
             if not ran:
-                time.sleep(poll_s)
+                stopping.wait(poll_s)
+        logger.info("trainer %s stopped", self.worker)
 
     def run_once(self) -> bool:
         """Run the first due adapter's training; False when nothing was due."""
@@ -107,7 +112,9 @@ class Trainer:
         logger.info("run %d: %s, %d feedback rows, from version %s", claim.run_id, adapter_id,
                     len(claim.feedback), claim.parent_version)
         try:
-            self._train_and_decide(claim, policy)
+            with LeaseKeeper(self.training, claim.run_id, worker=self.worker,
+                             lease_s=self.lease_s) as lease:
+                self._train_and_decide(claim, policy, lease)
         except LeaseLost:
             logger.error("run %d lost its lease; another run owns its feedback now", claim.run_id)
         except Exception as exc:
@@ -115,7 +122,8 @@ class Trainer:
             self.training.finish(claim.run_id, "failed", reason=f"{type(exc).__name__}: {exc}",
                                  release=True)
 
-    def _train_and_decide(self, claim: Claim, policy: TrainingPolicy) -> None:
+    def _train_and_decide(self, claim: Claim, policy: TrainingPolicy,
+                          lease: LeaseKeeper) -> None:
         pairs = pairs_of(claim.feedback, policy)
         if len(pairs) < MIN_PAIRS_EVER:
             self._resting[claim.adapter_id] = time.monotonic() + RETRY_AFTER_S
@@ -129,7 +137,7 @@ class Trainer:
                                          prefix="train-") as scratch:
             candidate = Path(scratch)
             result = train_dpo(self.base_model, live, train, policy, candidate,
-                               on_progress=self._progress_reporter(claim.run_id))
+                               on_progress=lease.report)
             drift = [(("user", p),) for p in policy.golden_prompts] or [
                 pair.prompt for pair in held_out]
             report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
@@ -142,21 +150,6 @@ class Trainer:
         if number is None:
             return None
         return self.registry.path_of(self.registry.version(adapter_id, number))
-
-    def _progress_reporter(self, run_id: int):
-        last_renewal = 0.0
-
-        def report(progress: dict) -> None:
-            nonlocal last_renewal
-            logger.info("run %d: %s", run_id, " ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in progress.items()))
-            if time.monotonic() - last_renewal >= min(1.0, self.lease_s / 4):
-                self.training.renew(run_id, worker=self.worker, lease_s=self.lease_s,
-                                    progress=progress)
-                last_renewal = time.monotonic()
-
-        return report
 
     def _register(self, claim: Claim, candidate: Path, report: GateReport, pairs: int,
                   policy: TrainingPolicy) -> VersionRecord:

@@ -78,8 +78,13 @@ class Engine(Protocol):
         sampling: SamplingSpec,
         adapter: AdapterRef | None,
         request_id: str,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[GenerationDelta]:
-        """Stream deltas; closing the iterator early aborts the request in the engine."""
+        """Stream deltas; closing the iterator early aborts the request in the engine.
+
+        `cache_salt` partitions the prefix cache: requests with different salts never reuse
+        each other's cached blocks (whose timing would otherwise leak one tenant's prompts
+        to another)."""
 
     def is_healthy(self) -> bool: ...
 

@@ -100,6 +100,7 @@ class ReferenceEngine:
         sampling: SamplingSpec,
         adapter: AdapterRef | None,
         request_id: str,
+        cache_salt: str | None = None,  # no prefix cache here: nothing to partition
     ) -> AsyncIterator[GenerationDelta]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -131,9 +131,13 @@ class VLLMEngine:
         sampling: SamplingSpec,
         adapter: AdapterRef | None,
         request_id: str,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[GenerationDelta]:
+        prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
+        if cache_salt is not None:
+            prompt["cache_salt"] = cache_salt
         stream = self.engine.generate(
-            TokensPrompt(prompt_token_ids=prompt_token_ids),
+            prompt,
             _sampling_params(sampling),
             request_id,
             lora_request=_lora_request(adapter) if adapter else None,

@@ -61,8 +61,11 @@ async def create_feedback_batch(request: Request, state: StateDep, caller: Calle
     """JSON lines, one feedback object per line (optionally with its own `idempotency_key`)."""
     if int(request.headers.get("content-length") or 0) > MAX_BATCH_BYTES:
         raise InvalidRequest(f"A batch is at most {MAX_BATCH_BYTES} bytes; split it.")
-    lines = [(n, line) for n, line in enumerate((await request.body()).decode().splitlines(), 1)
-             if line.strip()]
+    try:
+        text = (await request.body()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The batch must be UTF-8 text, one JSON object per line.") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if not 1 <= len(lines) <= MAX_BATCH_LINES:
         raise InvalidRequest(f"Send 1 to {MAX_BATCH_LINES} JSON lines.")
     results = [await _batch_line(state, caller, number, text) for number, text in lines]

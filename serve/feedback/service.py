@@ -15,6 +15,7 @@ from loraloop.adapters.feedback import FeedbackBook, FeedbackRecord, NewFeedback
 from loraloop.adapters.names import parse_model_ref
 
 from ..errors import AdapterNotFound
+from ..metrics import ServeMetrics
 from ..routing import RoutingTable
 from .protocol import FeedbackPublic, FeedbackRequest
 
@@ -36,8 +37,8 @@ def public(record: FeedbackRecord) -> FeedbackPublic:
 
 
 class FeedbackService:
-    def __init__(self, book: FeedbackBook, routes: RoutingTable) -> None:
-        self.book, self.routes = book, routes
+    def __init__(self, book: FeedbackBook, routes: RoutingTable, metrics: ServeMetrics) -> None:
+        self.book, self.routes, self.metrics = book, routes, metrics
 
     def adapter_for(self, model: str, tenant: str | None) -> tuple[str, int | None]:
         """(adapter id, version or None) for an adapter the caller may give feedback on."""
@@ -71,4 +72,6 @@ class FeedbackService:
         record, replayed = await asyncio.to_thread(
             self.book.submit, item, idempotency_key=idempotency_key,
             request_hash=request_hash(body) if idempotency_key else None)
+        if not replayed:
+            self.metrics.feedback.labels(record.kind).inc()
         return public(record), replayed

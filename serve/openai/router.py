@@ -28,6 +28,13 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 VERSION_HEADER = "X-Adapter-Version"
 
 
+def _label(request: Request, generation: Generation) -> None:
+    # For the request metrics (serve/middleware.py): which adapter version served it.
+    adapter = generation.adapter
+    request.state.served = (adapter.adapter_id, str(adapter.version)) if adapter else (
+        generation.model, "")
+
+
 def _headers(generation: Generation) -> dict[str, str]:
     return {VERSION_HEADER: generation.model} if generation.adapter else {}
 
@@ -46,6 +53,7 @@ def _whole(result: BaseModel | Response, generation: Generation) -> Response:
 async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep,
                                  caller: Caller):
     generation = await state.service.chat(body, caller.scope)
+    _label(request, generation)
     if body.stream:
         return _stream(responses.chat_events(generation, body.include_usage), generation)
     whole = responses.chat_completion(generation, body.logprobs)
@@ -56,6 +64,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 async def create_completion(body: CompletionRequest, request: Request, state: StateDep,
                             caller: Caller):
     generation = await state.service.complete(body, caller.scope)
+    _label(request, generation)
     if body.stream:
         return _stream(responses.completion_events(generation, body.include_usage), generation)
     whole = responses.completion(generation, body.logprobs is not None)

@@ -9,7 +9,10 @@ errors; the first token is awaited here for that reason.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from collections import defaultdict
@@ -21,14 +24,18 @@ from loraloop.adapters.feedback import CompletionToRecord, FeedbackBook
 from ..admission import AdmissionGate
 from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
 from ..errors import EngineUnavailable, InvalidRequest
+from ..metrics import ServeMetrics
 from ..prompts import PromptRenderer
 from ..routing import RoutingTable
 from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
+from ..token_budget import TokenBudget
 from ..warmup import AdapterWarmer
 from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 logger = logging.getLogger(__name__)
+# Completion id prefix -> the endpoint, as metrics name it.
+ENDPOINTS = {"chatcmpl": "/v1/chat/completions", "cmpl": "/v1/completions"}
 
 
 @dataclass
@@ -61,6 +68,17 @@ async def collect(generation: Generation) -> list[ChoiceResult]:
     return results
 
 
+class CacheSalts:
+    """The engine's prefix-cache partition per caller: one per tenant (operators share one),
+    derived server-side from a per-process key, so no client can choose or guess another's."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def of(self, tenant: str | None) -> str:
+        return hmac.new(self._key, (tenant or "").encode(), hashlib.sha256).hexdigest()
+
+
 class GenerationService:
     def __init__(
         self,
@@ -71,11 +89,13 @@ class GenerationService:
         limits: RequestLimits,
         routes: RoutingTable,
         feedback: FeedbackBook,
+        metrics: ServeMetrics,
     ) -> None:
         self.engine, self.renderer, self.warmer = engine, renderer, warmer
         self.admission, self.limits, self.routes = admission, limits, routes
-        self.feedback = feedback
+        self.feedback, self.metrics = feedback, metrics
         self.ready = False
+        self.cache_salts = CacheSalts()
 
     async def chat(self, request: ChatCompletionRequest, tenant: str | None) -> Generation:
         """`tenant`: whose adapters the caller may use; None for every tenant's."""
@@ -95,7 +115,8 @@ class GenerationService:
         sampling = self._sampling(request, prompt, "messages",
                                   logprobs=top if request.logprobs else None)
         records = [{"messages": messages}] if self._records(adapter) else None
-        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n, records)
+        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n, tenant,
+                                 records)
 
     async def complete(self, request: CompletionRequest, tenant: str | None) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model, tenant)
@@ -109,7 +130,7 @@ class GenerationService:
         records = None
         if self._records(adapter):
             records = [{"text": self.renderer.tokenizer.decode(ids)} for ids in token_lists]
-        return await self._start("cmpl", adapter, prompts, request.n, records)
+        return await self._start("cmpl", adapter, prompts, request.n, tenant, records)
 
     def _records(self, adapter: AdapterRef | None) -> bool:
         return adapter is not None and adapter.adapter_id in self.routes.snapshot.recording
@@ -181,25 +202,33 @@ class GenerationService:
         )
 
     async def _start(self, prefix: str, adapter: AdapterRef | None,
-                     prompts: list[tuple[list[int], SamplingSpec]], n: int,
+                     prompts: list[tuple[list[int], SamplingSpec]], n: int, tenant: str | None,
                      records: list[dict] | None = None) -> Generation:
         """`records`: each prompt as feedback will name it, when completions are kept."""
         if not self.ready:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         generation_id = f"{prefix}-{uuid.uuid4().hex}"
-        ticket = self.admission.admit()
+        started = time.perf_counter()
+        ticket = self.admission.admit(tenant)
+        cache_salt = self.cache_salts.of(tenant)
         try:
             if adapter is not None:
                 await self.warmer.ensure_loaded(adapter)
             streams = [
                 self.engine.generate(ids, _choice_sampling(spec, sample), adapter,
-                                     f"{generation_id}-{p * n + sample}")
+                                     f"{generation_id}-{p * n + sample}", cache_salt)
                 for p, (ids, spec) in enumerate(prompts)
                 for sample in range(n)
             ]
             events = merge_indexed(streams)
             if records is not None:
                 events = self._recording(events, generation_id, adapter, records, n)
+            events = self.metrics.observe_generation(
+                events, endpoint=ENDPOINTS[prefix], choices=len(streams), started=started,
+                adapter=adapter.adapter_id if adapter else self.routes.snapshot.base_model,
+                prompt_tokens=sum(len(ids) for ids, _ in prompts))
+            if tenant is not None and self.admission.budget is not None:
+                events = _charged(events, self.admission.budget, tenant)
             events = releasing(events, ticket.release)
             first = await anext(events)
         except BaseException:
@@ -232,6 +261,18 @@ class GenerationService:
             await asyncio.to_thread(self.feedback.record, rows)
         except Exception:  # the answer matters more than its record: serve it regardless
             logger.exception("could not record completion %s", generation_id)
+
+
+async def _charged(events: AsyncIterator[tuple[int, GenerationDelta]], budget: TokenBudget,
+                   tenant: str) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    """Take what the request generated out of its tenant's budget, however it ends."""
+    tokens = 0
+    try:
+        async for event in events:
+            tokens += len(event[1].token_ids)
+            yield event
+    finally:
+        budget.spend(tenant, tokens)
 
 
 def _choice_sampling(spec: SamplingSpec, sample: int) -> SamplingSpec:

@@ -1,0 +1,117 @@
+"""ASGI middleware at the HTTP edge: request body caps, and per-request metrics.
+
+Plain ASGI rather than BaseHTTPMiddleware, so streamed responses and client-disconnect
+detection pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from time import perf_counter
+
+from starlette.exceptions import HTTPException
+
+from .errors import error_body
+from .metrics import ServeMetrics
+
+UPLOAD_PREFIX = "/admin/v1/adapters/"
+# Where a request could not be tied to an adapter (refused before resolution, or not a
+# generation): keeps the label bounded whatever the client sent.
+NO_ADAPTER = "-"
+REQUEST_ID_HEADER = b"x-request-id"
+_CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+access_log = logging.getLogger("loraloop.requests")
+
+
+async def _refuse_too_large(send, limit: int) -> None:
+    body = error_body(f"The request body is larger than this server's limit of {limit} "
+                      "bytes.", "invalid_request_error", param=None, code="payload_too_large")
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+class BodyLimit:
+    """Refuses bodies over the cap before they are read: by Content-Length, or, for chunked
+    bodies, as soon as the bytes received pass it."""
+
+    def __init__(self, app, *, max_bytes: int, max_upload_bytes: int) -> None:
+        self.app, self.max_bytes, self.max_upload_bytes = app, max_bytes, max_upload_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_upload_bytes if scope["path"].startswith(UPLOAD_PREFIX) else (
+            self.max_bytes)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _refuse_too_large(send, limit)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTP error, so that the framework's body parsing lets it through as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than this server's limit of {limit} "
+                         "bytes.")
+
+
+def _request_id(scope) -> bytes:
+    """The client's X-Request-Id when it is a sane token (to join logs across services),
+    otherwise a new one."""
+    given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
+    return given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+
+
+class RequestMetrics:
+    """Counts every /v1 request by endpoint, adapter, version and status, times it to the
+    last byte sent (a stream included), and logs it once with its request id."""
+
+    def __init__(self, app, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        started, status, request_id = perf_counter(), 500, _request_id(scope)
+
+        async def recorded(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (REQUEST_ID_HEADER, request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recorded)
+        finally:
+            self._record(scope, status, perf_counter() - started, request_id.decode())
+
+    def _record(self, scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        state = scope.get("state", {})
+        served = state.get("served", (NO_ADAPTER, NO_ADAPTER))
+        self.metrics.requests.labels(endpoint, *served, str(status)).inc()
+        self.metrics.duration.labels(endpoint).observe(seconds)
+        if status in (429, 503):
+            self.metrics.rejected.labels("rate_limited" if status == 429 else "overloaded").inc()
+        access_log.info("%s %s %d", scope["method"], endpoint, status, extra={
+            "event": "request", "request_id": request_id, "caller": state.get("caller"),
+            "adapter": served[0], "version": served[1], "endpoint": endpoint,
+            "status": status, "latency_ms": round(seconds * 1000, 1)})

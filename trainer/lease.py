@@ -1,0 +1,56 @@
+"""Keeping a run's claim on its feedback alive while the run works.
+
+A background thread renews the lease at a fraction of its length through every phase
+(loading, training, evaluating, registering), not only when training reports progress: a
+slow phase must not let the lease lapse under a run that is alive. A killed trainer's
+thread dies with it, so its lease lapses and the feedback goes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from loraloop.adapters.training import LeaseLost, TrainingBook
+
+logger = logging.getLogger(__name__)
+
+MAX_RENEWAL_INTERVAL_S = 2.0  # also how fresh the run's progress is in the admin API
+
+
+class LeaseKeeper:
+    def __init__(self, training: TrainingBook, run_id: int, *, worker: str,
+                 lease_s: float) -> None:
+        self.training, self.run_id, self.worker, self.lease_s = training, run_id, worker, lease_s
+        self.progress: dict = {}
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_until_stopped, daemon=True,
+                                        name=f"lease-{run_id}")
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, progress: dict) -> None:
+        """Training progress: logged now, written to the run with the next renewal."""
+        self.progress = progress
+        logger.info("run %d: %s", self.run_id, " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()))
+
+    def _renew_until_stopped(self) -> None:
+        interval = min(self.lease_s / 3, MAX_RENEWAL_INTERVAL_S)
+        while not self._stop.wait(interval):
+            try:
+                self.training.renew(self.run_id, worker=self.worker, lease_s=self.lease_s,
+                                    progress=dict(self.progress))
+            except LeaseLost:
+                logger.error("run %d lost its lease", self.run_id)
+                self.lost.set()
+                return
+            except Exception:  # a database blip: the next renewal may well succeed
+                logger.exception("could not renew the lease of run %d", self.run_id)
