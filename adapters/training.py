@@ -17,10 +17,9 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .errors import Conflict, NotFound
-from .feedback import adapter_row_id_to_name
 from .records import _utc
 from .registry import adapter_row
-from .schema import Adapter, Feedback, TrainingRun, utcnow
+from .schema import Adapter, Feedback, Tenant, TrainingRun, utcnow
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
 
@@ -126,14 +125,15 @@ class TrainingBook:
                 .where(_claimable(now)).group_by(Feedback.adapter_id)))
             queued = set(session.scalars(
                 select(TrainingRun.adapter_id).where(TrainingRun.status == "queued")))
-            work = []
-            for adapter_id in sorted(set(counts) | queued):
-                pending, oldest = counts.get(adapter_id, (0, None))
-                policy = session.get(Adapter, adapter_id).policy
-                work.append(PendingWork(adapter_row_id_to_name(adapter_id, session=session),
-                                        policy, pending, _utc(oldest) if oldest else None,
-                                        adapter_id in queued))
-            return work
+            adapters = session.execute(
+                select(Adapter.id, Tenant.name, Adapter.name, Adapter.policy).join(Tenant)
+                .where(Adapter.id.in_(set(counts) | queued)).order_by(Adapter.id)).all()
+        work = []
+        for row_id, tenant, name, policy in adapters:
+            pending, oldest = counts.get(row_id, (0, None))
+            work.append(PendingWork(f"{tenant}/{name}", policy, pending,
+                                    _utc(oldest) if oldest else None, row_id in queued))
+        return work
 
     def claim(self, adapter_id: str, *, worker: str, lease_s: float) -> Claim:
         now = utcnow()
