@@ -209,6 +209,7 @@ class GenerationService:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         generation_id = f"{prefix}-{uuid.uuid4().hex}"
         started = time.perf_counter()
+        prompt_tokens = sum(len(ids) for ids, _ in prompts)
         ticket = self.admission.admit(tenant)
         cache_salt = self.cache_salts.of(tenant)
         try:
@@ -226,7 +227,7 @@ class GenerationService:
             events = self.metrics.observe_generation(
                 events, endpoint=ENDPOINTS[prefix], choices=len(streams), started=started,
                 adapter=adapter.adapter_id if adapter else self.routes.snapshot.base_model,
-                prompt_tokens=sum(len(ids) for ids, _ in prompts))
+                prompt_tokens=prompt_tokens)
             if tenant is not None and self.admission.budget is not None:
                 events = _charged(events, self.admission.budget, tenant)
             events = releasing(events, ticket.release)
@@ -239,7 +240,7 @@ class GenerationService:
             created=int(time.time()),
             model=adapter.served_name if adapter else self.routes.snapshot.base_model,
             adapter=adapter,
-            prompt_tokens=sum(len(ids) for ids, _ in prompts),
+            prompt_tokens=prompt_tokens,
             choices=len(prompts) * n,
             events=prepend(first, events),
         )
