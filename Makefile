@@ -19,7 +19,7 @@ AUTH_FLAG := $(if $(LORALOOP_ADMIN_KEY),,--no-auth)
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve demo test lint install-serve install-test clean
+.PHONY: serve demo test lint bench install-serve install-test clean
 
 serve: install-serve
 	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) $(AUTH_FLAG) --with-trainer
@@ -32,6 +32,14 @@ test: install-test
 	$(BIN)/ruff check serve adapters trainer tests
 	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks, one after another (each starts its own servers; ~7 min on 2 CPU cores).
+# Results: tests/benchmarks/results/*.json; method and latest figures: BENCHMARKS.md.
+BENCH_ARGS ?=
+bench: install-test
+	bash tests/ensure-postgres.sh
+	$(BIN)/python -m tests.benchmarks.bench_adapters $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_control $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests

@@ -1,0 +1,285 @@
+"""Control-plane timings: version swaps, cold adapter loads, feedback ingestion, the loop.
+
+(a) swap: promote v2 through the admin API and time the first response served by v2; time a
+    first request pinned to a never-loaded version against one to a loaded version, at LoRA
+    ranks 8, 16 and 64.
+(b) feedback: durable feedback events/s from 16 concurrent clients, SQLite against PostgreSQL.
+(c) loop: the demo's marker feedback (48 preference pairs) with the trainer sidecar running,
+    from the last feedback acknowledged to the new version answering, in stages.
+
+    .venv/bin/python -m tests.benchmarks.bench_control [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+from loraloop.serve.demo import DEMO_POLICY, FEEDBACK_PAIRS, preference_feedback, user_messages
+
+from ..databases import fresh_postgres_database
+from . import common
+
+RANKS = (8, 16, 64)
+FEEDBACK_CLIENTS = 16
+SERVER_ARGS = ["--max-lora-rank", "64", "--max-loras", "8", "--max-cpu-loras", "32"]
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: run (\d+): step=")
+
+
+def chat(url: str, model: str, max_tokens: int = 8) -> tuple[float, str]:
+    """(seconds, the version that answered) for one greedy, non-streamed chat request."""
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/chat/completions", timeout=120, headers={
+        "Authorization": f"Bearer {common.ADMIN_KEY}"}, json={
+        "model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": "where is my order?"}]})
+    response.raise_for_status()
+    return time.perf_counter() - started, response.json()["model"]
+
+
+def adapter_loads(url: str) -> tuple[float, float]:
+    """The server's adapter loads into the engine: (count, seconds spent), from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {common.ADMIN_KEY}"}).text
+
+    def sample(pattern: str) -> float:
+        found = re.search(rf"^{pattern} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else float("nan")
+
+    return (sample(r'loraloop_adapter_loads_total\{outcome="loaded"\}'),
+            sample("loraloop_adapter_load_seconds_sum"))
+
+
+def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> dict:
+    from loraloop.serve.demo_model import build_random_adapter
+
+    name = f"swap/r{rank}"
+    dirs = [build_random_adapter(model, root / f"r{rank}-v{v}", seed=100 * rank + v, rank=rank)
+            for v in (1, 2, 3)]
+    with common.admin(server) as client:
+        common.register_live(client, name, dirs[0])
+        for directory in dirs[1:]:
+            client.register(name, directory, source="bench")
+        for _ in range(3):
+            chat(server.url, name)  # v1 warm and answering
+        before = adapter_loads(server.url)
+        started = time.perf_counter()
+        client.promote(name, 2, expected_live=1)
+        returned = time.perf_counter()
+    while (answered := chat(server.url, name))[1] != f"{name}@2":
+        pass
+    first_v2_s, promote_s = time.perf_counter() - returned, returned - started
+    # v2's one load: read after the first v2 response, so as not to delay it; the promote's
+    # warm-up and that request together load it once.
+    promote_loads = adapter_loads(server.url)[0] - before[0]
+    loaded = sorted(chat(server.url, f"{name}@2")[0] for _ in range(repeats))
+    loads_before = adapter_loads(server.url)
+    cold_s, version = chat(server.url, f"{name}@3")
+    assert version == f"{name}@3", version
+    # Evidence that the pinned request really loaded its version into the engine.
+    cold_loads, load_s = (after - before for after, before in
+                          zip(adapter_loads(server.url), loads_before, strict=True))
+    warm_s = common.percentile(loaded, 50)
+    return {"rank": rank, "promote_call_ms": promote_s * 1000, "loads_in_promote": promote_loads,
+            "promote_to_first_v2_response_ms": first_v2_s * 1000,
+            "first_v2_request_ms": answered[0] * 1000, "loaded_request_p50_ms": warm_s * 1000,
+            "cold_request_ms": cold_s * 1000, "cold_added_ms": (cold_s - warm_s) * 1000,
+            "engine_loads_during_cold_request": cold_loads, "engine_load_ms": load_s * 1000}
+
+
+async def post_feedback(url: str, key: str, events: list[dict]) -> float:
+    """Seconds for FEEDBACK_CLIENTS clients to have every event acknowledged (201)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for event in events:
+        queue.put_nowait(event)
+    async with httpx.AsyncClient(base_url=url, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
+        async def worker() -> None:
+            while not queue.empty():
+                response = await http.post("/v1/feedback", json=queue.get_nowait())
+                if response.status_code != 201:
+                    raise RuntimeError(f"feedback refused: {response.status_code} "
+                                       f"{response.text[:300]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(FEEDBACK_CLIENTS)))
+        return time.perf_counter() - started
+
+
+def feedback_rate(server, model: Path, root: Path, events: int) -> dict:
+    from loraloop.serve.demo_model import build_random_adapter
+
+    with common.admin(server) as client:
+        key = common.tenant_key(client, "fb")
+        common.register_live(client, "fb/ingest", build_random_adapter(
+            model, root / f"fb-{server.port}", seed=5))
+    payload = preference_feedback("fb/ingest", user_messages(events, seed=3))
+    asyncio.run(post_feedback(server.url, key, payload[:FEEDBACK_CLIENTS]))  # warm-up
+    wall_s = asyncio.run(post_feedback(server.url, key, payload[FEEDBACK_CLIENTS:]))
+    stored = httpx.get(f"{server.url}/v1/feedback/stats", params={"adapter": "fb/ingest"},
+                       headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+    measured = events - FEEDBACK_CLIENTS
+    return {"events": measured, "wall_s": wall_s, "events_per_s": measured / wall_s,
+            "stats": stored}
+
+
+def start_trainer(model: Path, server, root: Path) -> tuple[subprocess.Popen, Path]:
+    log = root / "trainer.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loraloop.serve.cli", "trainer", "--model", str(model),
+         "--data-dir", str(server.data_dir), "--poll-s", "0.2"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "LORALOOP_LOG_FORMAT": "text"})
+    return process, log
+
+
+def _utc(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).astimezone(timezone.utc).timestamp()
+
+
+def last_train_step(log: Path, run_id: int) -> float | None:
+    """Wall time of the trainer's last progress line for the run (its log is local time)."""
+    stamps = [m.group(1) for line in log.read_text(errors="replace").splitlines()
+              if (m := LOG_TIME.match(line)) and int(m.group(2)) == run_id]
+    if not stamps:
+        return None
+    return datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
+
+
+def loop_latency(server, model: Path, root: Path, timeout_s: float = 240) -> dict:
+    from loraloop.serve.demo_model import build_random_adapter
+
+    adapter = "loop/assistant"
+    with common.admin(server) as client:
+        key = common.tenant_key(client, "loop")
+        common.register_live(client, adapter, build_random_adapter(model, root / "loop", seed=1))
+        client.set_policy(adapter, {**DEMO_POLICY, "min_pairs": FEEDBACK_PAIRS})
+        trainer, log = start_trainer(model, server, root)
+        try:
+            time.sleep(5)  # the trainer is watching before the feedback lands
+            lines = "\n".join(json.dumps(event) for event in preference_feedback(
+                adapter, user_messages(FEEDBACK_PAIRS, seed=7)))
+            httpx.post(f"{server.url}/v1/feedback/batch", content=lines, timeout=120,
+                       headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+            acked = time.time()
+            run = wait_for_run(client, adapter, timeout_s)
+            serving = None
+            if run["status"] == "promoted":
+                while chat(server.url, adapter, 1)[1] != f"{adapter}@{run['candidate_version']}":
+                    time.sleep(0.05)
+                serving = time.time()
+            version = client.show_version(adapter, run["candidate_version"])
+        finally:
+            trainer.terminate()
+            trainer.wait(timeout=60)
+    return stages(run, version, acked, serving, last_train_step(log, run["id"]))
+
+
+def wait_for_run(client, adapter: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = client.runs(adapter, limit=1)
+        if runs and runs[0]["status"] not in ("queued", "running"):
+            return runs[0]
+        time.sleep(0.1)
+    raise TimeoutError(f"no training run finished in {timeout_s:.0f} s; see trainer.log")
+
+
+def stages(run: dict, version: dict, acked: float, serving: float | None,
+           trained: float | None) -> dict:
+    started, finished = _utc(run["started_at"]), _utc(run["finished_at"])
+    registered = _utc(version["created_at"])
+    result = {"status": run["status"], "reason": run["reason"], "claim_s": started - acked,
+              "train_s": trained - started if trained else None,
+              "evaluate_s": registered - trained if trained else None,
+              "train_and_evaluate_s": registered - started,
+              "register_and_promote_s": finished - registered,
+              "warm_and_switch_s": serving - finished if serving else None,
+              "total_s": (serving or finished) - acked}
+    return result
+
+
+def run_sqlite_server(model: Path, root: Path, quick: bool) -> tuple[list, dict, dict]:
+    server = common.start_server(model, root, SERVER_ARGS, "sqlite")
+    try:
+        with common.admin(server) as client:
+            client.create_tenant("swap")
+        swaps = [swap_at_rank(server, model, root, rank, 3 if quick else 7) for rank in RANKS]
+        print(f"[swap] {swaps}", flush=True)
+        loop = loop_latency(server, model, root)
+        print(f"[loop] {loop}", flush=True)
+        sqlite = feedback_rate(server, model, root, 336 if quick else 1616)
+        print(f"[feedback] sqlite {sqlite['events_per_s']:.1f}/s", flush=True)
+    finally:
+        server.stop()
+    return swaps, loop, sqlite
+
+
+def run_postgres_server(model: Path, root: Path, quick: bool) -> dict:
+    try:
+        database = fresh_postgres_database()
+        url = database.__enter__()
+    except RuntimeError as exc:
+        print(f"\n!!! PostgreSQL feedback benchmark NOT RUN: {exc}\n", flush=True)
+        return {"error": str(exc)}
+    try:
+        server = common.start_server(model, root, [*SERVER_ARGS, "--database-url", url], "pg")
+        try:
+            return feedback_rate(server, model, root, 336 if quick else 1616)
+        finally:
+            server.stop()
+    finally:
+        database.__exit__(None, None, None)
+
+
+def tables(swaps: list, loop: dict, sqlite: dict, pg: dict) -> list[str]:
+    swap = common.markdown_table(
+        ["rank", "promote call ms", "promote -> first v2 response ms", "loaded @v p50 ms",
+         "cold @v first ms", "cold added ms", "loads in cold request",
+         "engine load ms"],
+        [[s["rank"], s["promote_call_ms"], s["promote_to_first_v2_response_ms"],
+          s["loaded_request_p50_ms"], s["cold_request_ms"], s["cold_added_ms"],
+          s["engine_loads_during_cold_request"], s["engine_load_ms"]] for s in swaps])
+    pg_rate = pg.get("events_per_s", float("nan"))
+    feedback = common.markdown_table(
+        ["registry", "events", "events/s", "ratio vs SQLite"],
+        [["SQLite", sqlite["events"], sqlite["events_per_s"], 1.0],
+         ["PostgreSQL", pg.get("events", "NOT RUN"), pg_rate,
+          common.ratio(pg_rate, sqlite["events_per_s"])]])
+    order = ["claim_s", "train_s", "evaluate_s", "train_and_evaluate_s",
+             "register_and_promote_s", "warm_and_switch_s", "total_s"]
+    loop_table = common.markdown_table(
+        ["stage", "seconds"],
+        [[name, loop[name] if loop[name] is not None else "n/a"] for name in order]
+        + [["run status", loop["status"]]])
+    return [swap, feedback, loop_table]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and events")
+    args = parser.parse_args()
+    with common.scratch_dir("control") as root:
+        model = common.build_model(root)
+        swaps, loop, sqlite = run_sqlite_server(model, root, args.quick)
+        pg = run_postgres_server(model, root, args.quick)
+    results = {"settings": {"ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS,
+                            "server_flags": SERVER_ARGS, "quick": args.quick},
+               "swap": swaps, "loop": loop, "feedback": {"sqlite": sqlite, "postgresql": pg}}
+    common.write_results("control", results, tables(swaps, loop, sqlite, pg))
+    if "error" in pg:
+        sys.exit("the PostgreSQL feedback benchmark did not run: " + pg["error"])
+
+
+if __name__ == "__main__":
+    main()
