@@ -74,8 +74,7 @@ def serve(
     )
     # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
     overrides = {name: value for name, value in options.items() if value is not None}
-    if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
-        overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
+    _default_to_demo_model(overrides)
     settings = ServeSettings(**overrides)
     configure_logging(settings.log_format)
     sidecar = _start_trainer(settings) if with_trainer else None
@@ -101,6 +100,12 @@ def _start_trainer(settings) -> subprocess.Popen:
     if settings.database_url:  # through the environment: a URL may hold a password
         env["LORALOOP_DATABASE_URL"] = settings.database_url
     return subprocess.Popen(command, env=env)
+
+
+def _default_to_demo_model(overrides: dict) -> None:
+    """No model on the command line or in LORALOOP_MODEL: the demo model, built if missing."""
+    if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
+        overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
 
 
 def _ensure_demo_model(path: Path) -> Path:
@@ -136,8 +141,7 @@ def trainer(
     options = dict(model=model, data_dir=data_dir, database_url=database_url,
                    trainer_poll_s=poll_s, trainer_lease_s=lease_s)
     overrides = {name: value for name, value in options.items() if value is not None}
-    if "model" not in overrides and "LORALOOP_MODEL" not in os.environ:
-        overrides["model"] = str(_ensure_demo_model(DEFAULT_DEMO_MODEL))
+    _default_to_demo_model(overrides)
     _configure_logging()
     run_trainer(TrainerSettings(**overrides), once=once)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraloop.adapters.names import parse_model_ref
+from loraloop.adapters.names import ModelRef, parse_model_ref
 from loraloop.adapters.records import ActiveKey, RoutingState
 
 from .engine.protocol import AdapterRef
@@ -59,14 +59,30 @@ class RoutingSnapshot:
         `tenant` is set, raise the same AdapterNotFound."""
         if model == self.base_model:
             return None
-        ref = parse_model_ref(model)
-        if ref is None or (tenant is not None and ref.tenant != tenant):
-            raise AdapterNotFound(model)
+        ref = self._visible_ref(model, tenant)
         version = ref.version or self._unpinned_version(ref.adapter_id, draw)
         adapter = self.versions.get((ref.adapter_id, version)) if version else None
         if adapter is None:
             raise AdapterNotFound(model)
         return adapter
+
+    def registered(self, model: str, tenant: str | None = None) -> tuple[str, int | None]:
+        """(adapter id, pinned version or None) for any registered adapter the caller may
+        name, live or not (feedback can be about a candidate); isolated as in `resolve`."""
+        ref = self._visible_ref(model, tenant)
+        known = ((ref.adapter_id, ref.version) in self.versions if ref.version
+                 else ref.adapter_id in self.known_adapters)
+        if not known:
+            raise AdapterNotFound(model)
+        return ref.adapter_id, ref.version
+
+    @staticmethod
+    def _visible_ref(model: str, tenant: str | None) -> ModelRef:
+        """The adapter `model` names; another tenant's looks exactly like a missing one."""
+        ref = parse_model_ref(model)
+        if ref is None or (tenant is not None and ref.tenant != tenant):
+            raise AdapterNotFound(model)
+        return ref
 
     def _unpinned_version(self, adapter_id: str, draw: Callable[[], float]) -> int | None:
         canary = self.canaries.get(adapter_id)

@@ -12,9 +12,7 @@ import hashlib
 import json
 
 from loraloop.adapters.feedback import FeedbackBook, FeedbackRecord, NewFeedback
-from loraloop.adapters.names import parse_model_ref
 
-from ..errors import AdapterNotFound
 from ..metrics import ServeMetrics
 from ..routing import RoutingTable
 from .protocol import FeedbackPublic, FeedbackRequest
@@ -42,15 +40,7 @@ class FeedbackService:
 
     def adapter_for(self, model: str, tenant: str | None) -> tuple[str, int | None]:
         """(adapter id, version or None) for an adapter the caller may give feedback on."""
-        ref = parse_model_ref(model)
-        snapshot = self.routes.snapshot
-        if ref is None or (tenant is not None and ref.tenant != tenant):
-            raise AdapterNotFound(model)
-        known = (ref.adapter_id, ref.version) in snapshot.versions if ref.version else (
-            ref.adapter_id in snapshot.known_adapters)
-        if not known:
-            raise AdapterNotFound(model)
-        return ref.adapter_id, ref.version
+        return self.routes.snapshot.registered(model, tenant)
 
     async def _new_feedback(self, body: FeedbackRequest, tenant: str | None) -> NewFeedback:
         if body.completion_id is not None:
