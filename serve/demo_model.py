@@ -152,9 +152,15 @@ def build_random_adapter(
     PEFT initialises B to zero (a no-op adapter); random B makes every adapter change the
     model's output, so tests can tell adapters apart.
     """
+    return build_random_adapters(base_model_dir, {Path(target): seed}, rank=rank, scale=scale)[0]
+
+
+def build_random_adapters(
+    base_model_dir: Path, targets: dict[Path, int], *, rank: int = 8, scale: float = 0.5
+) -> list[Path]:
+    """`build_random_adapter` for many (directory -> seed) at once, loading the base once."""
     from peft import LoraConfig, get_peft_model
 
-    target = Path(target)
     base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     config = LoraConfig(
         r=rank,
@@ -164,10 +170,12 @@ def build_random_adapter(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(base, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
+    lora_params = [(name, param) for name, param in model.named_parameters()
+                   if "lora_A" in name or "lora_B" in name]
+    for target, seed in targets.items():
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, param in lora_params:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
-    model.save_pretrained(target, safe_serialization=True)
-    return target
+        model.save_pretrained(target, safe_serialization=True)
+    return list(targets)

@@ -7,7 +7,8 @@
 (c) loop: the demo's marker feedback (48 preference pairs) with the trainer sidecar running,
     from the last feedback acknowledged to the new version answering, in stages.
 
-    .venv/bin/python -m tests.benchmarks.bench_control [--quick]
+    .venv/bin/python -m tests.benchmarks.bench_control [--model tiny|0.5b]
+        [--parts swap,feedback,loop] [--quick]
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from . import common
 
 RANKS = (8, 16, 64)
 FEEDBACK_CLIENTS = 16
-SERVER_ARGS = ["--max-lora-rank", "64", "--max-loras", "8", "--max-cpu-loras", "32"]
+LORA_SETTINGS = {"max_lora_rank": 64, "max_loras": 8, "max_cpu_loras": 32}
+PARTS = ("swap", "feedback", "loop")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: run (\d+): step=")
 
 
-def chat(url: str, model: str, max_tokens: int = 8) -> tuple[float, str]:
-    """(seconds, the version that answered) for one greedy, non-streamed chat request."""
+def chat(url: str, model: str, max_tokens: int = 1) -> tuple[float, str]:
+    """(seconds, the version that answered) for one greedy, non-streamed chat request; one
+    token by default, so that the timing is the routing, the adapter and the prefill."""
     started = time.perf_counter()
     response = httpx.post(f"{url}/v1/chat/completions", timeout=120, headers={
         "Authorization": f"Bearer {common.ADMIN_KEY}"}, json={
@@ -61,11 +64,11 @@ def adapter_loads(url: str) -> tuple[float, float]:
 
 
 def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> dict:
-    from loraloop.serve.demo_model import build_random_adapter
+    from loraloop.serve.demo_model import build_random_adapters
 
     name = f"swap/r{rank}"
-    dirs = [build_random_adapter(model, root / f"r{rank}-v{v}", seed=100 * rank + v, rank=rank)
-            for v in (1, 2, 3)]
+    dirs = build_random_adapters(model, {root / f"r{rank}-v{v}": 100 * rank + v
+                                         for v in (1, 2, 3)}, rank=rank)
     with common.admin(server) as client:
         common.register_live(client, name, dirs[0])
         for directory in dirs[1:]:
@@ -175,7 +178,7 @@ def loop_latency(server, model: Path, root: Path, timeout_s: float = 240) -> dic
             run = wait_for_run(client, adapter, timeout_s)
             serving = None
             if run["status"] == "promoted":
-                while chat(server.url, adapter, 1)[1] != f"{adapter}@{run['candidate_version']}":
+                while chat(server.url, adapter)[1] != f"{adapter}@{run['candidate_version']}":
                     time.sleep(0.05)
                 serving = time.time()
             version = client.show_version(adapter, run["candidate_version"])
@@ -209,23 +212,30 @@ def stages(run: dict, version: dict, acked: float, serving: float | None,
     return result
 
 
-def run_sqlite_server(model: Path, root: Path, quick: bool) -> tuple[list, dict, dict]:
-    server = common.start_server(model, root, SERVER_ARGS, "sqlite")
+def run_sqlite_server(model: Path, root: Path, settings: dict, parts: set[str],
+                      quick: bool) -> dict:
+    server = common.start_server(model, root, settings, "sqlite")
+    results: dict = {}
     try:
-        with common.admin(server) as client:
-            client.create_tenant("swap")
-        swaps = [swap_at_rank(server, model, root, rank, 3 if quick else 7) for rank in RANKS]
-        print(f"[swap] {swaps}", flush=True)
-        loop = loop_latency(server, model, root)
-        print(f"[loop] {loop}", flush=True)
-        sqlite = feedback_rate(server, model, root, 336 if quick else 1616)
-        print(f"[feedback] sqlite {sqlite['events_per_s']:.1f}/s", flush=True)
+        if "swap" in parts:
+            with common.admin(server) as client:
+                client.create_tenant("swap")
+            results["swap"] = [swap_at_rank(server, model, root, rank, 3 if quick else 7)
+                               for rank in RANKS]
+            print(f"[swap] {results['swap']}", flush=True)
+        if "loop" in parts:
+            results["loop"] = loop_latency(server, model, root)
+            print(f"[loop] {results['loop']}", flush=True)
+        if "feedback" in parts:
+            sqlite = feedback_rate(server, model, root, 336 if quick else 816)
+            results["feedback"] = {"sqlite": sqlite}
+            print(f"[feedback] sqlite {sqlite['events_per_s']:.1f}/s", flush=True)
     finally:
         server.stop()
-    return swaps, loop, sqlite
+    return results
 
 
-def run_postgres_server(model: Path, root: Path, quick: bool) -> dict:
+def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool) -> dict:
     try:
         database = fresh_postgres_database()
         url = database.__enter__()
@@ -233,52 +243,75 @@ def run_postgres_server(model: Path, root: Path, quick: bool) -> dict:
         print(f"\n!!! PostgreSQL feedback benchmark NOT RUN: {exc}\n", flush=True)
         return {"error": str(exc)}
     try:
-        server = common.start_server(model, root, [*SERVER_ARGS, "--database-url", url], "pg")
+        server = common.start_server(model, root, settings, "pg", ["--database-url", url])
         try:
-            return feedback_rate(server, model, root, 336 if quick else 1616)
+            return feedback_rate(server, model, root, 336 if quick else 816)
         finally:
             server.stop()
     finally:
         database.__exit__(None, None, None)
 
 
-def tables(swaps: list, loop: dict, sqlite: dict, pg: dict) -> list[str]:
-    swap = common.markdown_table(
+def swap_table(swaps: list) -> str:
+    return common.markdown_table(
         ["rank", "promote call ms", "promote -> first v2 response ms", "loaded @v p50 ms",
          "cold @v first ms", "cold added ms", "loads in cold request",
          "engine load ms"],
         [[s["rank"], s["promote_call_ms"], s["promote_to_first_v2_response_ms"],
           s["loaded_request_p50_ms"], s["cold_request_ms"], s["cold_added_ms"],
           s["engine_loads_during_cold_request"], s["engine_load_ms"]] for s in swaps])
+
+
+def feedback_table(sqlite: dict, pg: dict) -> str:
     pg_rate = pg.get("events_per_s", float("nan"))
-    feedback = common.markdown_table(
+    return common.markdown_table(
         ["registry", "events", "events/s", "ratio vs SQLite"],
         [["SQLite", sqlite["events"], sqlite["events_per_s"], 1.0],
          ["PostgreSQL", pg.get("events", "NOT RUN"), pg_rate,
           common.ratio(pg_rate, sqlite["events_per_s"])]])
+
+
+def loop_table(loop: dict) -> str:
     order = ["claim_s", "train_s", "evaluate_s", "train_and_evaluate_s",
              "register_and_promote_s", "warm_and_switch_s", "total_s"]
-    loop_table = common.markdown_table(
+    return common.markdown_table(
         ["stage", "seconds"],
         [[name, loop[name] if loop[name] is not None else "n/a"] for name in order]
         + [["run status", loop["status"]]])
-    return [swap, feedback, loop_table]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(common.MODELS), default="tiny")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="comma-separated, of: " + ", ".join(PARTS))
     parser.add_argument("--quick", action="store_true", help="fewer repeats and events")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
+    settings = common.engine_settings(args.model, **LORA_SETTINGS)
     with common.scratch_dir("control") as root:
-        model = common.build_model(root)
-        swaps, loop, sqlite = run_sqlite_server(model, root, args.quick)
-        pg = run_postgres_server(model, root, args.quick)
-    results = {"settings": {"ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS,
-                            "server_flags": SERVER_ARGS, "quick": args.quick},
-               "swap": swaps, "loop": loop, "feedback": {"sqlite": sqlite, "postgresql": pg}}
-    common.write_results("control", results, tables(swaps, loop, sqlite, pg))
-    if "error" in pg:
-        sys.exit("the PostgreSQL feedback benchmark did not run: " + pg["error"])
+        model = common.build_model(root, args.model)
+        results = run_sqlite_server(model, root, settings, parts, args.quick)
+        if "feedback" in parts:
+            results["feedback"]["postgresql"] = run_postgres_server(model, root, settings,
+                                                                    args.quick)
+    tables = []
+    if "swap" in results:
+        tables.append(swap_table(results["swap"]))
+    if "feedback" in results:
+        tables.append(feedback_table(results["feedback"]["sqlite"],
+                                     results["feedback"]["postgresql"]))
+    if "loop" in results:
+        tables.append(loop_table(results["loop"]))
+    common.write_results(f"control-{args.model}", {"settings": {
+        "model": args.model, "model_description": common.MODELS[args.model].description,
+        "ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS, "engine": settings,
+        "parts": sorted(parts), "quick": args.quick}, **results}, tables)
+    error = results.get("feedback", {}).get("postgresql", {}).get("error")
+    if error:
+        sys.exit("the PostgreSQL feedback benchmark did not run: " + error)
 
 
 if __name__ == "__main__":
