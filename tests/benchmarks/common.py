@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -116,7 +116,7 @@ def build_model(root: Path, model: str = "tiny") -> Path:
 
 
 def start_server(model: Path, root: Path, settings: dict, label: str,
-                 extra: list[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
+                 extra: Sequence[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
     data = root / f"data-{label}"
     data.mkdir()
     flags = ["--model", str(model), "--served-model-name", MODEL_NAME, *cli_flags(settings),
