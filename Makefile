@@ -30,6 +30,7 @@ demo: install-serve
 
 test: install-test
 	$(BIN)/ruff check serve adapters trainer tests
+	$(BIN)/lint-imports
 	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -45,6 +46,7 @@ bench: install-bench
 
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests
+	$(BIN)/lint-imports
 
 install-serve: $(VENV)/.installed-$(ENGINE)
 install-test: $(VENV)/.installed-$(ENGINE)-test

@@ -32,3 +32,16 @@ class AdapterInvalid(RegistryError):
 
 class InvalidArgument(RegistryError):
     """A value the registry cannot accept, such as a malformed name or an out-of-range percent."""
+
+
+class PromptRejected(RegistryError):
+    """A prompt the base model's chat template or vocabulary cannot take; `param` names the
+    request field it came from."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ContextLengthExceeded(PromptRejected):
+    """A prompt (with the tokens asked for) longer than the model's context."""

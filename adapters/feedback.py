@@ -8,48 +8,25 @@ a different body is a conflict.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from .db import Database
-from .errors import Conflict, NotFound
-from .records import _utc
-from .registry import adapter_row
-from .schema import Adapter, Feedback, RecordedCompletion, Tenant
-
-
-@dataclass(frozen=True)
-class NewFeedback:
-    adapter_id: str
-    version: int | None
-    kind: str  # "preference" | "score"
-    prompt: dict  # {"messages": [{"role", "content"}, ...]} or {"text": "..."}
-    chosen: str | None = None
-    rejected: str | None = None
-    completion: str | None = None
-    score: float | None = None
-    judge: str | None = None
-    rationale: str | None = None
-    completion_id: str | None = None
-
-
-@dataclass(frozen=True)
-class FeedbackRecord:
-    id: int
-    adapter_id: str
-    version: int | None
-    kind: str
-    status: str
-    created_at: datetime
-
-    @classmethod
-    def of(cls, row: Feedback, adapter_id: str) -> FeedbackRecord:
-        return cls(row.id, adapter_id, row.version, row.kind, row.status, _utc(row.created_at))
+from .errors import NotFound
+from .feedback_writes import (
+    AdapterIds,
+    FeedbackRecord,
+    NewFeedback,
+    Outcome,
+    Submission,
+    write_group,
+)
+from .prompts import StoredPrompt
+from .rows import adapter_row, adapter_row_id_to_name
+from .schema import Feedback, RecordedCompletion
 
 
 @dataclass(frozen=True)
@@ -58,7 +35,7 @@ class CompletionToRecord:
     choice: int
     adapter_id: str
     version: int
-    prompt: dict
+    prompt: StoredPrompt
     output: str
 
 
@@ -66,7 +43,7 @@ class CompletionToRecord:
 class RecordedCompletionRecord:
     adapter_id: str
     version: int
-    prompt: dict
+    prompt: StoredPrompt
     output: str
 
 
@@ -86,52 +63,40 @@ def _tenant_of(adapter_id: str) -> str:
 class FeedbackBook:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.adapter_ids = AdapterIds()
 
     def submit(self, item: NewFeedback, *, idempotency_key: str | None = None,
                request_hash: str | None = None) -> tuple[FeedbackRecord, bool]:
         """Store one piece of feedback. True: a retry, answered with the first result."""
+        outcome = self.submit_many([Submission(item, idempotency_key, request_hash)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def submit_many(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        """Store a group in one transaction; an outcome per submission, in order. Returns
+        only once the new rows are committed."""
         try:
-            with self.db.transaction(routing_change=False) as session:
-                replay = self._replay(item, idempotency_key, request_hash, session=session)
-                if replay is not None:
-                    return replay, True
-                return self._insert(item, idempotency_key, request_hash, session=session), False
+            return self._write(submissions)
         except IntegrityError:
-            # Another request with the same key committed between our check and insert.
-            with self.db.reading() as session:
-                replay = self._replay(item, idempotency_key, request_hash, session=session)
-            if replay is None:
-                raise
-            return replay, True
+            # Another server committed one of these keys between our check and our insert
+            # (SQLite's write lock rules that out; PostgreSQL's does not). Store them one by
+            # one, so that the race costs nothing to the submissions that did not lose it.
+            return [self._submit_alone(s) for s in submissions]
 
-    def _replay(self, item: NewFeedback, key: str | None, request_hash: str | None, *,
-                session: Session) -> FeedbackRecord | None:
-        if key is None:
-            return None
-        adapter = adapter_row(item.adapter_id, session=session)
-        row = session.scalar(select(Feedback).where(
-            Feedback.tenant_id == adapter.tenant_id, Feedback.idempotency_key == key))
-        if row is None:
-            return None
-        if row.request_hash != request_hash:
-            raise Conflict("This Idempotency-Key was already used with a different request; "
-                           "use a new key for new feedback.")
-        stored_for = adapter_row_id_to_name(row.adapter_id, session=session)
-        return FeedbackRecord.of(row, stored_for)
+    def _write(self, submissions: Sequence[Submission]) -> list[Outcome]:
+        with self.db.writing_rows() as connection:
+            return write_group(submissions, self.adapter_ids, connection=connection)
 
-    def _insert(self, item: NewFeedback, key: str | None, request_hash: str | None, *,
-                session: Session) -> FeedbackRecord:
-        adapter = adapter_row(item.adapter_id, session=session)
-        row = Feedback(
-            tenant_id=adapter.tenant_id, adapter_id=adapter.id, version=item.version,
-            kind=item.kind, prompt=item.prompt, chosen=item.chosen, rejected=item.rejected,
-            completion=item.completion, score=item.score, judge=item.judge,
-            rationale=item.rationale, completion_id=item.completion_id, status="pending",
-            idempotency_key=key, request_hash=request_hash,
-        )
-        session.add(row)
-        session.flush()
-        return FeedbackRecord.of(row, item.adapter_id)
+    def _submit_alone(self, submission: Submission) -> Outcome:
+        try:
+            return self._write([submission])[0]
+        except IntegrityError:
+            pass
+        try:  # the row that won is committed by now: this finds it (a replay, or a 409)
+            return self._write([submission])[0]
+        except IntegrityError as exc:
+            return exc
 
     def record(self, completions: Iterable[CompletionToRecord]) -> None:
         with self.db.transaction(routing_change=False) as session:
@@ -139,7 +104,8 @@ class FeedbackBook:
                 adapter = adapter_row(c.adapter_id, session=session)
                 session.add(RecordedCompletion(
                     completion_id=c.completion_id, choice=c.choice, tenant_id=adapter.tenant_id,
-                    adapter_id=adapter.id, version=c.version, prompt=c.prompt, output=c.output))
+                    adapter_id=adapter.id, version=c.version, prompt=c.prompt.to_json(),
+                    output=c.output))
 
     def recorded(self, tenant: str | None, completion_id: str,
                  choice: int) -> RecordedCompletionRecord:
@@ -150,7 +116,8 @@ class FeedbackBook:
         if row is None or (tenant is not None and _tenant_of(adapter_id) != tenant):
             raise NotFound(f"No recorded completion '{completion_id[:100]}' (choice {choice}). "
                            "Completions are kept only for adapters whose policy records them.")
-        return RecordedCompletionRecord(adapter_id, row.version, dict(row.prompt), row.output)
+        return RecordedCompletionRecord(adapter_id, row.version,
+                                        StoredPrompt.from_json(row.prompt), row.output)
 
     def stats(self, adapter_id: str) -> FeedbackStats:
         with self.db.reading() as session:
@@ -169,8 +136,3 @@ class FeedbackBook:
                              dict(by_version))
 
 
-def adapter_row_id_to_name(adapter_row_id: int, *, session: Session) -> str:
-    tenant, name = session.execute(
-        select(Tenant.name, Adapter.name).join(Adapter).where(Adapter.id == adapter_row_id)
-    ).one()
-    return f"{tenant}/{name}"

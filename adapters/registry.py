@@ -1,355 +1,41 @@
-"""The adapter registry: adapters, immutable versions, the live and canary pointers, history.
+"""The registry as a process opens it: the database, the weight store and the books on them.
 
-Every public method that changes something is one transaction that also writes its history
-row (adapters/db.py serializes them). Helpers take the session as a keyword and never commit.
+The server and the trainer open it alike, from their settings; the schema is migrated to the
+newest version first (safe from many processes at once).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from .db import Database
-from .errors import Conflict, InvalidArgument, NotFound
-from .names import ADAPTER_ID_HELP, is_valid_adapter_id
-from .records import AdapterRecord, EventRecord, VersionRecord
-from .schema import Adapter, AdapterVersion, Event, Tenant
+from .base_model import BaseModelInfo, local_model_dir
+from .db import Database, sqlite_url
+from .feedback import FeedbackBook
 from .store import WeightStore
-from .tenants import tenant_row
-from .validation import BaseModelInfo, validate_adapter
-
-NO_LIVE_VERSION = 0  # as `expected_live`: the caller expects no version to be live yet
-
-
-@dataclass(frozen=True)
-class RegistrationPolicy:
-    """What a version must satisfy to be registered, from the server's settings."""
-
-    base: BaseModelInfo
-    max_rank: int
-    max_bytes: int
+from .tenants import TenantBook
+from .training import TrainingBook
+from .versions import AdapterBook, RegistrationPolicy
 
 
 @dataclass(frozen=True)
-class NewVersion:
-    source: str = "upload"
-    parent_version: int | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)
-    base_override_reason: str | None = None  # set: base_model_name_or_path may differ
-    reason: str | None = None
+class Registry:
+    db: Database
+    store: WeightStore
+    adapters: AdapterBook  # adapters, their versions and pointers, history
+    tenants: TenantBook  # tenants and their API keys
+    feedback: FeedbackBook  # feedback and recorded completions
+    training: TrainingBook  # training runs and their leases
 
 
-def split_adapter_id(adapter_id: str) -> tuple[str, str]:
-    if not is_valid_adapter_id(adapter_id):
-        raise InvalidArgument(f"'{adapter_id[:140]}' is not an adapter id: {ADAPTER_ID_HELP}.")
-    tenant, name = adapter_id.split("/", 1)
-    return tenant, name
-
-
-def adapter_row(adapter_id: str, *, session: Session) -> Adapter:
-    tenant, name = split_adapter_id(adapter_id)
-    row = session.scalar(
-        select(Adapter).join(Tenant).where(Tenant.name == tenant, Adapter.name == name)
-    )
-    if row is None:
-        raise NotFound(f"There is no adapter '{adapter_id}'. Create it first.")
-    return row
-
-
-def version_row(adapter: Adapter, adapter_id: str, number: int, *,
-                session: Session) -> AdapterVersion:
-    row = session.scalar(
-        select(AdapterVersion).where(
-            AdapterVersion.adapter_id == adapter.id, AdapterVersion.number == number
-        )
-    )
-    if row is None:
-        raise NotFound(f"The adapter '{adapter_id}' has no version {number}.")
-    return row
-
-
-def _latest_number(adapter: Adapter, *, session: Session) -> int | None:
-    return session.scalar(
-        select(func.max(AdapterVersion.number)).where(AdapterVersion.adapter_id == adapter.id)
-    )
-
-
-def _record(adapter: Adapter, adapter_id: str, *, session: Session) -> AdapterRecord:
-    return AdapterRecord.of(adapter, adapter_id, _latest_number(adapter, session=session))
-
-
-def _log(kind: str, adapter: Adapter, actor: str, *, session: Session,
-         from_version: int | None = None, to_version: int | None = None,
-         reason: str | None = None, **detail) -> None:
-    session.add(Event(kind=kind, actor=actor, tenant_id=adapter.tenant_id, adapter_id=adapter.id,
-                      from_version=from_version, to_version=to_version, reason=reason,
-                      detail=detail))
-
-
-def _clear_canary(adapter: Adapter, actor: str, reason: str, *, session: Session) -> None:
-    if adapter.canary_version is not None:
-        _log("canary_cleared", adapter, actor, session=session,
-             from_version=adapter.canary_version, reason=reason)
-        adapter.canary_version = adapter.canary_percent = None
-
-
-def _make_live(adapter: Adapter, adapter_id: str, target: AdapterVersion, actor: str, *,
-               kind: str, reason: str | None, session: Session) -> None:
-    previous = adapter.live_version
-    if previous is not None:
-        version_row(adapter, adapter_id, previous, session=session).status = "retired"
-    target.status = "live"
-    adapter.live_version = target.number
-    if adapter.canary_version == target.number:
-        _clear_canary(adapter, actor, f"version {target.number} became live", session=session)
-    _log(kind, adapter, actor, session=session, from_version=previous,
-         to_version=target.number, reason=reason)
-
-
-def _live_stack(adapter: Adapter, *, session: Session) -> list[int]:
-    """The versions that were live, oldest first, with rolled-back ones popped off."""
-    stack: list[int] = []
-    events = session.scalars(
-        select(Event)
-        .where(Event.adapter_id == adapter.id, Event.kind.in_(("promote", "rollback")))
-        .order_by(Event.id)
-    )
-    for event in events:
-        earlier = [i for i, v in enumerate(stack[:-1]) if v == event.to_version]
-        if event.kind == "rollback" and earlier:
-            del stack[earlier[-1] + 1:]
-        else:
-            stack.append(event.to_version)
-    return stack
-
-
-class AdapterRegistry:
-    def __init__(self, db: Database, store: WeightStore, policy: RegistrationPolicy) -> None:
-        self.db, self.store, self.policy = db, store, policy
-
-    # -- reading -------------------------------------------------------------------------
-
-    def list(self, tenant: str | None = None) -> list[AdapterRecord]:
-        query = select(Adapter, Tenant.name).join(Tenant).order_by(Tenant.name, Adapter.name)
-        if tenant is not None:
-            query = query.where(Tenant.name == tenant)
-        with self.db.reading() as session:
-            return [_record(row, f"{owner}/{row.name}", session=session)
-                    for row, owner in session.execute(query)]
-
-    def get(self, adapter_id: str) -> AdapterRecord:
-        with self.db.reading() as session:
-            return _record(adapter_row(adapter_id, session=session), adapter_id, session=session)
-
-    def versions(self, adapter_id: str) -> list[VersionRecord]:
-        with self.db.reading() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            rows = session.scalars(
-                select(AdapterVersion)
-                .where(AdapterVersion.adapter_id == adapter.id)
-                .order_by(AdapterVersion.number)
-            )
-            return [VersionRecord.of(row, adapter_id) for row in rows]
-
-    def version(self, adapter_id: str, number: int) -> VersionRecord:
-        with self.db.reading() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            row = version_row(adapter, adapter_id, number, session=session)
-            return VersionRecord.of(row, adapter_id)
-
-    def history(self, adapter_id: str, *, limit: int = 100) -> list[EventRecord]:
-        """The newest `limit` events, oldest first."""
-        tenant = adapter_id.split("/", 1)[0]
-        with self.db.reading() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            rows = session.scalars(
-                select(Event).where(Event.adapter_id == adapter.id)
-                .order_by(Event.id.desc()).limit(limit)
-            )
-            return [EventRecord.of(row, tenant, adapter_id) for row in reversed(list(rows))]
-
-    def path_of(self, version: VersionRecord) -> Path:
-        return self.store.path_of(version.storage_key)
-
-    # -- changing ------------------------------------------------------------------------
-
-    def create(self, adapter_id: str, *, actor: str,
-               description: str | None = None) -> AdapterRecord:
-        tenant, name = split_adapter_id(adapter_id)
-        with self.db.transaction() as session:
-            owner = tenant_row(tenant, session=session)
-            exists = session.scalar(
-                select(Adapter.id).where(Adapter.tenant_id == owner.id, Adapter.name == name)
-            )
-            if exists is not None:
-                raise Conflict(f"The adapter '{adapter_id}' already exists.")
-            adapter = Adapter(tenant_id=owner.id, name=name, description=description,
-                              created_by=actor)
-            session.add(adapter)
-            session.flush()
-            _log("adapter_created", adapter, actor, session=session)
-            return _record(adapter, adapter_id, session=session)
-
-    def register(self, adapter_id: str, files: Mapping[str, Path], new: NewVersion, *,
-                 actor: str, within: Callable[[Session, VersionRecord], None] | None = None
-                 ) -> tuple[VersionRecord, bool]:
-        """Validate, store, then insert the version row. False: these files were already
-        registered for this adapter, and that version is returned. `within` runs inside the
-        same transaction (the trainer marks its feedback consumed there)."""
-        self.get(adapter_id)  # an unknown adapter is reported before a costly validation
-        facts = validate_adapter(
-            files, self.policy.base, max_rank=self.policy.max_rank,
-            max_bytes=self.policy.max_bytes,
-            base_model_override=new.base_override_reason is not None,
-        )
-        stored = self.store.put(files)
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            existing = session.scalar(select(AdapterVersion).where(
-                AdapterVersion.adapter_id == adapter.id,
-                AdapterVersion.content_hash == stored.content_hash,
-            ))
-            if existing is not None:
-                record = VersionRecord.of(existing, adapter_id)
-                if within is not None:
-                    within(session, record)
-                return record, False
-            if new.parent_version is not None:
-                version_row(adapter, adapter_id, new.parent_version, session=session)
-            version = AdapterVersion(
-                adapter_id=adapter.id, number=(_latest_number(adapter, session=session) or 0) + 1,
-                status="candidate", content_hash=stored.content_hash,
-                storage_key=stored.storage_key, base_fingerprint=self.policy.base.fingerprint,
-                base_override_reason=new.base_override_reason, rank=facts.rank,
-                alpha=facts.alpha, target_modules=list(facts.target_modules),
-                size_bytes=facts.size_bytes, source=new.source,
-                parent_version=new.parent_version, metrics=dict(new.metrics),
-                tags=dict(new.tags), created_by=actor,
-            )
-            session.add(version)
-            session.flush()
-            _log("register", adapter, actor, session=session, to_version=version.number,
-                 reason=new.reason, content_hash=stored.content_hash, source=new.source)
-            record = VersionRecord.of(version, adapter_id)
-            if within is not None:
-                within(session, record)
-            return record, True
-
-    def policy(self, adapter_id: str) -> dict | None:
-        """The adapter's training policy as stored (None: the defaults)."""
-        with self.db.reading() as session:
-            return adapter_row(adapter_id, session=session).policy
-
-    def set_policy(self, adapter_id: str, policy: dict, *, actor: str,
-                   reason: str | None = None) -> dict:
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            adapter.policy = policy
-            _log("policy_set", adapter, actor, session=session, reason=reason, policy=policy)
-            return policy
-
-    def promote(self, adapter_id: str, number: int, *, actor: str,
-                expected_live: int | None = None, reason: str | None = None) -> AdapterRecord:
-        """Make `number` live. With `expected_live` (NO_LIVE_VERSION for none), only if that
-        is still the live version: compare-and-swap for callers that decided on stale data."""
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            live = adapter.live_version or NO_LIVE_VERSION
-            if expected_live is not None and expected_live != live:
-                raise Conflict(
-                    f"The live version of '{adapter_id}' is {live or 'none'}, not "
-                    f"{expected_live or 'none'}; re-read it and decide again."
-                )
-            target = version_row(adapter, adapter_id, number, session=session)
-            if target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' was rejected; it cannot "
-                               "be promoted. Register a new version.")
-            if adapter.live_version != number:
-                _make_live(adapter, adapter_id, target, actor, kind="promote", reason=reason,
-                           session=session)
-            return _record(adapter, adapter_id, session=session)
-
-    def rollback(self, adapter_id: str, *, actor: str, to_version: int | None = None,
-                 reason: str | None = None) -> AdapterRecord:
-        """Make an earlier version live again: the one live before the current one, or
-        `to_version`."""
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            if adapter.live_version is None:
-                raise Conflict(f"'{adapter_id}' has no live version to roll back from.")
-            number = to_version or self._previous_live(adapter, adapter_id, session=session)
-            if number == adapter.live_version:
-                raise Conflict(f"Version {number} of '{adapter_id}' is already live.")
-            target = version_row(adapter, adapter_id, number, session=session)
-            if target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' was rejected; "
-                               "roll back to another version.")
-            _make_live(adapter, adapter_id, target, actor, kind="rollback", reason=reason,
-                       session=session)
-            return _record(adapter, adapter_id, session=session)
-
-    def _previous_live(self, adapter: Adapter, adapter_id: str, *, session: Session) -> int:
-        statuses = dict(session.execute(
-            select(AdapterVersion.number, AdapterVersion.status)
-            .where(AdapterVersion.adapter_id == adapter.id)
-        ).all())
-        for number in reversed(_live_stack(adapter, session=session)[:-1]):
-            if number != adapter.live_version and statuses.get(number) != "rejected":
-                return number
-        raise Conflict(f"'{adapter_id}' has no earlier live version; name one with to_version.")
-
-    def set_canary(self, adapter_id: str, number: int, percent: int, *, actor: str,
-                   reason: str | None = None) -> AdapterRecord:
-        if not 1 <= percent <= 99:
-            raise InvalidArgument(f"The canary percent must be 1 to 99, not {percent}.")
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            target = version_row(adapter, adapter_id, number, session=session)
-            if adapter.live_version is None:
-                raise Conflict(f"'{adapter_id}' has no live version; promote one before "
-                               "setting a canary.")
-            if number == adapter.live_version or target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' is {target.status}; a "
-                               "canary must be a candidate or retired version.")
-            _log("canary_set", adapter, actor, session=session,
-                 from_version=adapter.canary_version, to_version=number, reason=reason,
-                 percent=percent)
-            adapter.canary_version, adapter.canary_percent = number, percent
-            return _record(adapter, adapter_id, session=session)
-
-    def clear_canary(self, adapter_id: str, *, actor: str,
-                     reason: str | None = None) -> AdapterRecord:
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            _clear_canary(adapter, actor, reason or "cleared", session=session)
-            return _record(adapter, adapter_id, session=session)
-
-    def reject(self, adapter_id: str, number: int, *, actor: str,
-               reason: str | None = None) -> VersionRecord:
-        return self._take_out(adapter_id, number, "rejected", "reject", actor, reason)
-
-    def retire(self, adapter_id: str, number: int, *, actor: str,
-               reason: str | None = None) -> VersionRecord:
-        return self._take_out(adapter_id, number, "retired", "retire", actor, reason)
-
-    def _take_out(self, adapter_id: str, number: int, status: str, kind: str, actor: str,
-                  reason: str | None) -> VersionRecord:
-        with self.db.transaction() as session:
-            adapter = adapter_row(adapter_id, session=session)
-            version = version_row(adapter, adapter_id, number, session=session)
-            if number == adapter.live_version:
-                raise Conflict(f"Version {number} of '{adapter_id}' is live; promote or roll "
-                               f"back to another version before you {kind} it.")
-            if version.status == "rejected" and status == "retired":
-                raise Conflict(f"Version {number} of '{adapter_id}' was rejected already.")
-            if version.status != status:
-                version.status = status
-                if adapter.canary_version == number:
-                    _clear_canary(adapter, actor, f"version {number} {status}", session=session)
-                _log(kind, adapter, actor, session=session, from_version=number, reason=reason)
-            return VersionRecord.of(version, adapter_id)
+def open_registry(*, model: str, aliases: list[str], data_dir: Path, database_url: str | None,
+                  max_rank: int, max_bytes: int, dtype: str | None = None) -> Registry:
+    """`dtype`: what the server computes in, which bounds adapters' gains; None or "auto":
+    the checkpoint's."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    db = Database(database_url or sqlite_url(data_dir))
+    db.upgrade()
+    base = BaseModelInfo.load(local_model_dir(model), aliases=[model, *aliases], dtype=dtype)
+    store = WeightStore(Path(data_dir) / "weights")
+    adapters = AdapterBook(db, store, RegistrationPolicy(base, max_rank, max_bytes))
+    return Registry(db, store, adapters, TenantBook(db), FeedbackBook(db), TrainingBook(db))

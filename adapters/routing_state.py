@@ -5,11 +5,26 @@ Read in one transaction, so the revision, the pointers and the keys agree with e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from sqlalchemy import select
 
 from .db import Database
-from .records import ActiveKey, AdapterRecord, RoutingState, VersionRecord
 from .schema import Adapter, AdapterVersion, ApiKey, RegistryRevision, Tenant
+from .tenants import ActiveKey
+from .versions import AdapterRecord, VersionRecord
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """Everything a server routes and authenticates by, read in one transaction."""
+
+    revision: int
+    adapters: tuple[AdapterRecord, ...]
+    servable: tuple[VersionRecord, ...]  # every version a request may reach (not rejected)
+    keys: Mapping[str, ActiveKey]  # key prefix -> unrevoked key
+
 
 
 def read_routing_state(db: Database) -> RoutingState:

@@ -86,7 +86,7 @@ class Adapter(Base):
     live_version: Mapped[int | None] = mapped_column(Integer)
     canary_version: Mapped[int | None] = mapped_column(Integer)
     canary_percent: Mapped[int | None] = mapped_column(Integer)
-    # The trainer's policy for this adapter (trainer/policy.py); None: the defaults.
+    # The trainer's policy for this adapter (policy.py); None: the defaults.
     policy: Mapped[dict | None] = mapped_column(JSON)
 
 
@@ -143,7 +143,9 @@ class Feedback(Base):
 
     `status` moves pending -> claimed (by a training run, under a lease) -> consumed (in the
     transaction that registers the version trained on it); an expired lease makes a claimed
-    row claimable again.
+    row claimable again. A row the trainer's policy says will never make a training pair
+    (a score no other score of its prompt differs from enough, in time) becomes unpaired,
+    from pending or claimed; consumed and unpaired are final.
     """
 
     __tablename__ = "feedback"
@@ -166,6 +168,7 @@ class Feedback(Base):
     judge: Mapped[str | None] = mapped_column(String(128))
     rationale: Mapped[str | None] = mapped_column(Text)
     completion_id: Mapped[str | None] = mapped_column(String(100))
+    # pending | claimed | consumed | unpaired: a plain string, so a new state needs no migration
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -12,7 +12,8 @@ import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,15 @@ class WeightStore:
         path = self.staging / uuid.uuid4().hex
         path.mkdir(parents=True, mode=0o700)
         return path
+
+    @contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A staging directory that is removed, with whatever is left in it, on the way out."""
+        path = self.staging_dir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def put(self, files: Mapping[str, Path]) -> StoredAdapter:
         digest = content_hash(files)

@@ -11,15 +11,56 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
+from . import schema
 from .db import Database
 from .errors import Conflict, NotFound
-from .records import IssuedKey, KeyRecord, TenantRecord
+from .rows import tenant_row, utc
 from .schema import ApiKey, Event, Tenant, utcnow
+
+
+@dataclass(frozen=True)
+class TenantRecord:
+    name: str
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def of(cls, row: schema.Tenant) -> TenantRecord:
+        return cls(row.name, utc(row.created_at), row.created_by)
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    tenant: str
+    prefix: str
+    label: str | None
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: schema.ApiKey, tenant: str) -> KeyRecord:
+        revoked = utc(row.revoked_at) if row.revoked_at else None
+        return cls(tenant, row.prefix, row.label, utc(row.created_at), row.created_by, revoked)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: str  # shown once; only its hash is stored
+    record: KeyRecord
+
+
+@dataclass(frozen=True)
+class ActiveKey:
+    key_hash: str
+    tenant: str
+
 
 KEY_SCHEME = "llk_"
 PREFIX_CHARS = len(KEY_SCHEME) + 8
@@ -38,13 +79,6 @@ def key_prefix(key: str) -> str | None:
 
 def key_matches(key: str, key_hash: str) -> bool:
     return hmac.compare_digest(hash_key(key), key_hash)
-
-
-def tenant_row(name: str, *, session: Session) -> Tenant:
-    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
-    if tenant is None:
-        raise NotFound(f"There is no tenant '{name}'. Create it first: loraloop tenants create.")
-    return tenant
 
 
 class TenantBook:

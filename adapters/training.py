@@ -4,11 +4,17 @@ A run claims pending feedback by stamping it with its id and a lease expiry; it 
 lease alive while it trains. A trainer killed mid-run stops renewing: once the lease expires
 the run is marked failed and its feedback is claimable again, so nothing is lost and no two
 runs train on the same rows. Feedback becomes `consumed` only inside the transaction that
-registers the version trained on it (see `consume`).
+registers the version trained on it (see `consume`), or `unpaired` when the trainer's policy
+says it will never make a training pair (see `mark_unpaired` and `set_aside`): neither is
+claimable again.
+
+A run ends `promoted`, `rejected`, `candidate` (passed, not promoted), `identical` (its weights
+were byte for byte an existing version's, which is left as it is) or `failed`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,11 +23,13 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .errors import Conflict, NotFound
-from .records import _utc
-from .registry import adapter_row
+from .policy import TrainingPolicy
+from .prompts import StoredPrompt
+from .rows import adapter_row, utc
 from .schema import Adapter, Feedback, Tenant, TrainingRun, utcnow
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
+IDS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
 
 
 class LeaseLost(Conflict):
@@ -47,19 +55,19 @@ class RunRecord:
 
     @classmethod
     def of(cls, row: TrainingRun, adapter_id: str) -> RunRecord:
-        def utc(moment):
-            return _utc(moment) if moment else None
+        def maybe_utc(moment):
+            return utc(moment) if moment else None
 
         return cls(row.id, adapter_id, row.status, row.requested_by, row.worker,
                    row.parent_version, row.candidate_version, row.pairs, dict(row.progress),
-                   dict(row.metrics), row.reason, _utc(row.created_at), utc(row.started_at),
-                   utc(row.finished_at))
+                   dict(row.metrics), row.reason, utc(row.created_at),
+                   maybe_utc(row.started_at), maybe_utc(row.finished_at))
 
 
 @dataclass(frozen=True)
 class PendingWork:
     adapter_id: str
-    policy: dict | None
+    policy: TrainingPolicy
     pending: int
     oldest: datetime | None
     queued: bool  # an operator asked for a run
@@ -69,11 +77,17 @@ class PendingWork:
 class ClaimedFeedback:
     id: int
     kind: str
-    prompt: dict
+    prompt: StoredPrompt
     chosen: str | None
     rejected: str | None
     completion: str | None
     score: float | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Feedback) -> ClaimedFeedback:
+        return cls(row.id, row.kind, StoredPrompt.from_json(row.prompt), row.chosen,
+                   row.rejected, row.completion, row.score, utc(row.created_at))
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,12 @@ class Claim:
 def _claimable(now: datetime):
     return or_(Feedback.status == "pending",
                and_(Feedback.status == "claimed", Feedback.lease_expires_at < now))
+
+
+def _chunks(ids: Collection[int]) -> Iterator[list[int]]:
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), IDS_PER_STATEMENT):
+        yield ordered[start:start + IDS_PER_STATEMENT]
 
 
 class TrainingBook:
@@ -131,8 +151,8 @@ class TrainingBook:
         work = []
         for row_id, tenant, name, policy in adapters:
             pending, oldest = counts.get(row_id, (0, None))
-            work.append(PendingWork(f"{tenant}/{name}", policy, pending,
-                                    _utc(oldest) if oldest else None, row_id in queued))
+            work.append(PendingWork(f"{tenant}/{name}", TrainingPolicy.stored(policy), pending,
+                                    utc(oldest) if oldest else None, row_id in queued))
         return work
 
     def claim(self, adapter_id: str, *, worker: str, lease_s: float) -> Claim:
@@ -154,9 +174,57 @@ class TrainingBook:
                 .order_by(Feedback.id).with_for_update(skip_locked=True)).all()
             for row in rows:
                 row.status, row.run_id, row.lease_expires_at = "claimed", run.id, lease
-            claimed = tuple(ClaimedFeedback(r.id, r.kind, dict(r.prompt), r.chosen, r.rejected,
-                                            r.completion, r.score) for r in rows)
+            claimed = tuple(ClaimedFeedback.of(row) for row in rows)
             return Claim(run.id, adapter_id, adapter.live_version, claimed)
+
+    def claimable(self, adapter_id: str) -> tuple[ClaimedFeedback, ...]:
+        """The rows a run would claim now, by id: what the trainer decides on before one."""
+        now = utcnow()
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rows = session.scalars(select(Feedback).where(
+                Feedback.adapter_id == adapter.id, _claimable(now)).order_by(Feedback.id))
+            return tuple(ClaimedFeedback.of(row) for row in rows)
+
+    def mark_unpaired(self, adapter_id: str, ids: Collection[int]) -> int:
+        """Rows that will never make a pair leave the queue for good. Only rows still
+        claimable change (a run that claimed one meanwhile keeps it); returns how many did."""
+        now = utcnow()
+        changed = 0
+        with self.db.transaction(routing_change=False) as session:
+            adapter = adapter_row(adapter_id, session=session)
+            for chunk in _chunks(ids):
+                changed += session.execute(update(Feedback).where(
+                    Feedback.adapter_id == adapter.id, Feedback.id.in_(chunk), _claimable(now),
+                ).values(status="unpaired", run_id=None, lease_expires_at=None)).rowcount
+        return changed
+
+    def set_aside(self, run_id: int, *, worker: str, unpaired: Collection[int],
+                  waiting: Collection[int]) -> None:
+        """A run drops the claimed rows it cannot train on: `unpaired` ones for good (they
+        keep the run's id, which decided it), `waiting` ones back to pending."""
+        with self.db.transaction(routing_change=False) as session:
+            self._owned_run(run_id, worker, session=session)
+            for status, ids in (("unpaired", unpaired), ("pending", waiting)):
+                keep_run = run_id if status == "unpaired" else None
+                for chunk in _chunks(ids):
+                    session.execute(update(Feedback).where(
+                        Feedback.run_id == run_id, Feedback.status == "claimed",
+                        Feedback.id.in_(chunk),
+                    ).values(status=status, run_id=keep_run, lease_expires_at=None))
+
+    def refuse_queued(self, adapter_id: str, *, reason: str) -> RunRecord | None:
+        """The oldest queued run ends failed without claiming anything: the trainer knows
+        it could not train. None: no run was queued."""
+        with self.db.transaction(routing_change=False) as session:
+            adapter = adapter_row(adapter_id, session=session)
+            run = session.scalar(select(TrainingRun).where(
+                TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
+                .order_by(TrainingRun.id).limit(1))
+            if run is None:
+                return None
+            run.status, run.reason, run.finished_at = "failed", reason, utcnow()
+            return RunRecord.of(run, adapter_id)
 
     def _fail_abandoned(self, adapter_id: int, now: datetime, *, session: Session) -> None:
         session.execute(update(TrainingRun).where(
@@ -167,7 +235,7 @@ class TrainingBook:
     def _owned_run(self, run_id: int, worker: str, *, session: Session) -> TrainingRun:
         run = session.get(TrainingRun, run_id)
         if run is None or run.status != "running" or run.worker != worker or (
-                _utc(run.lease_expires_at) < utcnow()):
+                utc(run.lease_expires_at) < utcnow()):
             raise LeaseLost(f"Training run {run_id} is no longer held by {worker}.")
         return run
 

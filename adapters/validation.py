@@ -9,67 +9,57 @@ what the client sent and never a server path.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
 import struct
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .base_model import FLOAT_DTYPES, MAX_HEADER_BYTES, BaseModelInfo
 from .errors import AdapterInvalid
 from .names import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
 
 # Formats that torch.load unpickles: loading one can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
 MAX_PROBLEMS = 20
 MAX_ECHO_CHARS = 80
 # A LoRA config is a few hundred bytes; anything near this is not one.
 MAX_CONFIG_BYTES = 1 << 20
-# The safetensors header is JSON whose length the file declares in its first 8 bytes; a bound
-# keeps a hostile length from becoming a huge allocation.
-MAX_HEADER_BYTES = 100_000_000
 MAX_BASE_NAME_CHARS = 512
 
-# Decoder-layer weights, the modules vLLM can put LoRA on: "model.layers.0.self_attn.q_proj".
-_LAYER_MODULE = re.compile(r"\.layers\.\d+\.")
 # PEFT's saved key for one LoRA factor: base_model.model.<module>.lora_A.weight
 _LORA_KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<factor>[AB])\.weight")
 _SAVE_HINT = "save it with PEFT's save_pretrained(..., safe_serialization=True)"
 
-
-@dataclass(frozen=True)
-class BaseModelInfo:
-    """What registration checks adapters against: the served base model's identity and shapes."""
-
-    aliases: frozenset[str]  # names an adapter's base_model_name_or_path may use for this base
-    fingerprint: str  # sha256 hex over architectures + sorted (tensor name, shape, dtype)
-    # module name -> (out_features, in_features); the fingerprint already covers it.
-    linear_shapes: Mapping[str, tuple[int, int]] = field(compare=False, repr=False)
-
-    @classmethod
-    def load(cls, model_dir: Path, aliases: Iterable[str] = ()) -> BaseModelInfo:
-        """Read config.json and the safetensors headers only; the weights stay on disk."""
-        model_dir = Path(model_dir)
-        config = json.loads((model_dir / "config.json").read_text())
-        tensors = _base_tensors(model_dir)  # name -> (shape, dtype)
-        names = {*aliases, str(model_dir), str(model_dir.resolve()), model_dir.name}
-        return cls(
-            aliases=frozenset(names),
-            fingerprint=_fingerprint(config.get("architectures") or [], tensors),
-            linear_shapes=MappingProxyType(_linear_shapes(tensors)),
-        )
-
-    @property
-    def target_modules(self) -> frozenset[str]:
-        return frozenset(name.rsplit(".", 1)[-1] for name in self.linear_shapes)
+# adapter_config.json features that vLLM refuses to load (vllm/lora/peft_helper.py,
+# PEFTHelper._validate_features and validate_legal) or that this server does not serve: any
+# value that is true for Python refuses the adapter, as vLLM reads them.
+_UNSUPPORTED_FEATURES = {
+    "use_dora": "use_dora is true; DoRA adapters are not served, train with use_dora=False",
+    "modules_to_save": "modules_to_save is not empty; only LoRA factors are served, not full "
+    "copies of base modules, so train with modules_to_save=None",
+    "rank_pattern": "rank_pattern is not empty; every module must share one r and lora_alpha, "
+    "so train without rank_pattern",
+    "alpha_pattern": "alpha_pattern is not empty; every module must share one r and "
+    "lora_alpha, so train without alpha_pattern",
+    "lora_bias": "lora_bias is true; LoRA bias vectors are not served, train with "
+    "lora_bias=False",
+    "use_qalora": "use_qalora is true; QALoRA adapters are not served, train with "
+    "use_qalora=False",
+    "use_bdlora": "use_bdlora is set; block-diagonal LoRA is not served, train without it",
+    "alora_invocation_tokens": "alora_invocation_tokens is set; Activated LoRA (aLoRA) is not "
+    "served, train without alora_invocation_tokens",
+    "layer_replication": "layer_replication is set; adapters that replicate base layers are "
+    "not served, train without layer_replication",
+}
+# init_lora_weights values that only choose the adapter's starting weights; the others
+# (PiSSA, OLoRA, CorDA, LoftQ) also rewrite the base model's weights, which are not served.
+_PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 
 
 @dataclass(frozen=True)
@@ -111,55 +101,6 @@ def validate_adapter(
         size_bytes=size,
         base_model_name_or_path=config.base_name,
     )
-
-
-# --- Base model -------------------------------------------------------------------------------
-
-
-def _base_tensors(model_dir: Path) -> dict[str, tuple[list[int], str]]:
-    tensors: dict[str, tuple[list[int], str]] = {}
-    for shard in _base_shards(model_dir):
-        header = _read_header(model_dir / shard)
-        tensors.update(
-            (name, (entry["shape"], entry["dtype"]))
-            for name, entry in header.items()
-            if name != "__metadata__"
-        )
-    return tensors
-
-
-def _base_shards(model_dir: Path) -> list[str]:
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    if (model_dir / "model.safetensors").exists():
-        return ["model.safetensors"]
-    raise FileNotFoundError(
-        f"{model_dir} has neither model.safetensors nor model.safetensors.index.json; "
-        "the base model must be saved in safetensors format"
-    )
-
-
-def _read_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        length = struct.unpack("<Q", f.read(8))[0]
-        if length > MAX_HEADER_BYTES:
-            raise ValueError(f"{path} declares a {length}-byte header; it is not safetensors")
-        return json.loads(f.read(length))
-
-
-def _fingerprint(architectures: list[str], tensors: dict[str, tuple[list[int], str]]) -> str:
-    rows = sorted((name, list(shape), dtype) for name, (shape, dtype) in tensors.items())
-    canonical = json.dumps({"architectures": architectures, "tensors": rows}, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _linear_shapes(tensors: dict[str, tuple[list[int], str]]) -> dict[str, tuple[int, int]]:
-    return {
-        name.removesuffix(".weight"): (shape[0], shape[1])
-        for name, (shape, _) in tensors.items()
-        if name.endswith(".weight") and len(shape) == 2 and _LAYER_MODULE.search(name)
-    }
 
 
 # --- File names and sizes ---------------------------------------------------------------------
@@ -211,9 +152,17 @@ class _LoraSettings:
     alpha: float | None = None
     targets: frozenset[str] | None = None
     base_name: str | None = None
+    use_rslora: bool | None = False
 
     def is_complete(self) -> bool:
-        return None not in (self.rank, self.alpha, self.targets)
+        return None not in (self.rank, self.alpha, self.targets, self.use_rslora)
+
+    @property
+    def scale(self) -> float | None:
+        """What vLLM multiplies B by: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
+        if self.rank is None or self.alpha is None or self.use_rslora is None:
+            return None
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
 
 def _check_config(
@@ -233,6 +182,7 @@ def _check_config(
         alpha=_check_alpha(config.get("lora_alpha"), problems),
         targets=_check_targets(config.get("target_modules"), base, problems),
         base_name=_check_base_name(config.get("base_model_name_or_path"), base, override, problems),
+        use_rslora=_check_rslora(config.get("use_rslora"), problems),
     )
 
 
@@ -252,19 +202,28 @@ def _load_config(path: Path, problems: list[str]) -> dict | None:
 
 
 def _check_unsupported_features(config: dict, problems: list[str]) -> None:
-    if config.get("use_dora"):
-        problems.append("use_dora is true; DoRA adapters are not served, train with use_dora=False")
-    if config.get("modules_to_save"):
+    problems.extend(message for key, message in _UNSUPPORTED_FEATURES.items() if config.get(key))
+    bias = config.get("bias", "none")
+    if bias != "none":  # vLLM loads only bias "none": it has no place for bias vectors
         problems.append(
-            "modules_to_save is not empty; only LoRA factors are served, not full copies of "
-            "base modules, so train with modules_to_save=None"
+            f'bias is {_echo(bias)}; bias terms are not served, train with bias="none"'
         )
-    for key in ("rank_pattern", "alpha_pattern"):
-        if config.get(key):
-            problems.append(
-                f"{key} is not empty; every module must share one r and lora_alpha, "
-                f"so train without {key}"
-            )
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in _PLAIN_INITS:
+        problems.append(
+            f"init_lora_weights is {_echo(init)}, an init that changes the base model's "
+            "weights, which this server does not serve; convert the adapter to a plain LoRA "
+            "with PEFT's path_initial_model_for_weight_conversion"
+        )
+
+
+def _check_rslora(use_rslora: object, problems: list[str]) -> bool | None:
+    if use_rslora is None or isinstance(use_rslora, bool):
+        return bool(use_rslora)
+    problems.append(
+        f"use_rslora is {_echo(use_rslora)}; it must be true or false, as PEFT saves it"
+    )
+    return None
 
 
 def _check_rank(rank: object, max_rank: int, problems: list[str]) -> int | None:
@@ -368,6 +327,7 @@ def _check_tensors(
     if not keys:
         problems.append(f"{WEIGHTS_FILE} holds no tensors; {_SAVE_HINT}")
     factors: dict[str, set[str]] = {}  # module -> the factors found for it, {"A", "B"}
+    gains = _Gains(base.max_gain, config.scale)
     for key in keys:
         match = _LORA_KEY.fullmatch(key)
         if match is None:
@@ -378,8 +338,11 @@ def _check_tensors(
             continue
         module, factor = match.group("module"), match.group("factor")
         factors.setdefault(module, set()).add(factor)
-        _check_tensor(weights, key, module, factor, base, config, problems)
+        tensor = _check_tensor(weights, key, module, factor, base, config, problems)
+        if tensor is not None:
+            gains.add(module, factor, tensor)
     problems.extend(_unpaired_factors(factors))
+    problems.extend(gains.problems(base.compute_dtype, config))
 
 
 def _check_tensor(
@@ -390,22 +353,27 @@ def _check_tensor(
     base: BaseModelInfo,
     config: _LoraSettings,
     problems: list[str],
-) -> None:
+) -> torch.Tensor | None:
+    """The factor, once its layout and values are sound; None after reporting a problem."""
     if module not in base.linear_shapes:
         problems.append(
             f"tensor {_echo(key)} adapts a module that is not a linear layer of the base model; "
             "train against the base model this server serves"
         )
-        return
+        return None
     kind = module.rsplit(".", 1)[-1]
     if config.targets is not None and kind not in config.targets:
         problems.append(f"tensor {_echo(key)} adapts {kind}, which target_modules does not list")
     tensor_slice = weights.get_slice(key)
     problem = _layout_problem(tensor_slice, factor, base.linear_shapes[module], config.rank)
+    tensor = None
     if problem is None:
-        problem = _values_problem(weights.get_tensor(key))  # loaded only once its size is known
+        tensor = weights.get_tensor(key)  # loaded only once its size is known
+        problem = _values_problem(tensor)
     if problem is not None:
         problems.append(f"tensor {_echo(key)} {problem}")
+        return None
+    return tensor
 
 
 def _layout_problem(
@@ -429,6 +397,71 @@ def _values_problem(tensor: torch.Tensor) -> str | None:
     if bad:
         return f"has {bad} non-finite values (NaN or infinity); retrain or fix the weights"
     return None
+
+
+class _Gains:
+    """The largest gain of each map an adapter adds (A, scale * B, scale * B @ A), over all
+    modules, against BaseModelInfo.max_gain. Factors are held only until their pair is in."""
+
+    MAPS = (("A", "lora_A"), ("sB", "scale * lora_B"),
+            ("sBA", "the update scale * lora_B @ lora_A"))
+
+    def __init__(self, bound: float, scale: float | None) -> None:
+        self.bound, self.scale = bound, scale
+        self._pending: dict[str, dict[str, torch.Tensor]] = {}
+        self.worst: dict[str, tuple[float, str]] = {}  # map -> (gain, module)
+        self.over: dict[str, int] = dict.fromkeys([name for name, _ in self.MAPS], 0)
+
+    def add(self, module: str, factor: str, tensor: torch.Tensor) -> None:
+        pair = self._pending.setdefault(module, {})
+        pair[factor] = tensor
+        if self.scale is not None and len(pair) == 2:
+            del self._pending[module]
+            for name, gain in _module_gains(pair["A"], pair["B"], self.scale).items():
+                self._note(name, module, gain)
+
+    def _note(self, name: str, module: str, gain: float) -> None:
+        # `not gain <= bound`: a gain that overflowed float64 to inf or NaN is over too.
+        self.over[name] += not gain <= self.bound
+        if name not in self.worst or not gain <= self.worst[name][0]:
+            self.worst[name] = (gain, module)
+
+    def problems(self, dtype: torch.dtype, config: _LoraSettings) -> list[str]:
+        dtype_name = str(dtype).removeprefix("torch.")
+        return [
+            f"{label} has a gain (spectral norm) of {gain:.3g} in module {_echo(module)}"
+            f"{_more(self.over[name] - 1)}, above the {self.bound:.3g} that this base "
+            f"model's {dtype_name} computation allows ({_scale_text(config)}); lower "
+            "lora_alpha or fix the weights: a trained LoRA update is a small fraction of the "
+            "base weights"
+            for name, label in self.MAPS
+            if self.over[name]
+            for gain, module in [self.worst[name]]
+        ]
+
+
+def _scale_text(config: _LoraSettings) -> str:
+    formula = "lora_alpha / sqrt(r)" if config.use_rslora else "lora_alpha / r"
+    return f"scale = {formula} = {config.scale:.3g}"
+
+
+def _more(count: int) -> str:
+    return f" and {count} more modules" if count else ""
+
+
+def _module_gains(a: torch.Tensor, b: torch.Tensor, scale: float) -> dict[str, float]:
+    """Spectral norms of A (r, in), scale * B (out, r) and scale * B @ A (out, in), in
+    float64 and without forming B @ A: with A^T = Qa Ra and B = Qb Rb (QR), B @ A has the
+    singular values of the r x r matrix Rb @ Ra^T."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    r_a = torch.linalg.qr(a.T, mode="r").R
+    r_b = torch.linalg.qr(b, mode="r").R
+    norm = torch.linalg.matrix_norm
+    return {
+        "A": float(norm(r_a, ord=2)),
+        "sB": scale * float(norm(r_b, ord=2)),
+        "sBA": scale * float(norm(r_b @ r_a.T, ord=2)),
+    }
 
 
 def _unpaired_factors(factors: dict[str, set[str]]) -> list[str]:

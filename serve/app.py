@@ -13,16 +13,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from loraloop.adapters.feedback import FeedbackBook
-from loraloop.adapters.opening import open_registry
+from loraloop.adapters.prompts import PromptRenderer
+from loraloop.adapters.registry import open_registry
 from loraloop.adapters.routing_state import read_routing_state
-from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.training import TrainingBook
 
 from . import health
+from .admin import adapters_router
 from .admin import router as admin_router
 from .admission import AdmissionGate
-from .engine import Engine, create_engine
+from .engine.factory import create_engine
+from .engine.protocol import Engine
 from .errors import install_error_handlers
 from .feedback import router as feedback_router
 from .feedback.service import FeedbackService
@@ -30,7 +30,6 @@ from .metrics import ServeMetrics
 from .middleware import BodyLimit, RequestMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
-from .prompts import PromptRenderer
 from .registry_watch import RegistryWatcher
 from .routing import RoutingSnapshot, RoutingTable
 from .settings import ServeSettings
@@ -46,9 +45,9 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     registry = open_registry(
         model=settings.model, aliases=[settings.base_model_name], data_dir=settings.data_dir,
         database_url=settings.database_url, max_rank=settings.max_lora_rank,
-        max_bytes=settings.max_adapter_bytes,
+        max_bytes=settings.max_adapter_bytes, dtype=settings.dtype,
     )
-    db, tenants = registry.db, TenantBook(registry.db)
+    db = registry.db
     routes = RoutingTable(RoutingSnapshot.from_state(
         settings.base_model_name, read_routing_state(db), registry.store.path_of
     ))
@@ -60,12 +59,11 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     metrics = ServeMetrics(admission, engine, routes, db)
     warmer = AdapterWarmer(engine, metrics)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
-    feedback = FeedbackBook(db)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
-                                feedback, metrics)
-    return ServerState(settings, engine, db, registry, tenants,
-                       FeedbackService(feedback, routes, metrics), TrainingBook(db), routes,
-                       watcher, warmer, service, metrics)
+                                registry.feedback, metrics)
+    return ServerState(settings, engine, registry,
+                       FeedbackService(registry.feedback, routes, metrics), routes, watcher,
+                       warmer, service, metrics)
 
 
 async def _start_engine(state: ServerState) -> None:
@@ -92,16 +90,18 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             yield
         finally:
             running.cancel()
+            await state.feedback.writer.close()  # what is queued is stored before exit
             await state.engine.shutdown()
-            state.db.dispose()
+            state.registry.db.dispose()
 
     app = FastAPI(title="loraloop", version="0.1.0", lifespan=lifespan)
     app.state.loraloop = state
+    install_error_handlers(app)
     # Added last is outermost: metrics see every request, the 413s included.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
-                       max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD)
+                       max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD,
+                       upload_routes=[adapters_router.UPLOAD_ROUTE])
     app.add_middleware(RequestMetrics, metrics=state.metrics)
-    install_error_handlers(app)
     app.include_router(openai_router.router)
     app.include_router(feedback_router.router)
     app.include_router(admin_router.router)

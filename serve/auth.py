@@ -16,8 +16,9 @@ from fastapi import Depends, Request
 
 from loraloop.adapters.tenants import key_matches, key_prefix
 
-from .admin import ACTOR_HEADER
 from .errors import Forbidden, InvalidRequest, Unauthenticated
+from .headers import ACTOR_HEADER
+from .request_facts import facts_of
 from .state import ServerState, get_state
 
 _ACTOR = re.compile(r"[A-Za-z0-9._@-]{1,64}")
@@ -59,9 +60,9 @@ def _is_admin_key(key: str, state: ServerState) -> bool:
     )
 
 
-def authenticate(request: Request, state: ServerState = Depends(get_state)) -> Principal:
+async def authenticate(request: Request, state: ServerState = Depends(get_state)) -> Principal:
     principal = _identify(request, state)
-    request.state.caller = principal.name  # for the request log (serve/middleware.py)
+    facts_of(request).caller = principal.name
     return principal
 
 
@@ -80,7 +81,7 @@ def _identify(request: Request, state: ServerState) -> Principal:
     return Principal(tenant=active.tenant, is_admin=False, name=f"tenant:{active.tenant}")
 
 
-def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
+async def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
     if not principal.is_admin:
         raise Forbidden("This route needs the admin credential; tenant keys cannot use it.")
     return principal

@@ -8,6 +8,7 @@ bug: it is logged with its traceback and the client gets a sanitized 500.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,10 +39,6 @@ class InvalidRequest(LoraloopError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_value"
-
-
-class ContextLengthExceeded(InvalidRequest):
-    code = "context_length_exceeded"
 
 
 class AdapterNotFound(LoraloopError):
@@ -79,6 +76,14 @@ class AdapterUnavailable(LoraloopError):
     code = "adapter_load_failed"
 
 
+class NonFiniteOutput(LoraloopError):
+    """The model computed NaN or infinity for a request: that request fails, no other does."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "non_finite_output"
+
+
 class Overloaded(LoraloopError):
     status_code = 503
     error_type = "server_error"
@@ -110,6 +115,8 @@ _REGISTRY_STATUS: dict[type[registry.RegistryError], tuple[int, str]] = {
     registry.Conflict: (409, "conflict"),
     registry.AdapterInvalid: (400, "adapter_invalid"),
     registry.InvalidArgument: (400, "invalid_value"),
+    registry.ContextLengthExceeded: (400, "context_length_exceeded"),  # before its base
+    registry.PromptRejected: (400, "invalid_value"),
 }
 
 
@@ -125,7 +132,8 @@ def _response(err: LoraloopError) -> JSONResponse:
 def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
     status, code = next((mapped for kind, mapped in _REGISTRY_STATUS.items()
                          if isinstance(err, kind)), (500, "internal_error"))
-    body = error_body(err.message, "invalid_request_error", param=None, code=code)
+    param = err.param if isinstance(err, registry.PromptRejected) else None
+    body = error_body(err.message, "invalid_request_error", param=param, code=code)
     if isinstance(err, registry.AdapterInvalid):
         body["error"]["problems"] = err.problems  # every problem, for tools to show one by one
     return status, body
@@ -147,10 +155,22 @@ def describe_error(exc: Exception) -> tuple[int, dict]:
     return _internal_error()
 
 
+# pydantic names the union member it tried inside the location ("stop.list[str].0",
+# "content.function-after[encodable(), str]"); clients know fields, not members.
+_UNION_MEMBER = re.compile(r"[\[\](), -]|^(str|int|float|bool|list|dict|none)$")
+
+
 def _validation_param(loc: tuple) -> str | None:
     # loc is ("body", "messages", 0, "content"): drop the location kind, join the rest.
     parts = [str(p) for p in loc[1:]] if loc and loc[0] in ("body", "query", "path") else []
-    return ".".join(parts) or None
+    return ".".join(p for p in parts if not _UNION_MEMBER.search(p)) or None
+
+
+def _relevant(problems: list[dict]) -> list[dict]:
+    """A value that fits no member of a union fails each member; where one member explains
+    what is wrong with the value itself, the others' "should be a valid X" is noise."""
+    specific = [p for p in problems if not str(p.get("type", "")).endswith("_type")]
+    return specific or problems
 
 
 def validation_error(exc: RequestValidationError | ValidationError,
@@ -160,13 +180,16 @@ def validation_error(exc: RequestValidationError | ValidationError,
     first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return InvalidRequest("The request body is not valid JSON: " + first["msg"] + ".")
-    described = "; ".join(
+    problems = _relevant(problems)
+    described = "; ".join(dict.fromkeys(
         f"{_validation_param(tuple(p['loc'])) or 'body'}: {p['msg']}" for p in problems
-    )
-    return InvalidRequest(described, param=_validation_param(tuple(first["loc"])))
+    ))
+    return InvalidRequest(described, param=_validation_param(tuple(problems[0]["loc"])))
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    """Call before adding other middleware: the boundary must sit innermost, so that the
+    request metrics and logs outside it see the 500 it sends."""
     @app.exception_handler(LoraloopError)
     async def _known(_: Request, exc: LoraloopError) -> JSONResponse:
         return _response(exc)
@@ -186,8 +209,37 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(str(exc.detail), error_type, param=None, code=None)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        status, body = _internal_error()
-        return JSONResponse(body, status_code=status)
+    app.add_middleware(ErrorBoundary)
+
+
+class ErrorBoundary:
+    """The last word on an unexpected error: logged, and a sanitized 500 if nothing was sent.
+
+    An exception handler for `Exception` would run in Starlette's outermost middleware, which
+    sends the response and then re-raises, so the server also drops the client's keep-alive
+    connection. Here the error stops, and the connection stays usable. A response already
+    under way (a stream) cannot change its status: that error propagates and the connection
+    closes, which is how the client learns the body is cut short.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body = _internal_error()
+            await JSONResponse(body, status_code=status)(scope, receive, send)

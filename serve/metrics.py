@@ -14,10 +14,9 @@ from time import perf_counter
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
+from loraloop.adapters.counts import read_counts
 from loraloop.adapters.db import Database
-from loraloop.adapters.schema import Event, TrainingRun
 
 from .admission import AdmissionGate
 from .engine.protocol import Engine, GenerationDelta
@@ -59,19 +58,16 @@ class _RegistryCounts(Collector):
         self.db = db
 
     def collect(self):
-        with self.db.reading() as session:
-            events = session.execute(select(Event.kind, func.count()).group_by(Event.kind)).all()
-            runs = session.execute(
-                select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all()
+        counts = read_counts(self.db)
         changes = CounterMetricFamily(
             "loraloop_registry_events", "Registry changes by kind (promote, rollback, reject, "
             "register, ...), all processes.", labels=["kind"])
-        for kind, count in events:
+        for kind, count in counts.events_by_kind.items():
             changes.add_metric([kind], count)
         yield changes
         by_status = GaugeMetricFamily("loraloop_training_runs",
                                       "Training runs by status, all trainers.", labels=["status"])
-        for status, count in runs:
+        for status, count in counts.runs_by_status.items():
             by_status.add_metric([status], count)
         yield by_status
 

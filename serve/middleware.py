@@ -10,17 +10,16 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Iterable
 from time import perf_counter
 
 from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from .errors import error_body
 from .metrics import ServeMetrics
+from .request_facts import RequestFacts, attach
 
-UPLOAD_PREFIX = "/admin/v1/adapters/"
-# Where a request could not be tied to an adapter (refused before resolution, or not a
-# generation): keeps the label bounded whatever the client sent.
-NO_ADAPTER = "-"
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 access_log = logging.getLogger("loraloop.requests")
@@ -36,16 +35,19 @@ async def _refuse_too_large(send, limit: int) -> None:
 
 class BodyLimit:
     """Refuses bodies over the cap before they are read: by Content-Length, or, for chunked
-    bodies, as soon as the bytes received pass it."""
+    bodies, as soon as the bytes received pass it. The upload routes the app names (path
+    templates, as routes declare them) get the larger upload cap."""
 
-    def __init__(self, app, *, max_bytes: int, max_upload_bytes: int) -> None:
+    def __init__(self, app, *, max_bytes: int, max_upload_bytes: int,
+                 upload_routes: Iterable[str]) -> None:
         self.app, self.max_bytes, self.max_upload_bytes = app, max_bytes, max_upload_bytes
+        self.upload_paths = [compile_path(route)[0] for route in upload_routes]
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.max_upload_bytes if scope["path"].startswith(UPLOAD_PREFIX) else (
-            self.max_bytes)
+        is_upload = any(path.match(scope["path"]) for path in self.upload_paths)
+        limit = self.max_upload_bytes if is_upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _refuse_too_large(send, limit)
@@ -88,6 +90,7 @@ class RequestMetrics:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             return await self.app(scope, receive, send)
         started, status, request_id = perf_counter(), 500, _request_id(scope)
+        facts = attach(scope)
 
         async def recorded(message):
             nonlocal status
@@ -100,18 +103,16 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recorded)
         finally:
-            self._record(scope, status, perf_counter() - started, request_id.decode())
+            self._record(scope, facts, status, perf_counter() - started, request_id.decode())
 
-    def _record(self, scope, status: int, seconds: float, request_id: str) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        state = scope.get("state", {})
-        served = state.get("served", (NO_ADAPTER, NO_ADAPTER))
-        self.metrics.requests.labels(endpoint, *served, str(status)).inc()
+    def _record(self, scope, facts: RequestFacts, status: int, seconds: float,
+                request_id: str) -> None:
+        endpoint = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(endpoint, facts.adapter, facts.version, str(status)).inc()
         self.metrics.duration.labels(endpoint).observe(seconds)
         if status in (429, 503):
             self.metrics.rejected.labels("rate_limited" if status == 429 else "overloaded").inc()
         access_log.info("%s %s %d", scope["method"], endpoint, status, extra={
-            "event": "request", "request_id": request_id, "caller": state.get("caller"),
-            "adapter": served[0], "version": served[1], "endpoint": endpoint,
+            "event": "request", "request_id": request_id, "caller": facts.caller,
+            "adapter": facts.adapter, "version": facts.version, "endpoint": endpoint,
             "status": status, "latency_ms": round(seconds * 1000, 1)})

@@ -41,6 +41,8 @@ class RegistryWatcher:
             if self.warming:
                 await self.warmer.warm(snapshot.routed_adapters())
             self.routes.swap(snapshot)
+            if self.warming:
+                await self.warmer.keep_only(snapshot.versions.values())
             logger.info("routing follows registry revision %d", state.revision)
 
     async def start_warming(self) -> None:

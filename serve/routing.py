@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraloop.adapters.names import ModelRef, parse_model_ref
-from loraloop.adapters.records import ActiveKey, RoutingState
+from loraloop.adapters.routing_state import RoutingState
+from loraloop.adapters.tenants import ActiveKey
 
 from .engine.protocol import AdapterRef
 from .errors import AdapterNotFound

@@ -4,33 +4,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from loraloop.adapters.db import Database
-from loraloop.adapters.registry import AdapterRegistry
-from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.training import TrainingBook
+from loraloop.adapters.registry import Registry
 
 from .engine.protocol import Engine
-from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
-from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
 from .routing import RoutingTable
 from .settings import ServeSettings
 from .warmup import AdapterWarmer
+
+if TYPE_CHECKING:  # the feature packages' routes import this module; app.py wires them in
+    from .feedback.service import FeedbackService
+    from .openai.service import GenerationService
 
 
 @dataclass
 class ServerState:
     settings: ServeSettings
     engine: Engine
-    db: Database
-    registry: AdapterRegistry
-    tenants: TenantBook
+    registry: Registry
     feedback: FeedbackService
-    training: TrainingBook
     routes: RoutingTable
     watcher: RegistryWatcher
     warmer: AdapterWarmer
@@ -44,5 +41,7 @@ class ServerState:
         return self.start_failed or (self.service.ready and not self.engine.is_healthy())
 
 
-def get_state(request: Request) -> ServerState:
+# The request dependencies are `async def` although they never wait: FastAPI runs a plain
+# `def` dependency on a worker thread, and those hand-offs cost more than the work.
+async def get_state(request: Request) -> ServerState:
     return request.app.state.loraloop

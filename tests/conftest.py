@@ -13,8 +13,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from loraloop.serve.admin_client import AdminClient
-from loraloop.serve.demo_model import build_demo_model, build_random_adapter
+from loraloop.serve.cli.client import AdminClient
+from loraloop.trainer.demo_model import build_demo_model, build_random_adapter
 
 from .databases import BACKENDS, database_url
 from .server import ServerProcess

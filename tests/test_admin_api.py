@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from loraloop.adapters.names import CONFIG_FILE, WEIGHTS_FILE
-from loraloop.serve.admin_client import AdminApiError, AdminClient
+from loraloop.serve.cli.client import AdminApiError, AdminClient
 
 from .conftest import ADMIN_HEADERS, ADMIN_KEY
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from loraloop.serve.admin_client import AdminClient
-from loraloop.serve.demo_model import build_random_adapter
+from loraloop.serve.cli.client import AdminClient
+from loraloop.trainer.demo_model import build_random_adapter
 
 from .conftest import ADMIN_HEADERS, ADMIN_KEY
 

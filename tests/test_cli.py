@@ -19,7 +19,7 @@ from typing import Any
 import openai
 import pytest
 
-from loraloop.serve.demo_model import build_demo_model, build_random_adapter
+from loraloop.trainer.demo_model import build_demo_model, build_random_adapter
 
 from .server import ServerProcess, free_port
 
@@ -51,7 +51,9 @@ class Cli:
         return done
 
     def json(self, *args: str) -> Any:
-        return json.loads(self.ok(*args, "--json").stdout)
+        # The admin options belong to the command group: `loraloop adapters --json list`.
+        group, *rest = args
+        return json.loads(self.ok(group, "--json", *rest).stdout)
 
 
 def assert_clean_failure(done: subprocess.CompletedProcess, code: int) -> None:
@@ -120,7 +122,7 @@ def registrations(cli, issued, adapter_dirs) -> list[subprocess.CompletedProcess
     cli.ok("adapters", "create", ADAPTER, "--description", "support answers")
     return [
         cli.ok("adapters", "register", ADAPTER, first, "--reason", "first cut"),
-        cli.ok("adapters", "register", ADAPTER, first, "--json"),
+        cli.ok("adapters", "--json", "register", ADAPTER, first),
         cli.ok("adapters", "register", ADAPTER, second, "--parent", "1", "--metric", "acc=0.9",
                "--tag", "run=x", "--reason", "more data"),
     ]
@@ -208,6 +210,18 @@ def test_history_records_every_change_in_order(cli):
         ("reject", 2, None, "bad"),
     ]
     assert all(ACTOR in e["actor"] for e in events)
+
+
+def test_policy_show_and_set_round_trip(cli, registrations):
+    defaults = cli.json("adapters", "policy", "show", ADAPTER)
+    assert defaults["record_completions"] is False
+    cli.ok("adapters", "policy", "set", ADAPTER, "min_pairs=16", "record_completions=true",
+           "gate.min_accuracy=0.7")
+    shown = cli.json("adapters", "policy", "show", ADAPTER)
+    assert (shown["min_pairs"], shown["record_completions"]) == (16, True)
+    assert shown["gate"]["min_accuracy"] == 0.7
+    assert "min_pairs" in cli.ok("adapters", "policy", "show", ADAPTER).stdout
+    assert cli.json("adapters", "history", ADAPTER)[-1]["kind"] == "policy_set"
 
 
 # -- failures ------------------------------------------------------------------------------

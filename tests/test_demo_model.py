@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loraloop.serve.demo_model import IM_END, build_demo_model
+from loraloop.trainer.demo_model import IM_END, build_demo_model
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(demo_model, tmp_path):

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from loraloop.serve.admin_client import AdminClient
+from loraloop.serve.cli.client import AdminClient
 
 from .conftest import ADMIN_KEY
 

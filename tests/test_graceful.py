@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -104,3 +105,38 @@ def test_acknowledged_feedback_survives_kill_9_exactly_once(demo_model, adapter_
     assert len(acknowledged) == 160
     assert rows == {key: 1 for key in acknowledged}  # every acknowledged row, exactly once
     assert all(ids[key] == row_id for key, row_id in acknowledged.items())
+
+
+def _children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT],
+                         ids=["SIGTERM", "SIGINT"])
+def test_the_trainer_beside_the_server_stops_with_it(demo_model, tmp_path, stop_signal):
+    server = start_server(["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS,
+                           "--with-trainer"], tmp_path / "server.log", tmp_path / "data")
+    trainer = None
+    try:
+        server.wait_ready()
+        (trainer,) = _children(server.process.pid)
+        # Only the server hears the signal, as from a supervisor (not its process group).
+        os.kill(server.process.pid, stop_signal)
+        server.process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _running(trainer) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(trainer), f"the trainer outlived the server:\n{server.log()}"
+    finally:
+        server.stop()
+        if trainer is not None and _running(trainer):
+            os.kill(trainer, signal.SIGKILL)

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from loraloop.serve.admin_client import AdminApiError, AdminClient
+from loraloop.serve.cli.client import AdminApiError, AdminClient
 
 from .conftest import ADMIN_KEY, ENGINE_ARGS, async_client, start_server
 from .databases import BACKENDS, fresh_postgres_database

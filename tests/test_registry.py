@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,29 +12,20 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
 
+from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.db import Database
 from loraloop.adapters.errors import AdapterInvalid, Conflict, InvalidArgument, NotFound
-from loraloop.adapters.registry import (
-    NO_LIVE_VERSION,
-    AdapterRegistry,
-    NewVersion,
-    RegistrationPolicy,
-)
+from loraloop.adapters.feedback import FeedbackBook
+from loraloop.adapters.registry import Registry
 from loraloop.adapters.routing_state import read_routing_state
 from loraloop.adapters.schema import ApiKey, Base
 from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook, hash_key
-from loraloop.adapters.validation import ADAPTER_FILES, BaseModelInfo
+from loraloop.adapters.training import TrainingBook
+from loraloop.adapters.validation import ADAPTER_FILES
+from loraloop.adapters.versions import NO_LIVE_VERSION, AdapterBook, NewVersion, RegistrationPolicy
 
 ADAPTER = "acme/support"
-
-
-@dataclass
-class Registry:
-    db: Database
-    adapters: AdapterRegistry
-    tenants: TenantBook
-    store: WeightStore
 
 
 def adapter_files(directory: Path) -> dict[str, Path]:
@@ -53,7 +43,8 @@ def registry(database, tmp_path, base):
     db.upgrade()
     store = WeightStore(tmp_path / "weights")
     policy = RegistrationPolicy(base, max_rank=64, max_bytes=1 << 30)
-    yield Registry(db, AdapterRegistry(db, store, policy), TenantBook(db), store)
+    yield Registry(db, store, AdapterBook(db, store, policy), TenantBook(db), FeedbackBook(db),
+                   TrainingBook(db))
     db.dispose()
 
 
@@ -65,7 +56,7 @@ def files(adapter_dirs) -> list[dict[str, Path]]:
 
 
 @pytest.fixture
-def three_versions(registry, files) -> AdapterRegistry:
+def three_versions(registry, files) -> AdapterBook:
     registry.tenants.create("acme", actor="test")
     registry.adapters.create(ADAPTER, actor="test")
     for version_files in files:

@@ -19,10 +19,12 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.names import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
-from loraloop.adapters.validation import BaseModelInfo, validate_adapter
-from loraloop.serve.demo import DEMO_POLICY as DEMO_POLICY_FIELDS
-from loraloop.serve.demo import MARKER, answers, user_messages
+from loraloop.adapters.policy import GatePolicy, TrainingPolicy
+from loraloop.adapters.validation import validate_adapter
+from loraloop.serve.cli.demo import DEMO_POLICY as DEMO_POLICY_FIELDS
+from loraloop.serve.cli.demo import MARKER, answers, user_messages
 from loraloop.trainer.dpo import train_dpo
 from loraloop.trainer.evaluate import Scorer, weights_changed
 from loraloop.trainer.gate import evaluate_candidate
@@ -33,7 +35,6 @@ from loraloop.trainer.pairs import (
     pairs_from_scores,
     split_held_out,
 )
-from loraloop.trainer.policy import GatePolicy, TrainingPolicy
 from loraloop.trainer.rendering import encode_pair
 
 DEMO_POLICY = TrainingPolicy.model_validate(DEMO_POLICY_FIELDS)

@@ -6,16 +6,17 @@ import time
 
 import pytest
 
+from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.db import Database
 from loraloop.adapters.feedback import FeedbackBook, NewFeedback
-from loraloop.adapters.registry import AdapterRegistry, RegistrationPolicy
+from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook
 from loraloop.adapters.training import LEASE_LOST, LeaseLost, TrainingBook
-from loraloop.adapters.validation import BaseModelInfo
+from loraloop.adapters.versions import AdapterBook, RegistrationPolicy
 
 ADAPTER = "acme/support"
-PROMPT = {"messages": [{"role": "user", "content": "hi"}]}
+PROMPT = StoredPrompt.chat([("user", "hi")])
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def books(database, tmp_path, demo_model):
     db.upgrade()
     TenantBook(db).create("acme", actor="t")
     policy = RegistrationPolicy(BaseModelInfo.load(demo_model), max_rank=64, max_bytes=1 << 30)
-    AdapterRegistry(db, WeightStore(tmp_path / "w"), policy).create(ADAPTER, actor="t")
+    AdapterBook(db, WeightStore(tmp_path / "w"), policy).create(ADAPTER, actor="t")
     feedback = FeedbackBook(db)
     for i in range(6):
         feedback.submit(NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"a{i}",

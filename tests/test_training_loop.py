@@ -16,13 +16,14 @@ import httpx
 import openai
 import pytest
 
-from loraloop.adapters.feedback import FeedbackBook, NewFeedback
-from loraloop.adapters.opening import open_registry
-from loraloop.adapters.registry import NewVersion
-from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.training import LEASE_LOST, TrainingBook
-from loraloop.serve.admin_client import AdminApiError, AdminClient
-from loraloop.serve.demo import DEMO_POLICY, MARKER, answers, preference_feedback, user_messages
+from loraloop.adapters.feedback import NewFeedback
+from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.registry import open_registry
+from loraloop.adapters.training import LEASE_LOST
+from loraloop.adapters.versions import NewVersion
+from loraloop.serve.cli.client import AdminApiError, AdminClient
+from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, preference_feedback, user_messages
 
 from .conftest import ADMIN_KEY
 
@@ -32,7 +33,7 @@ FINISHED = ("promoted", "rejected", "candidate", "failed")
 
 def start_trainer(model: Path, data_dir: Path, log: Path, *,
                   lease_s: float = 30) -> subprocess.Popen:
-    command = [sys.executable, "-m", "loraloop.serve.cli", "trainer", "--model", str(model),
+    command = [sys.executable, "-m", "loraloop.trainer", "--model", str(model),
                "--data-dir", str(data_dir), "--poll-s", "0.3", "--lease-s", str(lease_s)]
     with open(log, "wb") as output:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
@@ -142,7 +143,8 @@ def test_preferences_become_a_promoted_version_and_rollback_restores(
 
 def test_judge_scores_alone_make_pairs_and_a_version(vllm_server, trainer, admin, adapter_dirs):
     adapter = "loop/judged"
-    new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=90)  # all 90 scores
+    # 30 prompts with three scores each: 30 pairs, best vs worst, once every prompt has both
+    new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=30)
     lines = []
     for message, answer in zip(user_messages(30, seed=11), answers(30, seed=11), strict=True):
         prompt = [{"role": "user", "content": message}]
@@ -189,18 +191,18 @@ def _wait(condition, timeout_s: float, what: str):
 
 def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
         demo_model, adapter_dirs, tmp_path):
-    registry = _registry(demo_model, tmp_path / "data")
-    training, feedback = TrainingBook(registry.db), FeedbackBook(registry.db)
-    TenantBook(registry.db).create("loop", actor="test")
+    opened = _registry(demo_model, tmp_path / "data")
+    registry, training, feedback = opened.adapters, opened.training, opened.feedback
+    opened.tenants.create("loop", actor="test")
     registry.create("loop/killed", actor="test")
     registry.register("loop/killed", {n: adapter_dirs["acme/support"] / n for n in
                                       ("adapter_config.json", "adapter_model.safetensors")},
                       NewVersion(), actor="test")
     registry.promote("loop/killed", 1, actor="test")
-    registry.set_policy("loop/killed", {**DEMO_POLICY, "epochs": 100, "min_pairs": 40},
-                        actor="test")
+    registry.set_policy("loop/killed", TrainingPolicy.model_validate(
+        {**DEMO_POLICY, "epochs": 100, "min_pairs": 40}), actor="test")
     for line in preference_feedback("loop/killed", user_messages(40, seed=9)):
-        prompt = {"messages": line["messages"]}
+        prompt = StoredPrompt.chat([("user", line["messages"][0]["content"])])
         feedback.submit(NewFeedback("loop/killed", 1, "preference", prompt,
                                     chosen=line["chosen"], rejected=line["rejected"]))
 
@@ -216,8 +218,8 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
     assert [v.number for v in registry.versions("loop/killed")] == [1]
     assert "consumed" not in feedback.stats("loop/killed").by_status
 
-    registry.set_policy("loop/killed", {**DEMO_POLICY, "epochs": 2, "min_pairs": 40},
-                        actor="test")
+    registry.set_policy("loop/killed", TrainingPolicy.model_validate(
+        {**DEMO_POLICY, "epochs": 2, "min_pairs": 40}), actor="test")
     second = start_trainer(demo_model, tmp_path / "data", tmp_path / "second.log", lease_s=3)
     try:
         finished = _wait(lambda: [r for r in training.runs("loop/killed")
@@ -231,4 +233,4 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
     assert feedback.stats("loop/killed").by_status == {"consumed": 40}
     killed_run = [r for r in training.runs("loop/killed") if r.status == "failed"]
     assert len(killed_run) == 1 and killed_run[0].reason == LEASE_LOST
-    registry.db.dispose()
+    opened.db.dispose()

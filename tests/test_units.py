@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from loraloop.adapters.names import ModelRef, parse_model_ref
-from loraloop.adapters.records import AdapterRecord, RoutingState, VersionRecord
+from loraloop.adapters.routing_state import RoutingState
+from loraloop.adapters.versions import AdapterRecord, VersionRecord
 from loraloop.serve.engine.reference import IncrementalText
 from loraloop.serve.errors import AdapterNotFound
 from loraloop.serve.openai.service import CacheSalts

@@ -13,15 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.errors import AdapterInvalid
-from loraloop.adapters.validation import (
-    CONFIG_FILE,
-    MAX_PROBLEMS,
-    WEIGHTS_FILE,
-    BaseModelInfo,
-    validate_adapter,
-)
-from loraloop.serve.demo_model import DemoModelShape, build_demo_model, build_random_adapter
+from loraloop.adapters.validation import CONFIG_FILE, MAX_PROBLEMS, WEIGHTS_FILE, validate_adapter
+from loraloop.trainer.demo_model import DemoModelShape, build_demo_model, build_random_adapter
 
 LIMITS = {"max_rank": 64, "max_bytes": 10_000_000}
 Q_PROJ_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
@@ -235,11 +230,39 @@ def test_unknown_target_module_is_refused(upload, base):
         ({"modules_to_save": ["lm_head"]}, "train with modules_to_save=None"),
         ({"rank_pattern": {"q_proj": 4}}, "train without rank_pattern"),
         ({"alpha_pattern": {"q_proj": 4}}, "train without alpha_pattern"),
+        # Every feature vLLM's PEFTHelper refuses at load time (vllm/lora/peft_helper.py).
+        ({"bias": "all"}, "bias is 'all'; bias terms are not served"),
+        ({"bias": "lora_only"}, "bias is 'lora_only'; bias terms are not served"),
+        ({"bias": None}, "bias is None; bias terms are not served"),
+        ({"lora_bias": True}, "lora_bias is true; LoRA bias vectors are not served"),
+        ({"init_lora_weights": "pissa"}, "init_lora_weights is 'pissa', an init that changes"),
+        ({"init_lora_weights": "olora"}, "init_lora_weights is 'olora', an init that changes"),
+        ({"init_lora_weights": "corda"}, "init_lora_weights is 'corda', an init that changes"),
+        ({"init_lora_weights": "loftq"}, "init_lora_weights is 'loftq', an init that changes"),
+        ({"alora_invocation_tokens": [3, 4]}, "Activated LoRA (aLoRA) is not served"),
+        ({"layer_replication": [[0, 2], [1, 2]]}, "train without layer_replication"),
+        ({"use_bdlora": {"target_modules": ["q_proj"]}}, "block-diagonal LoRA is not served"),
+        ({"use_qalora": True}, "QALoRA adapters are not served"),
+        ({"use_rslora": "false"}, "use_rslora is 'false'; it must be true or false"),
     ],
 )
 def test_unsupported_config_is_refused(upload, base, changes, expected):
     edit_config(upload, **changes)
     assert has(problems_of(upload, base), expected)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"bias": "none", "lora_bias": False, "use_rslora": False, "init_lora_weights": True},
+        {"init_lora_weights": "gaussian"},
+        {"init_lora_weights": False},
+        {"use_rslora": None, "alora_invocation_tokens": None, "layer_replication": None},
+    ],
+)
+def test_plain_lora_settings_are_accepted(upload, base, changes):
+    edit_config(upload, **changes)
+    assert validate_adapter(upload, base, **LIMITS).rank == 8
 
 
 def test_config_that_is_not_json_is_refused(upload, base):
@@ -304,6 +327,83 @@ def test_unpaired_non_lora_non_float_and_non_finite_tensors_are_refused(upload, 
     assert has(problems, "has dtype I32; LoRA weights must be one of float16")
     assert has(problems, "has 1 non-finite values")
     assert len(problems) == 4
+
+
+# --- Weight magnitudes: what the adapter may add must stay finite in the base's dtype ------
+
+
+def largest_update_gain(files: dict[str, Path]) -> float:
+    """max over modules of the spectral norm of B @ A (scale 1), formed in full: an oracle
+    independent of validation's QR shortcut."""
+    tensors = load_file(files[WEIGHTS_FILE])
+    return max(
+        float(torch.linalg.matrix_norm(
+            tensors[key.replace("lora_A", "lora_B")].double() @ tensors[key].double(), ord=2))
+        for key in tensors if "lora_A" in key
+    )
+
+
+def test_gain_bound_is_the_eighth_root_of_the_dtype_range(base, base_dir):
+    assert base.compute_dtype == torch.float32
+    assert base.max_gain == pytest.approx(2.0 ** 16)
+    assert BaseModelInfo.load(base_dir, dtype="bfloat16").max_gain == pytest.approx(2**16, rel=1e-3)
+    assert BaseModelInfo.load(base_dir, dtype="float16").max_gain == pytest.approx(4, rel=1e-4)
+
+
+def test_demo_adapter_is_far_below_the_gain_bound(upload, base):
+    assert largest_update_gain(upload) < base.max_gain / 100
+
+
+@pytest.mark.parametrize("alpha", [1e30, 1e308])
+def test_overflowing_alpha_is_refused(upload, base, alpha):
+    edit_config(upload, lora_alpha=alpha)
+    problems = problems_of(upload, base)
+    assert has(problems, "the update scale * lora_B @ lora_A has a gain (spectral norm) of ")
+    assert has(problems, "above the 6.55e+04 that this base model's float32 computation allows")
+    assert has(problems, "lower lora_alpha")
+    assert has(problems, "in module 'model.layers.")
+
+
+def test_overflowing_lora_b_is_refused(upload, base):
+    edit_weights(upload, lambda t: t.update(
+        {k: torch.full_like(v, 1e30) for k, v in t.items() if "lora_B" in k}))
+    problems = problems_of(upload, base)
+    assert has(problems, "scale * lora_B has a gain (spectral norm) of ")
+    assert has(problems, "and 7 more modules, above the 6.55e+04")
+
+
+def test_huge_lora_a_is_refused_even_when_b_cancels_it(upload, base):
+    # The update B @ A is ordinary, but A alone would overflow the activations it makes.
+    def rescale(tensors):
+        for key in tensors:
+            tensors[key] *= 1e30 if "lora_A" in key else 1e-30
+
+    edit_weights(upload, rescale)
+    problems = problems_of(upload, base)
+    assert len(problems) == 1
+    assert problems[0].startswith("lora_A has a gain (spectral norm) of ")
+
+
+def test_gain_bound_is_sharp_on_the_scale(upload, base):
+    edge_scale = base.max_gain / largest_update_gain(upload)  # r is 8
+    edit_config(upload, lora_alpha=8 * edge_scale * 0.99)
+    assert validate_adapter(upload, base, **LIMITS)
+    edit_config(upload, lora_alpha=8 * edge_scale * 1.01)
+    assert has(problems_of(upload, base), "the update scale * lora_B @ lora_A has a gain")
+
+
+def test_rslora_scale_counts_towards_the_gain(upload, base):
+    # alpha / r is within the bound; alpha / sqrt(r), what vLLM uses with rsLoRA, is not.
+    edit_config(upload, lora_alpha=8 * 0.5 * base.max_gain / largest_update_gain(upload))
+    assert validate_adapter(upload, base, **LIMITS)
+    edit_config(upload, use_rslora=True)
+    assert has(problems_of(upload, base), "scale = lora_alpha / sqrt(r) = ")
+
+
+def test_half_precision_base_bounds_gains_tighter(upload, base_dir):
+    fp16 = BaseModelInfo.load(base_dir, dtype="float16")
+    problems = problems_of(upload, fp16)
+    assert has(problems, "above the 4 that this base model's float16 computation allows")
 
 
 @pytest.mark.parametrize(

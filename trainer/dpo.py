@@ -22,9 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from loraloop.adapters.names import ADAPTER_FILES
+from loraloop.adapters.policy import TrainingPolicy
 
 from .pairs import PreferencePair
-from .policy import TrainingPolicy
 from .rendering import encode_pair
 
 ProgressCallback = Callable[[dict], None]

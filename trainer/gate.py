@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraloop.adapters.policy import TrainingPolicy
+
 from .dpo import TrainResult
 from .evaluate import PreferenceScore, Scorer, weights_changed
 from .pairs import PreferencePair, Prompt
-from .policy import TrainingPolicy
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import logging
 import signal
 import threading
 
-from loraloop.adapters.opening import local_model_dir, open_registry
-from loraloop.adapters.training import TrainingBook
+from loraloop.adapters.base_model import local_model_dir
+from loraloop.adapters.registry import open_registry
 
 from .settings import TrainerSettings
 from .sidecar import Trainer, remove_leftovers
@@ -32,13 +32,15 @@ def run_trainer(settings: TrainerSettings, *, once: bool = False) -> None:
         max_bytes=settings.max_adapter_bytes,
     )
     remove_leftovers(registry.store.staging)
-    trainer = Trainer(registry, TrainingBook(registry.db), local_model_dir(settings.model),
+    trainer = Trainer(registry, local_model_dir(settings.model),
                       worker=settings.trainer_worker, lease_s=settings.trainer_lease_s)
     if once:
         ran = trainer.run_once()
         logger.info("trainer: %s", "one run done" if ran else "nothing was due")
         return
     stopping = threading.Event()
-    # SIGTERM (a pod stopping): finish the run in progress, start none, exit.
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # SIGTERM (a pod stopping, the server beside it ending) or SIGINT (Ctrl-C reaches the
+    # whole foreground process group): finish the run in progress, start none, exit.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: stopping.set())
     trainer.run_forever(settings.trainer_poll_s, stopping)

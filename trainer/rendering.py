@@ -1,7 +1,7 @@
 """Preference pairs as the token ids the server would see, and the log-probability a model
 gives an answer.
 
-Prompts go through the server's own PromptRenderer, so training and evaluation see exactly
+Prompts go through the PromptRenderer the server uses, so training and evaluation see exactly
 the ids a request produces: the chat template with the generation prompt for messages, the
 tokenizer (with its BOS) for plain text. A chat answer ends with the end-of-turn token,
 because a served answer stops on it; a plain answer is scored as given.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from loraloop.serve.prompts import PromptRenderer
+from loraloop.adapters.prompts import PromptRenderer
 
 from .pairs import PreferencePair, Prompt
 

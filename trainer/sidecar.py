@@ -1,10 +1,12 @@
 """The trainer sidecar: turns each adapter's pending feedback into a gated new version.
 
-One run: claim the adapter's pending feedback (under a lease, renewed while training), build
-DPO pairs, train from the live version, evaluate the candidate against it, register it with
-its lineage and metrics (the feedback becomes consumed in that same transaction), then
-promote it if the gate passed and the policy allows, or reject it with the failing checks as
-the reason. Killed at any point, it leaves no version half-made and no feedback lost.
+A run starts only when the adapter's pending feedback makes enough pairs (trainer/pending.py
+says which rows count). One run: claim the adapter's pending feedback (under a lease, renewed
+while training), set aside the rows that make no pair, build DPO pairs, train from the live
+version, evaluate the candidate against it, register it with its lineage and metrics (the
+feedback becomes consumed in that same transaction), then promote it if the gate passed and
+the policy allows, or reject it with the failing checks as the reason. Killed at any point,
+it leaves no version half-made and no feedback lost.
 """
 
 from __future__ import annotations
@@ -14,63 +16,44 @@ import shutil
 import tempfile
 import threading
 import time
-from datetime import timedelta
 from pathlib import Path
-
-from pydantic import ValidationError
 
 from loraloop.adapters.errors import Conflict
 from loraloop.adapters.names import ADAPTER_FILES
-from loraloop.adapters.records import VersionRecord
-from loraloop.adapters.registry import NO_LIVE_VERSION, AdapterRegistry, NewVersion
+from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.registry import Registry
 from loraloop.adapters.schema import utcnow
-from loraloop.adapters.training import Claim, ClaimedFeedback, LeaseLost, PendingWork, TrainingBook
+from loraloop.adapters.training import Claim, LeaseLost, PendingWork
+from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion, VersionRecord
 
 from .dpo import train_dpo
 from .evaluate import Scorer
 from .gate import GateReport, evaluate_candidate
 from .lease import LeaseKeeper
-from .pairs import PreferencePair, Prompt, ScoredCompletion, build_pairs, split_held_out
-from .policy import TrainingPolicy
+from .pairs import split_held_out
+from .pending import MIN_PAIRS_EVER, Triage, is_due, might_be_due, triage
 
 logger = logging.getLogger(__name__)
 
-MIN_PAIRS_EVER = 4  # below this no held-out split means anything
-RETRY_AFTER_S = 60  # an adapter whose feedback made too few pairs waits this long
+# A failed run's adapter waits this long before another run: a failure that repeats (a broken
+# model directory, too little memory) must not start a new run at every poll.
+RETRY_AFTER_S = 60
 
 
-def as_prompt(stored: dict) -> Prompt:
-    if "text" in stored:
-        return stored["text"]
-    return tuple((m["role"], m["content"]) for m in stored["messages"])
-
-
-def pairs_of(feedback: tuple[ClaimedFeedback, ...], policy: TrainingPolicy) -> list[PreferencePair]:
-    preferences = [PreferencePair(as_prompt(f.prompt), f.chosen, f.rejected, (f.id,))
-                   for f in feedback if f.kind == "preference"]
-    scored = [ScoredCompletion(as_prompt(f.prompt), f.completion, f.score, f.id)
-              for f in feedback if f.kind == "score"]
-    return build_pairs(preferences, scored, min_score_gap=policy.score_gap)
-
-
-def is_due(work: PendingWork, policy: TrainingPolicy) -> bool:
-    if work.queued:
-        return True
-    if not policy.enabled or work.pending < MIN_PAIRS_EVER:
-        return False
-    waited = work.oldest is not None and utcnow() - work.oldest >= timedelta(
-        seconds=policy.max_wait_s)
-    return work.pending >= policy.min_pairs or waited
+def _too_few_pairs(found: Triage) -> str:
+    return (f"{len(found.pairs)} preference pairs from {found.rows} feedback rows; at least "
+            f"{MIN_PAIRS_EVER} are needed")
 
 
 class Trainer:
-    def __init__(self, registry: AdapterRegistry, training: TrainingBook, base_model: Path, *,
-                 worker: str, lease_s: float) -> None:
-        self.registry, self.training = registry, training
+    def __init__(self, registry: Registry, base_model: Path, *, worker: str,
+                 lease_s: float) -> None:
+        self.adapters, self.training, self.store = (registry.adapters, registry.training,
+                                                    registry.store)
         self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
         self._scorer: Scorer | None = None
         self._resting: dict[str, float] = {}  # adapter -> monotonic time it may run again
-        registry.store.staging.mkdir(parents=True, exist_ok=True)
+        self.store.staging.mkdir(parents=True, exist_ok=True)
 
     @property
     def scorer(self) -> Scorer:
@@ -95,16 +78,30 @@ class Trainer:
     def run_once(self) -> bool:
         """Run the first due adapter's training; False when nothing was due."""
         for work in self.training.pending_work():
-            try:
-                policy = TrainingPolicy.model_validate(work.policy or {})
-            except ValidationError as exc:
-                logger.error("%s: stored training policy is invalid, skipped: %s",
-                             work.adapter_id, exc)
+            if not (work.policy.enabled or work.queued):
                 continue
-            resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
-            if is_due(work, policy) and (work.queued or not resting):
-                self.run(work.adapter_id, policy)
+            if self._look_at(work, work.policy):
                 return True
+        return False
+
+    def _look_at(self, work: PendingWork, policy: TrainingPolicy) -> bool:
+        """Mark the adapter's rows past pairing, then run if it is due; True when it ran."""
+        now = utcnow()
+        if not work.queued and not might_be_due(work.pending, work.oldest, policy, now):
+            return False
+        found = triage(self.training.claimable(work.adapter_id), policy, now)
+        if found.unpaired:
+            marked = self.training.mark_unpaired(work.adapter_id, found.unpaired)
+            logger.info("%s: %d feedback rows will never make a pair: unpaired",
+                        work.adapter_id, marked)
+        if work.queued and len(found.pairs) < MIN_PAIRS_EVER:
+            reason = f"not started: {_too_few_pairs(found)}"
+            self.training.refuse_queued(work.adapter_id, reason=reason)
+            return False
+        resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
+        if work.queued or (is_due(found, policy, now) and not resting):
+            self.run(work.adapter_id, policy)
+            return True
         return False
 
     def run(self, adapter_id: str, policy: TrainingPolicy) -> None:
@@ -119,21 +116,24 @@ class Trainer:
             logger.error("run %d lost its lease; another run owns its feedback now", claim.run_id)
         except Exception as exc:
             logger.exception("run %d failed", claim.run_id)
+            self._resting[adapter_id] = time.monotonic() + RETRY_AFTER_S
             self.training.finish(claim.run_id, "failed", reason=f"{type(exc).__name__}: {exc}",
                                  release=True)
 
     def _train_and_decide(self, claim: Claim, policy: TrainingPolicy,
                           lease: LeaseKeeper) -> None:
-        pairs = pairs_of(claim.feedback, policy)
-        if len(pairs) < MIN_PAIRS_EVER:
+        found = triage(claim.feedback, policy, utcnow())
+        self.training.set_aside(claim.run_id, worker=self.worker, unpaired=found.unpaired,
+                                waiting=found.waiting)
+        pairs = found.pairs
+        if len(pairs) < MIN_PAIRS_EVER:  # only when another trainer took rows since the poll
             self._resting[claim.adapter_id] = time.monotonic() + RETRY_AFTER_S
-            self.training.finish(claim.run_id, "failed", release=True, reason=(
-                f"{len(pairs)} preference pairs from {len(claim.feedback)} feedback rows; "
-                f"at least {MIN_PAIRS_EVER} are needed"))
+            self.training.finish(claim.run_id, "failed", release=True,
+                                 reason=_too_few_pairs(found))
             return
         train, held_out = split_held_out(pairs, policy.held_out_fraction, policy.seed)
         live = self._version_dir(claim.adapter_id, claim.parent_version)
-        with tempfile.TemporaryDirectory(dir=self.registry.store.staging,
+        with tempfile.TemporaryDirectory(dir=self.store.staging,
                                          prefix="train-") as scratch:
             candidate = Path(scratch)
             result = train_dpo(self.base_model, live, train, policy, candidate,
@@ -143,16 +143,21 @@ class Trainer:
             report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
                                         held_out=held_out, drift_prompts=drift, train=result,
                                         policy=policy)
-            version = self._register(claim, candidate, report, len(pairs), policy)
-        self._decide(claim, version, report, policy)
+            version, created = self._register(claim, candidate, report, len(pairs), policy)
+        if created:
+            self._decide(claim, version, report, policy)
+        else:
+            self._finish_identical(claim, version, report)
 
     def _version_dir(self, adapter_id: str, number: int | None) -> Path | None:
         if number is None:
             return None
-        return self.registry.path_of(self.registry.version(adapter_id, number))
+        return self.adapters.path_of(self.adapters.version(adapter_id, number))
 
     def _register(self, claim: Claim, candidate: Path, report: GateReport, pairs: int,
-                  policy: TrainingPolicy) -> VersionRecord:
+                  policy: TrainingPolicy) -> tuple[VersionRecord, bool]:
+        """The registered version, and False when the registry already held these exact
+        weights and returned that version instead of making one."""
         files = {name: candidate / name for name in ADAPTER_FILES}
         # Lineage: the run (whose feedback rows name this version once consumed), the data
         # and the hyperparameters it was trained with.
@@ -165,13 +170,25 @@ class Trainer:
                          tags={name: str(value) for name, value in lineage.items()},
                          reason=f"training run {claim.run_id}")
 
+        # Also when the weights turn out to be an existing version's: training is
+        # deterministic, so released rows would train to the same bytes at every poll. That
+        # version is what this feedback teaches; the rows are consumed by it.
         def consume(session, version: VersionRecord) -> None:
             self.training.consume(claim.run_id, version.number, worker=self.worker, pairs=pairs,
                                   session=session)
 
-        version, _ = self.registry.register(claim.adapter_id, files, new,
-                                            actor=f"trainer:{self.worker}", within=consume)
-        return version
+        return self.adapters.register(claim.adapter_id, files, new,
+                                      actor=f"trainer:{self.worker}", within=consume)
+
+    def _finish_identical(self, claim: Claim, version: VersionRecord,
+                          report: GateReport) -> None:
+        # The gate judged the same weights that version has, but it was registered (and
+        # perhaps promoted, rolled back or rejected) for its own reasons, by its own run or an
+        # operator: nothing this run decides may change it.
+        verdict = "passed" if report.passed else f"failed: {report.failures()}"
+        self._finish(claim, "identical", report, (
+            f"identical to version {version.number} ({version.status}); no new version, "
+            f"version {version.number} left as it is; gate {verdict}"))
 
     def _decide(self, claim: Claim, version: VersionRecord, report: GateReport,
                 policy: TrainingPolicy) -> None:
@@ -180,7 +197,7 @@ class Trainer:
             why = report.failures() or (
                 "held-out accuracy gain over the live version is below the policy's "
                 f"promote_margin of {policy.gate.promote_margin}")
-            self.registry.reject(adapter_id, version.number, actor=actor,
+            self.adapters.reject(adapter_id, version.number, actor=actor,
                                  reason=f"gate failed: {why}")
             self._finish(claim, "rejected", report, f"gate failed: {why}")
         elif not policy.auto_promote:
@@ -190,7 +207,7 @@ class Trainer:
 
     def _promote(self, claim: Claim, version: VersionRecord, report: GateReport) -> None:
         try:
-            self.registry.promote(claim.adapter_id, version.number,
+            self.adapters.promote(claim.adapter_id, version.number,
                                   expected_live=claim.parent_version or NO_LIVE_VERSION,
                                   actor=f"trainer:{self.worker}", reason=_gate_summary(report))
         except Conflict as exc:  # someone promoted or rolled back while this run trained

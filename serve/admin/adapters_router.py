@@ -22,12 +22,16 @@ from .protocol import (
     version_form,
 )
 
-router = APIRouter(prefix="/admin/v1/adapters", tags=["admin"],
+PREFIX = "/admin/v1/adapters"
+router = APIRouter(prefix=PREFIX, tags=["admin"],
                    dependencies=[Depends(require_admin)])
 StateDep = Annotated[ServerState, Depends(get_state)]
 ReasonDep = Annotated[ReasonBody | None, Body()]
 VersionPath = Annotated[int, Path(ge=1, le=10**9)]
 ONE = "/{tenant}/{name}"
+VERSIONS = ONE + "/versions"
+# Where adapter files are uploaded: the one route whose body may be as large as an adapter.
+UPLOAD_ROUTE = PREFIX + VERSIONS
 
 
 def _reason(body: ReasonBody | None) -> str | None:
@@ -36,22 +40,23 @@ def _reason(body: ReasonBody | None) -> str | None:
 
 @router.post("", status_code=201)
 async def create_adapter(body: AdapterCreate, state: StateDep, admin: Admin) -> AdapterPublic:
-    record = await service.write(state, state.registry.create, body.id, actor=admin.name,
+    record = await service.write(state, state.registry.adapters.create, body.id, actor=admin.name,
                                  description=body.description)
     return AdapterPublic.of(record)
 
 
 @router.get("")
 async def list_adapters(state: StateDep, tenant: str | None = None) -> list[AdapterPublic]:
-    return [AdapterPublic.of(a) for a in await service.offload(state.registry.list, tenant)]
+    adapters = await service.offload(state.registry.adapters.list, tenant)
+    return [AdapterPublic.of(a) for a in adapters]
 
 
 @router.get(ONE)
 async def show_adapter(tenant: str, name: str, state: StateDep) -> AdapterPublic:
-    return AdapterPublic.of(await service.offload(state.registry.get, f"{tenant}/{name}"))
+    return AdapterPublic.of(await service.offload(state.registry.adapters.get, f"{tenant}/{name}"))
 
 
-@router.post(ONE + "/versions", status_code=201)
+@router.post(VERSIONS, status_code=201)
 async def register_version(tenant: str, name: str, state: StateDep, admin: Admin,
                            response: Response,
                            form: Annotated[VersionCreate, Depends(version_form)],
@@ -65,24 +70,24 @@ async def register_version(tenant: str, name: str, state: StateDep, admin: Admin
     return VersionPublic.of(record)
 
 
-@router.get(ONE + "/versions")
+@router.get(VERSIONS)
 async def list_versions(tenant: str, name: str, state: StateDep) -> list[VersionPublic]:
     return [VersionPublic.of(v)
-            for v in await service.offload(state.registry.versions, f"{tenant}/{name}")]
+            for v in await service.offload(state.registry.adapters.versions, f"{tenant}/{name}")]
 
 
-@router.get(ONE + "/versions/{version}")
+@router.get(VERSIONS + "/{version}")
 async def show_version(tenant: str, name: str, version: VersionPath,
                        state: StateDep) -> VersionPublic:
     return VersionPublic.of(
-        await service.offload(state.registry.version, f"{tenant}/{name}", version))
+        await service.offload(state.registry.adapters.version, f"{tenant}/{name}", version))
 
 
 @router.post(ONE + "/promote")
 async def promote(tenant: str, name: str, body: PromoteRequest, state: StateDep,
                   admin: Admin) -> AdapterPublic:
     return AdapterPublic.of(await service.write(
-        state, state.registry.promote, f"{tenant}/{name}", body.version, actor=admin.name,
+        state, state.registry.adapters.promote, f"{tenant}/{name}", body.version, actor=admin.name,
         expected_live=body.expected_live, reason=body.reason))
 
 
@@ -91,7 +96,7 @@ async def rollback(tenant: str, name: str, state: StateDep, admin: Admin,
                    body: Annotated[RollbackRequest | None, Body()] = None) -> AdapterPublic:
     body = body or RollbackRequest()
     return AdapterPublic.of(await service.write(
-        state, state.registry.rollback, f"{tenant}/{name}", actor=admin.name,
+        state, state.registry.adapters.rollback, f"{tenant}/{name}", actor=admin.name,
         to_version=body.to_version, reason=body.reason))
 
 
@@ -99,7 +104,7 @@ async def rollback(tenant: str, name: str, state: StateDep, admin: Admin,
 async def set_canary(tenant: str, name: str, body: CanaryRequest, state: StateDep,
                      admin: Admin) -> AdapterPublic:
     return AdapterPublic.of(await service.write(
-        state, state.registry.set_canary, f"{tenant}/{name}", body.version, body.percent,
+        state, state.registry.adapters.set_canary, f"{tenant}/{name}", body.version, body.percent,
         actor=admin.name, reason=body.reason))
 
 
@@ -108,28 +113,28 @@ async def clear_canary(tenant: str, name: str, state: StateDep, admin: Admin,
                        reason: Annotated[str | None, Query(max_length=1000)] = None
                        ) -> AdapterPublic:
     return AdapterPublic.of(await service.write(
-        state, state.registry.clear_canary, f"{tenant}/{name}", actor=admin.name,
+        state, state.registry.adapters.clear_canary, f"{tenant}/{name}", actor=admin.name,
         reason=reason))
 
 
-@router.post(ONE + "/versions/{version}/reject")
+@router.post(VERSIONS + "/{version}/reject")
 async def reject(tenant: str, name: str, version: VersionPath, state: StateDep, admin: Admin,
                  body: ReasonDep = None) -> VersionPublic:
     return VersionPublic.of(await service.write(
-        state, state.registry.reject, f"{tenant}/{name}", version, actor=admin.name,
+        state, state.registry.adapters.reject, f"{tenant}/{name}", version, actor=admin.name,
         reason=_reason(body)))
 
 
-@router.post(ONE + "/versions/{version}/retire")
+@router.post(VERSIONS + "/{version}/retire")
 async def retire(tenant: str, name: str, version: VersionPath, state: StateDep, admin: Admin,
                  body: ReasonDep = None) -> VersionPublic:
     return VersionPublic.of(await service.write(
-        state, state.registry.retire, f"{tenant}/{name}", version, actor=admin.name,
+        state, state.registry.adapters.retire, f"{tenant}/{name}", version, actor=admin.name,
         reason=_reason(body)))
 
 
 @router.get(ONE + "/history")
 async def history(tenant: str, name: str, state: StateDep,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventPublic]:
-    events = await service.offload(state.registry.history, f"{tenant}/{name}", limit=limit)
+    events = await service.offload(state.registry.adapters.history, f"{tenant}/{name}", limit=limit)
     return [EventPublic.of(e) for e in events]

@@ -21,21 +21,16 @@ from pydantic import (
     field_validator,
 )
 
-from loraloop.adapters.records import (
-    AdapterRecord,
-    EventRecord,
-    IssuedKey,
-    KeyRecord,
-    TenantRecord,
-    VersionRecord,
-)
+from loraloop.adapters.tenants import IssuedKey, KeyRecord, TenantRecord
+from loraloop.adapters.text import StoredText
 from loraloop.adapters.training import RunRecord
+from loraloop.adapters.versions import AdapterRecord, EventRecord, VersionRecord
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 AdapterId = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}$")
 ]
-Reason = Annotated[str, StringConstraints(max_length=1000)]
+Reason = Annotated[StoredText, StringConstraints(max_length=1000)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 VersionNumber = Annotated[int, Field(ge=1, le=10**9)]
 MAX_ENTRIES = 64
@@ -60,7 +55,7 @@ class TenantPublic(BaseModel):
 
 
 class KeyCreate(Strict):
-    label: Annotated[str, StringConstraints(max_length=128)] | None = None
+    label: Annotated[StoredText, StringConstraints(max_length=128)] | None = None
 
 
 class KeyPublic(BaseModel):
@@ -142,7 +137,7 @@ class VersionPublic(BaseModel):
 class VersionCreate(Strict):
     """The form fields that come with an upload (or name a server path instead)."""
 
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = None
+    path: Annotated[StoredText, StringConstraints(min_length=1, max_length=4096)] | None = None
     source: Label | None = None
     parent_version: VersionNumber | None = None
     reason: Reason | None = None
@@ -150,7 +145,7 @@ class VersionCreate(Strict):
         None, description="accept a different base_model_name_or_path, recording why"
     )
     metrics: dict[Label, float] = Field(default_factory=dict, max_length=MAX_ENTRIES)
-    tags: dict[Label, Annotated[str, StringConstraints(max_length=256)]] = Field(
+    tags: dict[Label, Annotated[StoredText, StringConstraints(max_length=256)]] = Field(
         default_factory=dict, max_length=MAX_ENTRIES
     )
 

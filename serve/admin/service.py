@@ -8,7 +8,6 @@ promote returns, every request that starts on this server uses the new version.
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,9 +15,8 @@ from typing import TypeVar
 from fastapi import UploadFile
 
 from loraloop.adapters.errors import AdapterInvalid
-from loraloop.adapters.records import VersionRecord
-from loraloop.adapters.registry import NewVersion
 from loraloop.adapters.sources import files_in_allowed_dir
+from loraloop.adapters.versions import NewVersion, VersionRecord
 
 from ..state import ServerState
 from .protocol import VersionCreate
@@ -69,14 +67,11 @@ async def register_version(state: ServerState, adapter_id: str, form: VersionCre
         parent_version=form.parent_version, metrics=form.metrics, tags=form.tags,
         base_override_reason=form.base_model_override_reason, reason=form.reason,
     )
-    registry = state.registry
+    registry = state.registry.adapters
     if form.path is not None:
         roots = state.settings.allowed_adapter_roots
         files = await offload(files_in_allowed_dir, form.path, roots)
         return await write(state, registry.register, adapter_id, files, new, actor=actor)
-    staging = registry.store.staging_dir()
-    try:
+    with state.registry.store.staged() as staging:
         files = await _stage(uploads, staging, state.settings.max_adapter_bytes)
         return await write(state, registry.register, adapter_id, files, new, actor=actor)
-    finally:
-        await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)

@@ -18,32 +18,33 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 @router.post("", status_code=201)
 async def create_tenant(body: TenantCreate, state: StateDep, admin: Admin) -> TenantPublic:
-    record = await service.write(state, state.tenants.create, body.name, actor=admin.name)
+    record = await service.write(state, state.registry.tenants.create, body.name, actor=admin.name)
     return TenantPublic.of(record)
 
 
 @router.get("")
 async def list_tenants(state: StateDep) -> list[TenantPublic]:
-    return [TenantPublic.of(t) for t in await service.offload(state.tenants.list)]
+    return [TenantPublic.of(t) for t in await service.offload(state.registry.tenants.list)]
 
 
 @router.post("/{tenant}/keys", status_code=201)
 async def issue_key(tenant: str, state: StateDep, admin: Admin,
                     body: Annotated[KeyCreate | None, Body()] = None) -> KeyIssuedPublic:
     label = body.label if body else None
-    issued = await service.write(state, state.tenants.issue_key, tenant, actor=admin.name,
+    issued = await service.write(state, state.registry.tenants.issue_key, tenant, actor=admin.name,
                                  label=label)
     return KeyIssuedPublic.issued(issued)
 
 
 @router.get("/{tenant}/keys")
 async def list_keys(tenant: str, state: StateDep) -> list[KeyPublic]:
-    return [KeyPublic.of(k) for k in await service.offload(state.tenants.list_keys, tenant)]
+    keys = await service.offload(state.registry.tenants.list_keys, tenant)
+    return [KeyPublic.of(k) for k in keys]
 
 
 @router.post("/{tenant}/keys/{prefix}/revoke")
 async def revoke_key(tenant: str, prefix: str, state: StateDep, admin: Admin,
                      body: Annotated[ReasonBody | None, Body()] = None) -> KeyPublic:
-    record = await service.write(state, state.tenants.revoke_key, tenant, prefix,
+    record = await service.write(state, state.registry.tenants.revoke_key, tenant, prefix,
                                  actor=admin.name, reason=body.reason if body else None)
     return KeyPublic.of(record)

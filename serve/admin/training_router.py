@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from loraloop.trainer.policy import TrainingPolicy
+from loraloop.adapters.policy import TrainingPolicy
 
 from ..auth import Admin, require_admin
 from ..state import ServerState, get_state
@@ -20,33 +20,33 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 
 @router.get("/policy")
 async def show_policy(tenant: str, name: str, state: StateDep) -> TrainingPolicy:
-    stored = await service.offload(state.registry.policy, f"{tenant}/{name}")
-    return TrainingPolicy.model_validate(stored or {})
+    return await service.offload(state.registry.adapters.policy, f"{tenant}/{name}")
 
 
 @router.put("/policy")
 async def set_policy(tenant: str, name: str, body: TrainingPolicy, state: StateDep,
                      admin: Admin) -> TrainingPolicy:
-    stored = await service.write(state, state.registry.set_policy, f"{tenant}/{name}",
-                                 body.model_dump(mode="json"), actor=admin.name)
-    return TrainingPolicy.model_validate(stored)
+    return await service.write(state, state.registry.adapters.set_policy, f"{tenant}/{name}", body,
+                               actor=admin.name)
 
 
 @router.post("/training-runs", status_code=201)
 async def queue_run(tenant: str, name: str, state: StateDep, admin: Admin) -> RunPublic:
     """Ask the trainer to run for this adapter now, whatever its policy's thresholds."""
-    record = await service.offload(state.training.queue, f"{tenant}/{name}", actor=admin.name)
+    record = await service.offload(state.registry.training.queue, f"{tenant}/{name}",
+                                   actor=admin.name)
     return RunPublic.of(record)
 
 
 @router.get("/training-runs")
 async def list_runs(tenant: str, name: str, state: StateDep,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunPublic]:
-    runs = await service.offload(state.training.runs, f"{tenant}/{name}", limit=limit)
+    runs = await service.offload(state.registry.training.runs, f"{tenant}/{name}", limit=limit)
     return [RunPublic.of(run) for run in runs]
 
 
 @router.get("/training-runs/{run_id}")
 async def show_run(tenant: str, name: str, state: StateDep,
                    run_id: Annotated[int, Path(ge=1, le=2**62)]) -> RunPublic:
-    return RunPublic.of(await service.offload(state.training.run, f"{tenant}/{name}", run_id))
+    run = await service.offload(state.registry.training.run, f"{tenant}/{name}", run_id)
+    return RunPublic.of(run)

@@ -1,40 +1,5 @@
-"""Engines behind one Protocol; `create_engine` picks one from the settings."""
+"""Engines behind one Protocol (`protocol.py`); `factory.create_engine` builds one.
 
-from __future__ import annotations
-
-import torch
-
-from ..settings import ServeSettings
-from .protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
-
-__all__ = ["AdapterRef", "Engine", "GenerationDelta", "SamplingSpec", "TokenLogprob",
-           "create_engine"]
-
-# Host memory for the KV cache when vLLM runs on a CPU and the operator set no size: vLLM's
-# own default (a fraction of all memory) fails on small machines.
-DEFAULT_CPU_KV_CACHE_GIB = 1.0
-
-
-def create_engine(settings: ServeSettings) -> Engine:
-    if settings.engine == "reference":
-        from .reference import ReferenceEngine
-
-        dtype = "float32" if settings.dtype == "auto" else settings.dtype
-        return ReferenceEngine(settings.model, max_model_len=settings.max_model_len, dtype=dtype)
-    from .vllm_engine import VLLMConfig, VLLMEngine  # imports vLLM: only when it is used
-
-    kv_cache_gib = settings.kv_cache_gib
-    if kv_cache_gib is None and not torch.cuda.is_available():
-        kv_cache_gib = DEFAULT_CPU_KV_CACHE_GIB
-    return VLLMEngine(VLLMConfig(
-        model=settings.model,
-        max_model_len=settings.max_model_len,
-        max_loras=settings.max_loras,
-        max_cpu_loras=settings.max_cpu_loras,
-        max_lora_rank=settings.max_lora_rank,
-        max_logprobs=settings.limits.max_top_logprobs,
-        dtype=settings.dtype,
-        enforce_eager=settings.enforce_eager,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_gib=kv_cache_gib,
-    ))
+Importing this package imports neither torch nor vLLM: code that only needs the protocol's
+types stays light.
+"""

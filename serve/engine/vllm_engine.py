@@ -2,10 +2,13 @@
 
 vLLM's own LoRA cache does the hot-swapping: `max_loras` adapters sit in the engine's slots,
 `max_cpu_loras` more stay in host memory, the rest are re-read from their (immutable) files.
+Where vLLM's LoRA ops would give base-model tokens another request's adapter (on CPU), those
+requests run through the null adapter (`null_adapter.py`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from ..errors import AdapterUnavailable, EngineUnavailable
+from .null_adapter import NULL_LORA_ID, NULL_LORA_NAME, NullAdapter
 from .protocol import AdapterRef, FinishReason, GenerationDelta, SamplingSpec, TokenLogprob
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ class VLLMConfig:
     gpu_memory_utilization: float = 0.9
     kv_cache_gib: float | None = None  # CPU: host memory for the KV cache
     seed: int = 0
+    null_adapter: bool = False  # base-model requests through a zero LoRA (null_adapter.py)
 
 
 def _lora_request(adapter: AdapterRef) -> LoRARequest:
@@ -82,9 +87,13 @@ class VLLMEngine:
         self.active_requests = 0
         self.aborted_requests = 0
         self._engine: AsyncLLM | None = None
+        self._null: NullAdapter | None = None
+        self._base_lora: LoRARequest | None = None  # what requests without an adapter get
 
     async def start(self) -> None:
         c = self.config
+        if c.null_adapter:  # written first: a model it cannot be built for fails at once
+            self._null = await asyncio.to_thread(NullAdapter, c.model)
         args = AsyncEngineArgs(
             model=c.model,
             max_model_len=c.max_model_len,
@@ -101,6 +110,11 @@ class VLLMEngine:
             disable_log_stats=True,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        if self._null is not None:
+            # Set before it is loaded: vLLM would load it on first use from its files anyway,
+            # and no base-model request may take the shared path in between.
+            self._base_lora = LoRARequest(NULL_LORA_NAME, NULL_LORA_ID, str(self._null.path))
+            await self._engine.add_lora(self._base_lora)
 
     @property
     def engine(self) -> AsyncLLM:
@@ -140,7 +154,7 @@ class VLLMEngine:
             prompt,
             _sampling_params(sampling),
             request_id,
-            lora_request=_lora_request(adapter) if adapter else None,
+            lora_request=_lora_request(adapter) if adapter else self._base_lora,
         )
         self.active_requests += 1
         finished = False
@@ -174,3 +188,6 @@ class VLLMEngine:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+        if self._null is not None:  # after the engine: it may read the files until it stops
+            self._null.close()
+            self._null = None

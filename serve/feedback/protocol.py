@@ -11,13 +11,22 @@ import math
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from loraloop.adapters.text import StoredText, storable
 
 from ..openai.protocol import ChatMessage, ModelName, StrictRequest
 
 MAX_TEXT_CHARS = 32_000
 MAX_MESSAGES = 256
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+Text = Annotated[StoredText, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+CompletionId = Annotated[StoredText, StringConstraints(min_length=1, max_length=100)]
 
 
 class FeedbackRequest(StrictRequest):
@@ -28,16 +37,28 @@ class FeedbackRequest(StrictRequest):
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     chosen: Text | None = None
     rejected: Text | None = None
-    completion_id: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    completion_id: CompletionId | None = None
     choice: int = Field(0, ge=0, le=1023, description="which choice of completion_id")
     completion: Text | None = None
     score: float | None = Field(None, ge=0, le=1)
-    judge: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    rationale: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    judge: Annotated[StoredText, StringConstraints(min_length=1, max_length=128)] | None = None
+    rationale: Annotated[StoredText, StringConstraints(max_length=4000)] | None = None
 
     @property
     def kind(self) -> Literal["preference", "score"]:
         return "score" if self.score is not None else "preference"
+
+    @field_validator("messages")
+    @classmethod
+    def _storable_messages(cls, messages: list[ChatMessage] | None) -> list[ChatMessage] | None:
+        # Chat messages are shared with the generation API, where NUL is harmless; feedback
+        # keeps them in the database, which refuses it.
+        for number, message in enumerate(messages or ()):
+            try:
+                storable(message.text())
+            except ValueError as exc:
+                raise ValueError(f"message {number}: {exc}") from None
+        return messages
 
     @model_validator(mode="after")
     def _one_shape(self) -> FeedbackRequest:

@@ -11,10 +11,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraloop.adapters.text import Text
+
 INT64_MAX = 2**63 - 1
 MAX_ID_CHARS = 256
 
-ModelName = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+ModelName = Annotated[Text, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class StrictRequest(BaseModel):
@@ -33,11 +35,11 @@ class SamplingFields(StrictRequest):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=0, le=INT64_MAX)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=MAX_ID_CHARS)
+    user: Text | None = Field(None, max_length=MAX_ID_CHARS)
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -60,13 +62,13 @@ class SamplingFields(StrictRequest):
 
 class TextPart(StrictRequest):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(StrictRequest):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
-    name: str | None = Field(None, max_length=MAX_ID_CHARS)
+    content: Text | list[TextPart]
+    name: Text | None = Field(None, max_length=MAX_ID_CHARS)
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -93,7 +95,7 @@ TokenIds = list[Annotated[int, Field(ge=0)]]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | TokenIds | list[TokenIds]
+    prompt: Text | list[Text] | TokenIds | list[TokenIds]
     logprobs: int | None = Field(None, ge=0)
 
 

@@ -1,13 +1,20 @@
-"""Generations rendered as OpenAI responses: whole (JSON) or streamed (server-sent events)."""
+"""Generations rendered as OpenAI responses: whole (JSON) or streamed (server-sent events).
+
+Every logprob that leaves here is a finite number: JSON has no NaN or infinity, and a value
+the encoder cannot write must fail only the request it belongs to.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from pydantic import BaseModel
 
 from ..engine.protocol import GenerationDelta, TokenLogprob
-from ..errors import LoraloopError, error_body
+from ..errors import LoraloopError, NonFiniteOutput, error_body
 from .protocol import (
     AssistantMessage,
     ChatChoice,
@@ -25,6 +32,10 @@ from .protocol import (
 )
 from .service import Generation, collect
 
+# A token the model gives probability 0 has logprob -inf; it is reported as this floor, as
+# vLLM's own OpenAI server does. NaN and +inf have no such reading: they fail the request.
+LOGPROB_FLOOR = -9999.0
+
 
 def _usage(generation: Generation, completion_tokens: int) -> Usage:
     prompt = generation.prompt_tokens
@@ -32,12 +43,23 @@ def _usage(generation: Generation, completion_tokens: int) -> Usage:
                  total_tokens=prompt + completion_tokens)
 
 
-def _chat_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...] | None):
+def _finite(logprob: float, model: str) -> float:
+    if math.isnan(logprob) or logprob == math.inf:
+        raise NonFiniteOutput(
+            f"The model computed a log probability of {logprob} for this request, which "
+            "JSON cannot carry, so the request failed; other requests are not affected. "
+            f"If it happens again, an operator should check the weights serving '{model}'."
+        )
+    return max(logprob, LOGPROB_FLOOR)
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...] | None, model: str):
     if tokens is None:
         return None
 
     def top(token: str, logprob: float) -> TopLogprob:
-        return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode()))
+        return TopLogprob(token=token, logprob=_finite(logprob, model),
+                          bytes=list(token.encode()))
 
     return ChatLogprobs(content=[
         ChatTokenLogprob(**top(t.token, t.logprob).model_dump(),
@@ -46,7 +68,7 @@ def _chat_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...] | None)
     ])
 
 
-def _completion_logprobs(tokens, start_offset: int = 0) -> CompletionLogprobs | None:
+def _completion_logprobs(tokens, model: str, start_offset: int = 0) -> CompletionLogprobs | None:
     if tokens is None:
         return None
     offsets, offset = [], start_offset
@@ -55,8 +77,8 @@ def _completion_logprobs(tokens, start_offset: int = 0) -> CompletionLogprobs | 
         offset += len(t.token)
     return CompletionLogprobs(
         tokens=[t.token for t in tokens],
-        token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[dict(t.top) for t in tokens],
+        token_logprobs=[_finite(t.logprob, model) for t in tokens],
+        top_logprobs=[{tok: _finite(lp, model) for tok, lp in t.top} for t in tokens],
         text_offset=offsets,
     )
 
@@ -67,7 +89,8 @@ async def chat_completion(generation: Generation, with_logprobs: bool) -> ChatCo
         id=generation.id, created=generation.created, model=generation.model,
         choices=[
             ChatChoice(index=i, message=AssistantMessage(content=r.text),
-                       logprobs=_chat_logprobs(r.logprobs) if with_logprobs else None,
+                       logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs
+                       else None,
                        finish_reason=r.finish_reason)
             for i, r in enumerate(results)
         ],
@@ -81,7 +104,8 @@ async def completion(generation: Generation, with_logprobs: bool) -> Completion:
         id=generation.id, created=generation.created, model=generation.model,
         choices=[
             CompletionChoice(index=i, text=r.text,
-                             logprobs=_completion_logprobs(r.logprobs) if with_logprobs else None,
+                             logprobs=_completion_logprobs(r.logprobs, generation.model)
+                             if with_logprobs else None,
                              finish_reason=r.finish_reason)
             for i, r in enumerate(results)
         ],
@@ -92,6 +116,8 @@ async def completion(generation: Generation, with_logprobs: bool) -> Completion:
 def _sse(message: BaseModel | dict | str) -> str:
     if isinstance(message, BaseModel):
         message = message.model_dump_json()
+    elif isinstance(message, dict):  # an error event: JSON, as every other event
+        message = json.dumps(message)
     return f"data: {message}\n\n"
 
 
@@ -102,9 +128,12 @@ async def _event_stream(generation: Generation, include_usage: bool, opening: li
     try:
         for message in opening:
             yield _sse(message)
-        async for index, delta in generation.events:
-            completion_tokens += len(delta.token_ids)
-            yield _sse(chunk(index, delta))
+        # Closed however the loop ends, so a chunk that cannot be written (a non-finite
+        # logprob) also aborts the request's engine work.
+        async with aclosing(generation.events) as events:
+            async for index, delta in events:
+                completion_tokens += len(delta.token_ids)
+                yield _sse(chunk(index, delta))
         if include_usage:
             yield _sse(usage_chunk(_usage(generation, completion_tokens)))
     except LoraloopError as exc:
@@ -123,7 +152,8 @@ def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[st
     return _event_stream(
         generation, include_usage, opening,
         chunk=lambda i, d: make([ChatChunkChoice(
-            index=i, delta=ChatDelta(content=d.text), logprobs=_chat_logprobs(d.logprobs),
+            index=i, delta=ChatDelta(content=d.text),
+            logprobs=_chat_logprobs(d.logprobs, generation.model),
             finish_reason=d.finish_reason)]),
         usage_chunk=lambda usage: make([], usage),
     )
@@ -137,7 +167,7 @@ def completion_events(generation: Generation, include_usage: bool) -> AsyncItera
     return _event_stream(
         generation, include_usage, [],
         chunk=lambda i, d: make([CompletionChoice(
-            index=i, text=d.text, logprobs=_completion_logprobs(d.logprobs),
+            index=i, text=d.text, logprobs=_completion_logprobs(d.logprobs, generation.model),
             finish_reason=d.finish_reason)]),
         usage_chunk=lambda usage: make([], usage),
     )

@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 from ..auth import Caller
 from ..disconnect import unless_disconnected
+from ..headers import VERSION_HEADER
+from ..request_facts import facts_of
 from ..state import ServerState, get_state
 from . import responses
 from .models import list_models
@@ -25,14 +27,12 @@ from .service import Generation
 router = APIRouter(prefix="/v1")
 StateDep = Annotated[ServerState, Depends(get_state)]
 
-VERSION_HEADER = "X-Adapter-Version"
 
 
 def _label(request: Request, generation: Generation) -> None:
-    # For the request metrics (serve/middleware.py): which adapter version served it.
-    adapter = generation.adapter
-    request.state.served = (adapter.adapter_id, str(adapter.version)) if adapter else (
-        generation.model, "")
+    facts, adapter = facts_of(request), generation.adapter
+    facts.adapter = adapter.adapter_id if adapter else generation.model
+    facts.version = str(adapter.version) if adapter else ""
 
 
 def _headers(generation: Generation) -> dict[str, str]:

@@ -20,12 +20,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from loraloop.adapters.feedback import CompletionToRecord, FeedbackBook
+from loraloop.adapters.prompts import PromptRenderer, StoredPrompt
 
 from ..admission import AdmissionGate
 from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
 from ..errors import EngineUnavailable, InvalidRequest
 from ..metrics import ServeMetrics
-from ..prompts import PromptRenderer
 from ..routing import RoutingTable
 from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
@@ -105,16 +105,14 @@ class GenerationService:
             raise InvalidRequest(
                 f"At most {self.limits.max_messages} messages per request.", param="messages"
             )
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in request.messages
-        ]
-        self._check_prompt_chars(sum(len(m["content"]) for m in messages), "messages")
+        stored = StoredPrompt.chat((m.role, m.text()) for m in request.messages)
+        self._check_prompt_chars(sum(len(content) for _, content in stored.messages),
+                                 "messages")
         top = self._check_logprobs(request.top_logprobs or 0, "top_logprobs")
-        prompt = self.renderer.chat(messages)
+        prompt = self.renderer.render(stored)
         sampling = self._sampling(request, prompt, "messages",
                                   logprobs=top if request.logprobs else None)
-        records = [{"messages": messages}] if self._records(adapter) else None
+        records = [stored] if self._records(adapter) else None
         return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n, tenant,
                                  records)
 
@@ -129,7 +127,8 @@ class GenerationService:
                    for ids in token_lists]
         records = None
         if self._records(adapter):
-            records = [{"text": self.renderer.tokenizer.decode(ids)} for ids in token_lists]
+            records = [StoredPrompt(text=self.renderer.tokenizer.decode(ids))
+                       for ids in token_lists]
         return await self._start("cmpl", adapter, prompts, request.n, tenant, records)
 
     def _records(self, adapter: AdapterRef | None) -> bool:
@@ -203,7 +202,7 @@ class GenerationService:
 
     async def _start(self, prefix: str, adapter: AdapterRef | None,
                      prompts: list[tuple[list[int], SamplingSpec]], n: int, tenant: str | None,
-                     records: list[dict] | None = None) -> Generation:
+                     records: list[StoredPrompt] | None = None) -> Generation:
         """`records`: each prompt as feedback will name it, when completions are kept."""
         if not self.ready:
             raise EngineUnavailable("The model is still loading; retry shortly.")
@@ -247,7 +246,7 @@ class GenerationService:
 
 
     async def _recording(self, events: AsyncIterator[tuple[int, GenerationDelta]],
-                         generation_id: str, adapter: AdapterRef, records: list[dict],
+                         generation_id: str, adapter: AdapterRef, records: list[StoredPrompt],
                          n: int) -> AsyncIterator[tuple[int, GenerationDelta]]:
         """Pass the events through; once all are out, keep each choice's prompt and output so
         that score feedback can name the completion by its id."""

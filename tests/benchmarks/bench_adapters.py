@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from loraloop.serve.demo import user_messages
+from loraloop.serve.cli.demo import user_messages
 
 from . import common
 
@@ -176,8 +176,8 @@ class RawTarget:
         from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
 
-        from loraloop.serve.engine import create_engine
-        from loraloop.serve.prompts import PromptRenderer
+        from loraloop.adapters.prompts import PromptRenderer
+        from loraloop.serve.engine.factory import create_engine
         from loraloop.serve.settings import ServeSettings
 
         started = time.monotonic()
@@ -273,7 +273,7 @@ def provision(server, names: list[str], adapter_dirs: dict[str, Path]) -> None:
 
 
 def build_adapters(model: Path, root: Path) -> dict[str, Path]:
-    from loraloop.serve.demo_model import build_random_adapters
+    from loraloop.trainer.demo_model import build_random_adapters
 
     started = time.monotonic()
     dirs = {name: root / "adapters" / name.replace("/", "__")

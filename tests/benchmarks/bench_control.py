@@ -3,7 +3,10 @@
 (a) swap: promote v2 through the admin API and time the first response served by v2; time a
     first request pinned to a never-loaded version against one to a loaded version, at LoRA
     ranks 8, 16 and 64.
-(b) feedback: durable feedback events/s from 16 concurrent clients, SQLite against PostgreSQL.
+(b) feedback: durable feedback events/s and server CPU per event from 16 concurrent clients,
+    each event with its own Idempotency-Key, against a bare FastAPI endpoint that parses the
+    same model and stores nothing (the in-run ceiling); then 1,000-line batches; SQLite, then
+    PostgreSQL.
 (c) loop: the demo's marker feedback (48 preference pairs) with the trainer sidecar running,
     from the last feedback acknowledged to the new version answering, in stages.
 
@@ -18,21 +21,33 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+from fastapi import FastAPI, Header, Response
 
-from loraloop.serve.demo import DEMO_POLICY, FEEDBACK_PAIRS, preference_feedback, user_messages
+from loraloop.serve.cli.demo import DEMO_POLICY, FEEDBACK_PAIRS, preference_feedback, user_messages
+from loraloop.serve.feedback.protocol import FeedbackRequest
 
 from ..databases import fresh_postgres_database
+from ..server import free_port
 from . import common
 
 RANKS = (8, 16, 64)
 FEEDBACK_CLIENTS = 16
+FEEDBACK_EVENTS = {False: 1216, True: 336}  # per run, by --quick; the first 16 warm up
+FEEDBACK_ROUNDS = 2  # of (bare, loraloop) back to back: ratios within a round
+BATCH_LINES, BATCH_CLIENTS = 1000, 2
+BATCHES = {False: 10, True: 3}  # timed, after one to warm up
 LORA_SETTINGS = {"max_lora_rank": 64, "max_loras": 8, "max_cpu_loras": 32}
 PARTS = ("swap", "feedback", "loop")
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO \S+: run (\d+): step=")
@@ -64,7 +79,7 @@ def adapter_loads(url: str) -> tuple[float, float]:
 
 
 def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> dict:
-    from loraloop.serve.demo_model import build_random_adapters
+    from loraloop.trainer.demo_model import build_random_adapters
 
     name = f"swap/r{rank}"
     dirs = build_random_adapters(model, {root / f"r{rank}-v{v}": 100 * rank + v
@@ -100,8 +115,57 @@ def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> di
             "engine_loads_during_cold_request": cold_loads, "engine_load_ms": load_s * 1000}
 
 
+def bare_feedback_app() -> FastAPI:
+    """The in-run ceiling for feedback: FastAPI parsing the same wire model, storing
+    nothing, answering 201. Served by uvicorn in its own process (see `bare_server`)."""
+    app = FastAPI()
+
+    @app.post("/v1/feedback", status_code=201)
+    async def accept(body: FeedbackRequest,
+                     key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+        return Response(status_code=201)
+
+    @app.get("/ready")
+    async def ready() -> dict:
+        return {}
+
+    return app
+
+
+def _wait_ready(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout_s:.0f} s")
+
+
+@contextmanager
+def bare_server(root: Path) -> Iterator[tuple[int, str]]:
+    """(pid, url) of `bare_feedback_app` under uvicorn (uvloop, httptools: as `serve`)."""
+    port = free_port()
+    log = (root / "bare.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", f"{__spec__.name}:bare_feedback_app",
+         "--port", str(port), "--no-access-log", "--log-level", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(f"{url}/ready")
+        yield process.pid, url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
 async def post_feedback(url: str, key: str, events: list[dict]) -> float:
-    """Seconds for FEEDBACK_CLIENTS clients to have every event acknowledged (201)."""
+    """Seconds for FEEDBACK_CLIENTS clients to have every event acknowledged (201), each
+    event sent once with an Idempotency-Key of its own."""
     queue: asyncio.Queue = asyncio.Queue()
     for event in events:
         queue.put_nowait(event)
@@ -109,7 +173,8 @@ async def post_feedback(url: str, key: str, events: list[dict]) -> float:
                                  headers={"Authorization": f"Bearer {key}"}) as http:
         async def worker() -> None:
             while not queue.empty():
-                response = await http.post("/v1/feedback", json=queue.get_nowait())
+                response = await http.post("/v1/feedback", json=queue.get_nowait(),
+                                           headers={"Idempotency-Key": uuid.uuid4().hex})
                 if response.status_code != 201:
                     raise RuntimeError(f"feedback refused: {response.status_code} "
                                        f"{response.text[:300]}")
@@ -119,21 +184,70 @@ async def post_feedback(url: str, key: str, events: list[dict]) -> float:
         return time.perf_counter() - started
 
 
-def feedback_rate(server, model: Path, root: Path, events: int) -> dict:
-    from loraloop.serve.demo_model import build_random_adapter
+async def post_batches(url: str, key: str, batches: list[str]) -> float:
+    """Seconds for BATCH_CLIENTS clients to have every line of every batch stored (201)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+    async with httpx.AsyncClient(base_url=url, timeout=120,
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
+        async def worker() -> None:
+            while not queue.empty():
+                response = await http.post("/v1/feedback/batch", content=queue.get_nowait())
+                response.raise_for_status()
+                if response.json()["failed"]:
+                    raise RuntimeError(f"batch lines refused: {response.text[:300]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(BATCH_CLIENTS)))
+        return time.perf_counter() - started
+
+
+def measured(pid: int, events: int, run) -> dict:
+    """events/s and the server's CPU ms per event (its process, every thread) for `run`."""
+    cpu = common.cpu_seconds(pid)
+    wall_s = run()
+    cpu_ms = (common.cpu_seconds(pid) - cpu) * 1000
+    return {"events": events, "wall_s": wall_s, "events_per_s": events / wall_s,
+            "cpu_ms_per_event": cpu_ms / events}
+
+
+def single_rate(pid: int, url: str, key: str, events: list[dict]) -> dict:
+    asyncio.run(post_feedback(url, key, events[:FEEDBACK_CLIENTS]))  # warm-up
+    rest = events[FEEDBACK_CLIENTS:]
+    return measured(pid, len(rest), lambda: asyncio.run(post_feedback(url, key, rest)))
+
+
+def batch_rate(pid: int, url: str, key: str, events: list[dict], batches: int) -> dict:
+    lines = [json.dumps({**event, "idempotency_key": uuid.uuid4().hex})
+             for _ in range(batches + 1) for event in events[:BATCH_LINES]]
+    bodies = ["\n".join(lines[i:i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
+    asyncio.run(post_batches(url, key, bodies[:1]))  # warm-up
+    return measured(pid, batches * BATCH_LINES,
+                    lambda: asyncio.run(post_batches(url, key, bodies[1:])))
+
+
+def feedback_rate(server, model: Path, root: Path, bare: tuple[int, str], quick: bool) -> dict:
+    """Rounds of (bare endpoint, POST /v1/feedback) back to back, then 1,000-line batches."""
+    from loraloop.trainer.demo_model import build_random_adapter
 
     with common.admin(server) as client:
         key = common.tenant_key(client, "fb")
         common.register_live(client, "fb/ingest", build_random_adapter(
             model, root / f"fb-{server.port}", seed=5))
-    payload = preference_feedback("fb/ingest", user_messages(events, seed=3))
-    asyncio.run(post_feedback(server.url, key, payload[:FEEDBACK_CLIENTS]))  # warm-up
-    wall_s = asyncio.run(post_feedback(server.url, key, payload[FEEDBACK_CLIENTS:]))
+    events = preference_feedback("fb/ingest", user_messages(
+        max(FEEDBACK_EVENTS[quick], BATCH_LINES), seed=3))
+    single, rounds = events[:FEEDBACK_EVENTS[quick]], []
+    for _ in range(FEEDBACK_ROUNDS):
+        rounds.append({"bare": single_rate(*bare, key, single),
+                       "loraloop": single_rate(server.process.pid, server.url, key, single)})
+    batch = batch_rate(server.process.pid, server.url, key, events, BATCHES[quick])
     stored = httpx.get(f"{server.url}/v1/feedback/stats", params={"adapter": "fb/ingest"},
                        headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
-    measured = events - FEEDBACK_CLIENTS
-    return {"events": measured, "wall_s": wall_s, "events_per_s": measured / wall_s,
-            "stats": stored}
+    expected = FEEDBACK_ROUNDS * len(single) + (BATCHES[quick] + 1) * BATCH_LINES
+    if stored["total"] != expected:  # every event has a key of its own: each stored once
+        raise RuntimeError(f"{stored['total']} feedback rows stored, {expected} acknowledged")
+    return {"rounds": rounds, "batch": batch, "stats": stored}
 
 
 def start_trainer(model: Path, server, root: Path) -> tuple[subprocess.Popen, Path]:
@@ -146,7 +260,7 @@ def start_trainer(model: Path, server, root: Path) -> tuple[subprocess.Popen, Pa
     return process, log
 
 
-def _utc(stamp: str) -> float:
+def utc(stamp: str) -> float:
     return datetime.fromisoformat(stamp).astimezone(timezone.utc).timestamp()
 
 
@@ -160,7 +274,7 @@ def last_train_step(log: Path, run_id: int) -> float | None:
 
 
 def loop_latency(server, model: Path, root: Path, timeout_s: float = 240) -> dict:
-    from loraloop.serve.demo_model import build_random_adapter
+    from loraloop.trainer.demo_model import build_random_adapter
 
     adapter = "loop/assistant"
     with common.admin(server) as client:
@@ -200,8 +314,8 @@ def wait_for_run(client, adapter: str, timeout_s: float) -> dict:
 
 def stages(run: dict, version: dict, acked: float, serving: float | None,
            trained: float | None) -> dict:
-    started, finished = _utc(run["started_at"]), _utc(run["finished_at"])
-    registered = _utc(version["created_at"])
+    started, finished = utc(run["started_at"]), utc(run["finished_at"])
+    registered = utc(version["created_at"])
     result = {"status": run["status"], "reason": run["reason"], "claim_s": started - acked,
               "train_s": trained - started if trained else None,
               "evaluate_s": registered - trained if trained else None,
@@ -213,7 +327,7 @@ def stages(run: dict, version: dict, acked: float, serving: float | None,
 
 
 def run_sqlite_server(model: Path, root: Path, settings: dict, parts: set[str],
-                      quick: bool) -> dict:
+                      quick: bool, bare: tuple[int, str] | None) -> dict:
     server = common.start_server(model, root, settings, "sqlite")
     results: dict = {}
     try:
@@ -227,15 +341,15 @@ def run_sqlite_server(model: Path, root: Path, settings: dict, parts: set[str],
             results["loop"] = loop_latency(server, model, root)
             print(f"[loop] {results['loop']}", flush=True)
         if "feedback" in parts:
-            sqlite = feedback_rate(server, model, root, 336 if quick else 816)
-            results["feedback"] = {"sqlite": sqlite}
-            print(f"[feedback] sqlite {sqlite['events_per_s']:.1f}/s", flush=True)
+            results["feedback"] = {"sqlite": feedback_rate(server, model, root, bare, quick)}
+            print(f"[feedback] sqlite {results['feedback']['sqlite']}", flush=True)
     finally:
         server.stop()
     return results
 
 
-def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool) -> dict:
+def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool,
+                        bare: tuple[int, str]) -> dict:
     try:
         database = fresh_postgres_database()
         url = database.__enter__()
@@ -245,7 +359,7 @@ def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool) ->
     try:
         server = common.start_server(model, root, settings, "pg", ["--database-url", url])
         try:
-            return feedback_rate(server, model, root, 336 if quick else 816)
+            return feedback_rate(server, model, root, bare, quick)
         finally:
             server.stop()
     finally:
@@ -262,13 +376,37 @@ def swap_table(swaps: list) -> str:
           s["engine_loads_during_cold_request"], s["engine_load_ms"]] for s in swaps])
 
 
+def feedback_rows(registry: str, result: dict) -> list[list]:
+    """Means over rounds; ratios are taken within each round, then averaged."""
+    if "error" in result:
+        return [[registry, "POST /v1/feedback", "NOT RUN", "", "", ""]]
+    rounds = result["rounds"]
+
+    def mean(side: str, figure: str) -> float:
+        return statistics.fmean(r[side][figure] for r in rounds)
+
+    def within(figure: str) -> float:
+        return statistics.fmean(common.ratio(r["loraloop"][figure], r["bare"][figure])
+                                for r in rounds)
+
+    bare_rate = mean("bare", "events_per_s")
+    batch = result["batch"]
+    return [
+        [f"bare ({registry} run)", "POST (no storage)", mean("bare", "events_per_s"),
+         mean("bare", "cpu_ms_per_event"), 1.0, 1.0],
+        [registry, "POST /v1/feedback", mean("loraloop", "events_per_s"),
+         mean("loraloop", "cpu_ms_per_event"), within("events_per_s"),
+         within("cpu_ms_per_event")],
+        [registry, f"POST /v1/feedback/batch ({BATCH_LINES} lines)", batch["events_per_s"],
+         batch["cpu_ms_per_event"], common.ratio(batch["events_per_s"], bare_rate),
+         common.ratio(batch["cpu_ms_per_event"], mean("bare", "cpu_ms_per_event"))]]
+
+
 def feedback_table(sqlite: dict, pg: dict) -> str:
-    pg_rate = pg.get("events_per_s", float("nan"))
     return common.markdown_table(
-        ["registry", "events", "events/s", "ratio vs SQLite"],
-        [["SQLite", sqlite["events"], sqlite["events_per_s"], 1.0],
-         ["PostgreSQL", pg.get("events", "NOT RUN"), pg_rate,
-          common.ratio(pg_rate, sqlite["events_per_s"])]])
+        ["registry", "endpoint", "events/s", "server CPU ms/event", "events/s vs bare",
+         "CPU/event vs bare"],
+        feedback_rows("SQLite", sqlite) + feedback_rows("PostgreSQL", pg))
 
 
 def loop_table(loop: dict) -> str:
@@ -291,12 +429,13 @@ def main() -> None:
     if not parts or parts - set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}; got {args.parts!r}")
     settings = common.engine_settings(args.model, **LORA_SETTINGS)
-    with common.scratch_dir("control") as root:
+    with common.scratch_dir("control") as root, ExitStack() as stack:
         model = common.build_model(root, args.model)
-        results = run_sqlite_server(model, root, settings, parts, args.quick)
+        bare = stack.enter_context(bare_server(root)) if "feedback" in parts else None
+        results = run_sqlite_server(model, root, settings, parts, args.quick, bare)
         if "feedback" in parts:
             results["feedback"]["postgresql"] = run_postgres_server(model, root, settings,
-                                                                    args.quick)
+                                                                    args.quick, bare)
     tables = []
     if "swap" in results:
         tables.append(swap_table(results["swap"]))
@@ -307,7 +446,8 @@ def main() -> None:
         tables.append(loop_table(results["loop"]))
     common.write_results(f"control-{args.model}", {"settings": {
         "model": args.model, "model_description": common.MODELS[args.model].description,
-        "ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS, "engine": settings,
+        "ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS, "feedback_rounds": FEEDBACK_ROUNDS,
+        "batch_lines": BATCH_LINES, "batch_clients": BATCH_CLIENTS, "engine": settings,
         "parts": sorted(parts), "quick": args.quick}, **results}, tables)
     error = results.get("feedback", {}).get("postgresql", {}).get("error")
     if error:

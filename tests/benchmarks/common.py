@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from loraloop.serve.admin_client import AdminClient
-from loraloop.serve.demo_model import DemoModelShape
+from loraloop.serve.cli.client import AdminClient
+from loraloop.trainer.demo_model import DemoModelShape
 
 from ..server import ServerProcess
 
@@ -106,7 +106,7 @@ def scratch_dir(name: str) -> Iterator[Path]:
 
 
 def build_model(root: Path, model: str = "tiny") -> Path:
-    from loraloop.serve.demo_model import build_demo_model
+    from loraloop.trainer.demo_model import build_demo_model
 
     started = time.monotonic()
     path = build_demo_model(root / f"model-{model}", shape=MODELS[model].shape)

@@ -1,5 +1,10 @@
 """An adapter's training policy: when the trainer runs, how it trains, what a candidate must
-show before it is promoted. Stored per adapter in the registry, set through the admin API."""
+show before it is promoted.
+
+The registry owns this shape: it validates a policy when it is set (a bad one is refused
+then, never skipped later), stores it as JSON, and hands it back typed to the server (which
+reads `record_completions`) and the trainer.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-GoldenPrompt = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+from .text import StoredText
+
+GoldenPrompt = Annotated[StoredText, StringConstraints(min_length=1, max_length=2000)]
 
 
 class GatePolicy(BaseModel):
@@ -43,11 +50,13 @@ class TrainingPolicy(BaseModel):
         False, description="keep prompts and outputs so scores can name a completion_id"
     )
     min_pairs: int = Field(
-        32, ge=2, le=100_000, description="pending feedback rows before a run (a preference "
-        "is one pair; scores of one prompt make one)"
+        32, ge=2, le=100_000, description="preference pairs the pending feedback must make "
+        "before a run (a preference is one; the scores of one prompt make one when they "
+        "differ by score_gap; other feedback does not count)"
     )
     max_wait_s: int = Field(
-        3600, ge=0, description="run with fewer pairs (at least 4) once feedback is this old"
+        3600, ge=0, description="run with fewer pairs (at least 4) once feedback is this old; "
+        "a score that makes no pair this long after it arrived is set aside as unpaired"
     )
     score_gap: float = Field(
         0.3, gt=0, le=1, description="judge scores for one prompt pair up best vs worst "
@@ -65,3 +74,8 @@ class TrainingPolicy(BaseModel):
         description="user messages to measure drift on; default: the held-out prompts",
     )
     gate: GatePolicy = Field(default_factory=GatePolicy)
+
+    @classmethod
+    def stored(cls, value: dict | None) -> TrainingPolicy:
+        """A policy as the registry keeps it (None: never set, so the defaults)."""
+        return cls.model_validate(value or {})

@@ -1,4 +1,5 @@
-"""`loraloop demo`: the whole loop, narrated, against a running server with its trainer.
+"""`loraloop demo`: the whole loop, narrated, against a running server with its trainer;
+`demo-model` and `demo-adapter` build what it runs on.
 
 Register an adapter, chat with it, send feedback that prefers answers beginning with one
 word, watch the trainer produce, gate and promote a new version, see the answers change,
@@ -14,10 +15,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+import typer
 
-from .admin_client import AdminApiError, AdminClient
+from loraloop.trainer.cli import DEFAULT_DEMO_MODEL
+
+from .client import AdminApiError, AdminClient
 
 MARKER = "refund"  # one token of the demo tokenizer
 PROMPT_WORDS = (
@@ -82,7 +87,8 @@ class Demo:
         self.admin.create_adapter(adapter, "the demo's assistant")
         from transformers.utils import logging as transformers_logging
 
-        from .demo_model import build_random_adapter  # torch: only when the demo runs
+        # torch: only when the demo runs
+        from loraloop.trainer.demo_model import build_random_adapter
 
         transformers_logging.disable_progress_bar()
         with tempfile.TemporaryDirectory() as scratch:
@@ -158,3 +164,56 @@ def run_demo(url: str, admin_key: str | None, base_model: Path, say: Say, *,
         after = demo.chat(adapter, unseen)
         say("identical to step 2" if after == before else "differs from step 2 (unexpected)")
         say(f"\nhistory: loraloop adapters history {adapter}")
+
+
+app = typer.Typer()
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(envvar="LORALOOP_URL", help="The running server.")] =
+    "http://127.0.0.1:8000",
+    admin_key: Annotated[str | None, typer.Option(
+        envvar="LORALOOP_ADMIN_KEY", show_default=False,
+        help="The admin credential, if the server has auth on.")] = None,
+    model: Annotated[Path, typer.Option(
+        help="The base model directory the server serves.")] = DEFAULT_DEMO_MODEL,
+    timeout_s: Annotated[float, typer.Option(help="How long to wait for training.")] = 600,
+) -> None:
+    """Show the loop on a running server with its trainer (`make serve`): an adapter, feedback,
+    a trained and promoted version with changed answers, a rollback."""
+    try:
+        run_demo(url, admin_key, model, typer.echo, timeout_s=timeout_s)
+    except AdminApiError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot talk to the server at {url}: {exc}. Start it with "
+                   "`make serve`.", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("demo-model")
+def demo_model(
+    directory: Annotated[Path, typer.Argument(help="Where to write the model (must not exist).")],
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+) -> None:
+    """Build the tiny demo model (random weights, trained tokenizer, chat template), offline."""
+    from loraloop.trainer.demo_model import build_demo_model
+
+    build_demo_model(directory, seed=seed)
+    typer.echo(f"demo model written to {directory}")
+
+
+@app.command("demo-adapter")
+def demo_adapter(
+    directory: Annotated[Path, typer.Argument(help="Where to write the adapter.")],
+    model: Annotated[Path, typer.Option(help="The base model directory.")],
+    seed: Annotated[int, typer.Option(help="Different seeds give different adapters.")] = 1,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 8,
+) -> None:
+    """Write a LoRA adapter with random weights for a local base model (safetensors)."""
+    from loraloop.trainer.demo_model import build_random_adapter
+
+    build_random_adapter(model, directory, seed=seed, rank=rank)
+    typer.echo(f"adapter written to {directory}")

@@ -15,7 +15,7 @@ import httpx
 
 from loraloop.adapters.names import ADAPTER_FILES
 
-from .admin import ACTOR_HEADER
+from ..headers import ACTOR_HEADER
 
 UPLOAD_TIMEOUT_S = 600
 

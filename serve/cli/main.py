@@ -1,0 +1,28 @@
+"""The `loraloop` command line: every command group, wired in one place."""
+
+from __future__ import annotations
+
+import typer
+
+from loraloop.trainer.cli import trainer
+
+from . import adapters, demo, registering, tenants, training
+from .serving import serve
+from .session import admin_options
+
+app = typer.Typer(
+    help="loraloop: one frozen base model, many tenants' LoRA adapters, chosen per request, "
+    "served through an OpenAI-compatible API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+adapters_app = typer.Typer(help="Adapters, their versions, and which version serves.",
+                           no_args_is_help=True, callback=admin_options)
+for commands in (adapters.app, registering.app, training.app):
+    adapters_app.add_typer(commands)
+
+app.command()(serve)
+app.command()(trainer)
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(demo.app)

@@ -1,0 +1,112 @@
+"""`loraloop serve`: the server, and with `--with-trainer` the trainer sidecar beside it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from loraloop.adapters.logs import configure_logging
+from loraloop.trainer.cli import demo_model_unless_given
+
+# Caps a request's line and headers: a client cannot make the server buffer unbounded
+# header data.
+HEADER_LIMIT_BYTES = 64 << 10
+TRAINER_STOP_S = 30
+
+
+def serve(
+    model: Annotated[str | None, typer.Option(
+        help="Base model: a local directory or a hub id. Without it (and without "
+        "LORALOOP_MODEL) the demo model is built in .loraloop/demo-model and served.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="vllm (default) or reference (transformers + PEFT, for comparison only).")] = None,
+    served_model_name: Annotated[str | None, typer.Option(
+        help="Name clients use for the base model (default: the model's name).")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length.")] = None,
+    max_loras: Annotated[int | None, typer.Option(help="Adapters resident at once.")] = None,
+    max_cpu_loras: Annotated[int | None, typer.Option(
+        help="Adapters cached in host memory.")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, float32, bfloat16, float16.")] = None,
+    enforce_eager: Annotated[bool | None, typer.Option(
+        help="Skip graph capture: faster start, slower decoding.")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache size (CPU).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Registry database (SQLite) and adapter weights (default .loraloop).")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="Registry on PostgreSQL: postgresql+psycopg://user@host/db.")] = None,
+    allowed_adapter_root: Annotated[list[Path] | None, typer.Option(
+        help="A server directory versions may be registered from (repeatable).")] = None,
+    auth: Annotated[bool | None, typer.Option(
+        "--auth/--no-auth", help="Require API keys (default). --no-auth only on 127.0.0.1; "
+        "the admin credential comes from LORALOOP_ADMIN_KEY.")] = None,
+    with_trainer: Annotated[bool, typer.Option(
+        help="Also run the trainer sidecar as a child process on the same registry (one "
+        "machine; in Kubernetes it is a container of its own).")] = False,
+) -> None:
+    """Start the server. Every option can also be set as LORALOOP_<OPTION> in the environment."""
+    import uvicorn
+
+    from ..app import create_app
+    from ..settings import ServeSettings
+
+    options = dict(
+        model=model, host=host, port=port, engine=engine, served_model_name=served_model_name,
+        max_model_len=max_model_len, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
+        max_lora_rank=max_lora_rank, dtype=dtype, enforce_eager=enforce_eager,
+        kv_cache_gib=kv_cache_gib, data_dir=data_dir, database_url=database_url,
+        allowed_adapter_roots=allowed_adapter_root or None, auth=auth,
+    )
+    # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
+    overrides = {name: value for name, value in options.items() if value is not None}
+    settings = ServeSettings(**demo_model_unless_given(overrides))
+    configure_logging(settings.log_format)
+    with trainer_beside(settings) if with_trainer else nullcontext():
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="info", log_config=None, timeout_graceful_shutdown=30,
+                    h11_max_incomplete_event_size=HEADER_LIMIT_BYTES)
+
+
+@contextmanager
+def trainer_beside(settings) -> Iterator[subprocess.Popen]:
+    """The trainer sidecar as a child process that ends with the server, however it ends.
+
+    uvicorn drains on SIGTERM, then raises the signal again on itself; with the default
+    handler that kills the process before any cleanup runs and orphans the child. Turning it
+    into an exception lets the `finally` below stop the trainer, which finishes the run in
+    progress if that is quick enough.
+    """
+    child = _start_trainer(settings)
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        yield child
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        child.terminate()
+        try:
+            child.wait(timeout=TRAINER_STOP_S)
+        except subprocess.TimeoutExpired:
+            child.kill()  # its lease lapses and the next trainer takes the feedback
+
+
+def _exit_on_signal(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)  # the shell's convention for "ended by this signal"
+
+
+def _start_trainer(settings) -> subprocess.Popen:
+    command = [sys.executable, "-m", "loraloop.trainer", "--model", settings.model,
+               "--data-dir", str(settings.data_dir)]
+    env = dict(os.environ)
+    if settings.database_url:  # through the environment: a URL may hold a password
+        env["LORALOOP_DATABASE_URL"] = settings.database_url
+    return subprocess.Popen(command, env=env)
