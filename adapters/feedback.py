@@ -1,8 +1,12 @@
 """Feedback storage: preference pairs and scores, recorded completions, and their counts.
 
-A feedback row is committed before the client hears "created". A client that retries with the
-same Idempotency-Key gets the first result back and nothing new is stored; the same key with
-a different body is a conflict.
+A feedback row is committed before the client hears "created". Rows are written in groups:
+what a server has waiting when its writer comes round (concurrent requests, or every line of
+a batch) is one transaction. Each submission gets its own outcome: its record, a replay of
+the first result stored under its Idempotency-Key (a client that retries is answered with
+it and nothing new is stored), or the error that refused it (an unknown adapter, a key
+already used for a different body: a conflict). One refused submission never refuses the
+rest.
 """
 
 from __future__ import annotations
@@ -10,23 +14,202 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, tuple_
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from .db import Database
-from .errors import NotFound
-from .feedback_writes import (
-    AdapterIds,
-    FeedbackRecord,
-    NewFeedback,
-    Outcome,
-    Submission,
-    write_group,
-)
+from .errors import Conflict, NotFound
+from .names import is_valid_adapter_id
 from .prompts import StoredPrompt
-from .rows import adapter_row, adapter_row_id_to_name
-from .schema import Feedback, RecordedCompletion
+from .schema import (
+    Adapter,
+    Feedback,
+    RecordedCompletion,
+    Tenant,
+    adapter_row,
+    adapter_row_id_to_name,
+    utc,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class NewFeedback:
+    adapter_id: str
+    version: int | None
+    kind: str  # "preference" | "score"
+    prompt: StoredPrompt
+    chosen: str | None = None
+    rejected: str | None = None
+    completion: str | None = None
+    score: float | None = None
+    judge: str | None = None
+    rationale: str | None = None
+    completion_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    id: int
+    adapter_id: str
+    version: int | None
+    kind: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Submission:
+    item: NewFeedback
+    idempotency_key: str | None = None
+    request_hash: str | None = None  # of the request body; required with a key
+
+
+# (record, True when it replays the first result stored under its key), or what refused it.
+Outcome = tuple[FeedbackRecord, bool] | Exception
+
+# Built once: Core statements whose compiled form SQLAlchemy caches, the key list expanded
+# at execution. Building an IN clause of literals per group cost more than the insert.
+_feedback = Feedback.__table__
+_STORED_UNDER_KEYS = select(
+    _feedback.c.id, _feedback.c.idempotency_key, _feedback.c.request_hash,
+    _feedback.c.adapter_id, _feedback.c.version, _feedback.c.kind, _feedback.c.status,
+    _feedback.c.created_at,
+).where(_feedback.c.tenant_id == bindparam("tenant"),
+        _feedback.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+_INSERT = insert(_feedback).returning(_feedback.c.id, sort_by_parameter_order=True)
+# Rows per INSERT statement. psycopg parses the placeholders of a statement in Python unless
+# it has at most 50 (then it caches the parse): 3 rows of 16 columns keep every page cached,
+# where one 16-row statement cost milliseconds to parse. SQLite's driver has no such cost.
+_PAGES = {"postgresql": {"insertmanyvalues_page_size": 3}}
+
+
+def key_conflict() -> Conflict:
+    return Conflict("This Idempotency-Key was already used with a different request; "
+                    "use a new key for new feedback.")
+
+
+def unknown_adapter(adapter_id: str) -> NotFound:
+    return NotFound(f"There is no adapter '{adapter_id}'. Create it first.")
+
+
+class AdapterIds:
+    """Adapter ids ("tenant/name") and their (tenant row, adapter row) ids, read from the
+    database once per adapter. Safe to keep for the life of the process: tenants and adapters
+    are never deleted or renamed, so an id once read never changes meaning."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[int, int]] = {}
+        self._names: dict[int, str] = {}
+
+    def rows(self, adapter_ids: Iterable[str], *,
+             connection: Connection) -> dict[str, tuple[int, int]]:
+        """(tenant row id, adapter row id) of each adapter that exists; missing ones are
+        left out (and looked up again next time: they may be created meanwhile)."""
+        wanted = set(adapter_ids)
+        unknown = [tuple(a.split("/", 1)) for a in wanted - self._rows.keys()
+                   if is_valid_adapter_id(a)]
+        if unknown:
+            found = connection.execute(
+                select(Tenant.name, Adapter.name, Adapter.tenant_id, Adapter.id).join(Tenant)
+                .where(tuple_(Tenant.name, Adapter.name).in_(unknown)))
+            for tenant, name, tenant_row, adapter_row in found:
+                self._rows[f"{tenant}/{name}"] = (tenant_row, adapter_row)
+                self._names[adapter_row] = f"{tenant}/{name}"
+        return {a: self._rows[a] for a in wanted if a in self._rows}
+
+    def name(self, adapter_row: int, *, connection: Connection) -> str:
+        if adapter_row not in self._names:
+            tenant, name = connection.execute(
+                select(Tenant.name, Adapter.name).join(Tenant).where(Adapter.id == adapter_row)
+            ).one()
+            self._names[adapter_row] = f"{tenant}/{name}"
+        return self._names[adapter_row]
+
+
+def write_group(submissions: Sequence[Submission], ids: AdapterIds, *,
+                connection: Connection) -> list[Outcome]:
+    """Store every submission that is new, in one multi-row insert; answer the rest."""
+    adapters = ids.rows({s.item.adapter_id for s in submissions}, connection=connection)
+    stored = _stored_under_keys(submissions, adapters, connection=connection)
+    outcomes: list[Outcome | None] = [None] * len(submissions)
+    first_with_key: dict[tuple[int, str], int] = {}  # within this group
+    new: list[int] = []
+    for i, s in enumerate(submissions):
+        rows = adapters.get(s.item.adapter_id)
+        key = (rows[0], s.idempotency_key) if rows and s.idempotency_key is not None else None
+        if rows is None:
+            outcomes[i] = unknown_adapter(s.item.adapter_id)
+        elif key in stored:
+            outcomes[i] = _replay(stored[key], s, ids, connection=connection)
+        elif key in first_with_key:
+            first = submissions[first_with_key[key]]
+            # Settled once the first is inserted: the same body replays its result.
+            outcomes[i] = key_conflict() if first.request_hash != s.request_hash else None
+        else:
+            if key is not None:
+                first_with_key[key] = i
+            new.append(i)
+    records = _insert([submissions[i] for i in new], adapters, connection=connection)
+    for i, record in zip(new, records, strict=True):
+        outcomes[i] = (record, False)
+    for i, s in enumerate(submissions):
+        if outcomes[i] is None:  # a repeat, within the group, of a key inserted above
+            first = outcomes[first_with_key[(adapters[s.item.adapter_id][0], s.idempotency_key)]]
+            outcomes[i] = (first[0], True)
+    return outcomes
+
+
+def _stored_under_keys(submissions: Sequence[Submission], adapters: dict[str, tuple[int, int]],
+                       *, connection: Connection) -> dict[tuple[int, str], Row]:
+    """Rows already stored under the group's (tenant, Idempotency-Key) pairs: one query."""
+    keys: dict[int, set[str]] = {}  # by tenant row id; a group seldom spans tenants
+    for s in submissions:
+        if s.idempotency_key is not None and s.item.adapter_id in adapters:
+            keys.setdefault(adapters[s.item.adapter_id][0], set()).add(s.idempotency_key)
+    stored = {}
+    for tenant, tenant_keys in keys.items():
+        rows = connection.execute(_STORED_UNDER_KEYS, {"tenant": tenant,
+                                                       "keys": sorted(tenant_keys)})
+        stored.update({(tenant, row.idempotency_key): row for row in rows})
+    return stored
+
+
+def _replay(row: Row, submission: Submission, ids: AdapterIds, *,
+            connection: Connection) -> Outcome:
+    if row.request_hash != submission.request_hash:
+        return key_conflict()
+    record = FeedbackRecord(row.id, ids.name(row.adapter_id, connection=connection), row.version,
+                            row.kind, row.status, utc(row.created_at))
+    return record, True
+
+
+def _insert(submissions: list[Submission], adapters: dict[str, tuple[int, int]], *,
+            connection: Connection) -> list[FeedbackRecord]:
+    """One executemany-style INSERT ... RETURNING id for the lot; ids in submission order."""
+    if not submissions:
+        return []
+    now = utcnow()  # the group commits at one moment
+    values = [_values(s, adapters[s.item.adapter_id], now) for s in submissions]
+    ids = connection.execute(_INSERT, values,
+                             execution_options=_PAGES.get(connection.dialect.name, {})
+                             ).scalars().all()
+    return [FeedbackRecord(row_id, s.item.adapter_id, s.item.version, s.item.kind, "pending", now)
+            for row_id, s in zip(ids, submissions, strict=True)]
+
+
+def _values(s: Submission, rows: tuple[int, int], now: datetime) -> dict:
+    item = s.item
+    return {"tenant_id": rows[0], "adapter_id": rows[1], "version": item.version,
+            "kind": item.kind, "prompt": item.prompt.to_json(), "chosen": item.chosen,
+            "rejected": item.rejected, "completion": item.completion, "score": item.score,
+            "judge": item.judge, "rationale": item.rationale,
+            "completion_id": item.completion_id, "status": "pending",
+            "idempotency_key": s.idempotency_key, "request_hash": s.request_hash,
+            "created_at": now}
 
 
 @dataclass(frozen=True)
@@ -134,5 +317,3 @@ class FeedbackBook:
             by_version[str(version) if version is not None else "unknown"] += count
         return FeedbackStats(adapter_id, sum(by_kind.values()), dict(by_kind), dict(by_status),
                              dict(by_version))
-
-

@@ -20,8 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from . import schema
 from .db import Database
 from .errors import Conflict, NotFound
-from .rows import tenant_row, utc
-from .schema import ApiKey, Event, Tenant, utcnow
+from .schema import ApiKey, Event, Tenant, tenant_row, utc, utcnow
 
 
 @dataclass(frozen=True)

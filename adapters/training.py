@@ -25,8 +25,7 @@ from .db import Database
 from .errors import Conflict, NotFound
 from .policy import TrainingPolicy
 from .prompts import StoredPrompt
-from .rows import adapter_row, utc
-from .schema import Adapter, Feedback, Tenant, TrainingRun, utcnow
+from .schema import Adapter, Feedback, Tenant, TrainingRun, adapter_row, utc, utcnow
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
 IDS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters

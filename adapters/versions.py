@@ -20,8 +20,17 @@ from .base_model import BaseModelInfo
 from .db import Database
 from .errors import Conflict, InvalidArgument
 from .policy import TrainingPolicy
-from .rows import adapter_row, split_adapter_id, tenant_row, utc, version_row
-from .schema import Adapter, AdapterVersion, Event, Tenant
+from .schema import (
+    Adapter,
+    AdapterVersion,
+    Event,
+    Tenant,
+    adapter_row,
+    split_adapter_id,
+    tenant_row,
+    utc,
+    version_row,
+)
 from .store import WeightStore
 from .validation import validate_adapter
 

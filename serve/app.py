@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from loraloop.adapters.prompts import PromptRenderer
 from loraloop.adapters.registry import open_registry
-from loraloop.adapters.routing_state import read_routing_state
+from loraloop.adapters.serving_view import read_serving_view
 
 from . import health
 from .admin import adapters_router
@@ -27,11 +27,11 @@ from .errors import install_error_handlers
 from .feedback import router as feedback_router
 from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
-from .middleware import BodyLimit, RequestMetrics
+from .middleware import BodyLimit, ErrorBoundary, RequestMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
-from .routing import RoutingSnapshot, RoutingTable
+from .routing import CurrentRoutes, RoutingSnapshot
 from .settings import ServeSettings
 from .state import ServerState
 from .token_budget import TokenBudget
@@ -48,8 +48,8 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
         max_bytes=settings.max_adapter_bytes, dtype=settings.dtype,
     )
     db = registry.db
-    routes = RoutingTable(RoutingSnapshot.from_state(
-        settings.base_model_name, read_routing_state(db), registry.store.path_of
+    routes = CurrentRoutes(RoutingSnapshot.from_view(
+        settings.base_model_name, read_serving_view(db), registry.store.path_of
     ))
     renderer = PromptRenderer.load(settings.model, settings.max_model_len)
     budget = (TokenBudget(settings.tenant_tokens_per_minute)
@@ -97,7 +97,9 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app = FastAPI(title="loraloop", version="0.1.0", lifespan=lifespan)
     app.state.loraloop = state
     install_error_handlers(app)
-    # Added last is outermost: metrics see every request, the 413s included.
+    # Added last is outermost: metrics see every request, the 413s included, and the error
+    # boundary sits innermost so that they also see the 500 it sends.
+    app.add_middleware(ErrorBoundary)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD,
                        upload_routes=[adapters_router.UPLOAD_ROUTE])

@@ -18,7 +18,7 @@ from loraloop.adapters.tenants import key_matches, key_prefix
 
 from .errors import Forbidden, InvalidRequest, Unauthenticated
 from .headers import ACTOR_HEADER
-from .request_facts import facts_of
+from .middleware import facts_of
 from .state import ServerState, get_state
 
 _ACTOR = re.compile(r"[A-Za-z0-9._@-]{1,64}")

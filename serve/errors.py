@@ -139,7 +139,7 @@ def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
     return status, body
 
 
-def _internal_error() -> tuple[int, dict]:
+def internal_error() -> tuple[int, dict]:
     return 500, error_body("The server had an internal error.", "server_error", param=None,
                            code="internal_error")
 
@@ -152,7 +152,7 @@ def describe_error(exc: Exception) -> tuple[int, dict]:
     if isinstance(exc, registry.RegistryError):
         return _registry_error(exc)
     logger.error("unhandled error in a batch line", exc_info=exc)
-    return _internal_error()
+    return internal_error()
 
 
 # pydantic names the union member it tried inside the location ("stop.list[str].0",
@@ -188,8 +188,8 @@ def validation_error(exc: RequestValidationError | ValidationError,
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Call before adding other middleware: the boundary must sit innermost, so that the
-    request metrics and logs outside it see the 500 it sends."""
+    """Every LoraloopError and registry error as its HTTP status. Anything else is caught by
+    middleware.ErrorBoundary, which answers internal_error()."""
     @app.exception_handler(LoraloopError)
     async def _known(_: Request, exc: LoraloopError) -> JSONResponse:
         return _response(exc)
@@ -209,37 +209,3 @@ def install_error_handlers(app: FastAPI) -> None:
         body = error_body(str(exc.detail), error_type, param=None, code=None)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
-    app.add_middleware(ErrorBoundary)
-
-
-class ErrorBoundary:
-    """The last word on an unexpected error: logged, and a sanitized 500 if nothing was sent.
-
-    An exception handler for `Exception` would run in Starlette's outermost middleware, which
-    sends the response and then re-raises, so the server also drops the client's keep-alive
-    connection. Here the error stops, and the connection stays usable. A response already
-    under way (a stream) cannot change its status: that error propagates and the connection
-    closes, which is how the client learns the body is cut short.
-    """
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started = False
-
-        async def tracked(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception:
-            if started:
-                raise
-            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            status, body = _internal_error()
-            await JSONResponse(body, status_code=status)(scope, receive, send)

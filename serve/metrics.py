@@ -20,7 +20,7 @@ from loraloop.adapters.db import Database
 
 from .admission import AdmissionGate
 from .engine.protocol import Engine, GenerationDelta
-from .routing import RoutingTable
+from .routing import CurrentRoutes
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
@@ -29,7 +29,7 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
 class _LiveCounts(Collector):
     """Values read from the admission gate, the engine and the routing snapshot at scrape."""
 
-    def __init__(self, admission: AdmissionGate, engine: Engine, routes: RoutingTable) -> None:
+    def __init__(self, admission: AdmissionGate, engine: Engine, routes: CurrentRoutes) -> None:
         self.admission, self.engine, self.routes = admission, engine, routes
 
     def collect(self):
@@ -73,7 +73,7 @@ class _RegistryCounts(Collector):
 
 
 class ServeMetrics:
-    def __init__(self, admission: AdmissionGate, engine: Engine, routes: RoutingTable,
+    def __init__(self, admission: AdmissionGate, engine: Engine, routes: CurrentRoutes,
                  db: Database) -> None:
         self.registry = registry = CollectorRegistry()
         registry.register(_LiveCounts(admission, engine, routes))

@@ -1,7 +1,11 @@
-"""ASGI middleware at the HTTP edge: request body caps, and per-request metrics.
+"""ASGI middleware at the HTTP edge: request body caps, per-request metrics and log lines,
+and the last word on unexpected errors.
 
 Plain ASGI rather than BaseHTTPMiddleware, so streamed responses and client-disconnect
-detection pass through untouched.
+detection pass through untouched. `RequestMetrics` attaches a fresh `RequestFacts` to the
+ASGI scope before the app runs and reads it when the response is sent; authentication
+records the caller in it, and the generation routes the adapter version that served. One
+typed object under one key, so the two sides cannot drift apart.
 """
 
 from __future__ import annotations
@@ -10,19 +14,46 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from .errors import error_body
+from .errors import error_body, internal_error
 from .metrics import ServeMetrics
-from .request_facts import RequestFacts, attach
 
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+logger = logging.getLogger(__name__)
 access_log = logging.getLogger("loraloop.requests")
+
+# Where a request could not be tied to an adapter (refused before resolution, or not a
+# generation): keeps the metrics label bounded whatever the client sent.
+NO_ADAPTER = "-"
+_FACTS_KEY = "loraloop.request_facts"
+
+
+@dataclass
+class RequestFacts:
+    caller: str | None = None
+    adapter: str = NO_ADAPTER
+    version: str = NO_ADAPTER
+
+
+def attach(scope: MutableMapping[str, Any]) -> RequestFacts:
+    facts = RequestFacts()
+    scope.setdefault("state", {})[_FACTS_KEY] = facts
+    return facts
+
+
+def facts_of(request: Request) -> RequestFacts:
+    """The request's facts; outside the metrics middleware (admin routes), a throwaway."""
+    return request.scope.get("state", {}).get(_FACTS_KEY) or RequestFacts()
 
 
 async def _refuse_too_large(send, limit: int) -> None:
@@ -116,3 +147,36 @@ class RequestMetrics:
             "event": "request", "request_id": request_id, "caller": facts.caller,
             "adapter": facts.adapter, "version": facts.version, "endpoint": endpoint,
             "status": status, "latency_ms": round(seconds * 1000, 1)})
+
+
+class ErrorBoundary:
+    """The last word on an unexpected error: logged, and a sanitized 500 if nothing was sent.
+
+    An exception handler for `Exception` would run in Starlette's outermost middleware, which
+    sends the response and then re-raises, so the server also drops the client's keep-alive
+    connection. Here the error stops, and the connection stays usable. A response already
+    under way (a stream) cannot change its status: that error propagates and the connection
+    closes, which is how the client learns the body is cut short.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            status, body = internal_error()
+            await JSONResponse(body, status_code=status)(scope, receive, send)

@@ -13,17 +13,17 @@ import asyncio
 import logging
 
 from loraloop.adapters.db import Database
-from loraloop.adapters.routing_state import read_routing_state
+from loraloop.adapters.serving_view import read_serving_view
 from loraloop.adapters.store import WeightStore
 
-from .routing import RoutingSnapshot, RoutingTable
+from .routing import CurrentRoutes, RoutingSnapshot
 from .warmup import AdapterWarmer
 
 logger = logging.getLogger(__name__)
 
 
 class RegistryWatcher:
-    def __init__(self, db: Database, store: WeightStore, routes: RoutingTable,
+    def __init__(self, db: Database, store: WeightStore, routes: CurrentRoutes,
                  warmer: AdapterWarmer, *, poll_s: float) -> None:
         self.db, self.store, self.routes, self.warmer = db, store, routes, warmer
         self.poll_s = poll_s
@@ -32,18 +32,18 @@ class RegistryWatcher:
 
     async def refresh(self) -> None:
         async with self._lock:
-            state = await asyncio.to_thread(read_routing_state, self.db)
-            if state.revision == self.routes.snapshot.revision:
+            view = await asyncio.to_thread(read_serving_view, self.db)
+            if view.revision == self.routes.snapshot.revision:
                 return
-            snapshot = RoutingSnapshot.from_state(
-                self.routes.snapshot.base_model, state, self.store.path_of
+            snapshot = RoutingSnapshot.from_view(
+                self.routes.snapshot.base_model, view, self.store.path_of
             )
             if self.warming:
                 await self.warmer.warm(snapshot.routed_adapters())
             self.routes.swap(snapshot)
             if self.warming:
                 await self.warmer.keep_only(snapshot.versions.values())
-            logger.info("routing follows registry revision %d", state.revision)
+            logger.info("routing follows registry revision %d", view.revision)
 
     async def start_warming(self) -> None:
         """The engine is up: load what the current snapshot routes to, and keep doing so."""

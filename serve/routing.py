@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraloop.adapters.names import ModelRef, parse_model_ref
-from loraloop.adapters.routing_state import RoutingState
+from loraloop.adapters.serving_view import ServingView
 from loraloop.adapters.tenants import ActiveKey
 
 from .engine.protocol import AdapterRef
@@ -38,20 +38,20 @@ class RoutingSnapshot:
     recording: frozenset[str] = frozenset()  # adapters whose completions are kept
 
     @classmethod
-    def from_state(cls, base_model: str, state: RoutingState,
-                   path_of: Callable[[str], Path]) -> RoutingSnapshot:
+    def from_view(cls, base_model: str, view: ServingView,
+                  path_of: Callable[[str], Path]) -> RoutingSnapshot:
         refs = [AdapterRef(v.adapter_id, v.number, v.lora_id, path_of(v.storage_key))
-                for v in state.servable]
+                for v in view.servable]
         return cls(
             base_model,
-            revision=state.revision,
+            revision=view.revision,
             versions={(r.adapter_id, r.version): r for r in refs},
-            live={a.adapter_id: a.live_version for a in state.adapters if a.live_version},
+            live={a.adapter_id: a.live_version for a in view.adapters if a.live_version},
             canaries={a.adapter_id: Canary(a.canary_version, a.canary_percent)
-                      for a in state.adapters if a.canary_version and a.canary_percent},
-            keys=state.keys,
-            known_adapters=frozenset(a.adapter_id for a in state.adapters),
-            recording=frozenset(a.adapter_id for a in state.adapters if a.records_completions),
+                      for a in view.adapters if a.canary_version and a.canary_percent},
+            keys=view.keys,
+            known_adapters=frozenset(a.adapter_id for a in view.adapters),
+            recording=frozenset(a.adapter_id for a in view.adapters if a.records_completions),
         )
 
     def resolve(self, model: str, tenant: str | None = None,
@@ -101,7 +101,7 @@ class RoutingSnapshot:
         return self.live_adapters() + canaries
 
 
-class RoutingTable:
+class CurrentRoutes:
     """Holds the current snapshot; a swap is one reference assignment, atomic for readers."""
 
     def __init__(self, snapshot: RoutingSnapshot) -> None:

@@ -13,7 +13,7 @@ from loraloop.adapters.registry import Registry
 from .engine.protocol import Engine
 from .metrics import ServeMetrics
 from .registry_watch import RegistryWatcher
-from .routing import RoutingTable
+from .routing import CurrentRoutes
 from .settings import ServeSettings
 from .warmup import AdapterWarmer
 
@@ -28,7 +28,7 @@ class ServerState:
     engine: Engine
     registry: Registry
     feedback: FeedbackService
-    routes: RoutingTable
+    routes: CurrentRoutes
     watcher: RegistryWatcher
     warmer: AdapterWarmer
     service: GenerationService

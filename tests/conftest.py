@@ -16,8 +16,7 @@ from transformers import AutoTokenizer
 from loraloop.serve.cli.client import AdminClient
 from loraloop.trainer.demo_model import build_demo_model, build_random_adapter
 
-from .databases import BACKENDS, database_url
-from .server import ServerProcess
+from .support import BACKENDS, ServerProcess, database_url
 
 # tenant/name -> seed; eight adapters across three tenants.
 ADAPTER_SEEDS = {

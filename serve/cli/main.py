@@ -16,6 +16,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+# The admin groups: their shared options (admin_options) come before the command.
+tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True,
+                          callback=admin_options)
+tenants_app.add_typer(tenants.app)
 adapters_app = typer.Typer(help="Adapters, their versions, and which version serves.",
                            no_args_is_help=True, callback=admin_options)
 for commands in (adapters.app, registering.app, training.app):
@@ -23,6 +27,6 @@ for commands in (adapters.app, registering.app, training.app):
 
 app.command()(serve)
 app.command()(trainer)
-app.add_typer(tenants.app, name="tenants")
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(demo.app)

@@ -7,10 +7,9 @@ from typing import Annotated
 import typer
 
 from .output import emit, note, print_table, when
-from .session import ReasonOpt, TenantArg, admin_options, session_of
+from .session import ReasonOpt, TenantArg, session_of
 
-app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True,
-                  callback=admin_options)
+app = typer.Typer()
 keys_app = typer.Typer(help="A tenant's API keys.", no_args_is_help=True)
 
 

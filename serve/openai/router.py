@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..auth import Caller
 from ..disconnect import unless_disconnected
 from ..headers import VERSION_HEADER
-from ..request_facts import facts_of
+from ..middleware import facts_of
 from ..state import ServerState, get_state
 from . import responses
 from .models import list_models

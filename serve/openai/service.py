@@ -26,7 +26,7 @@ from ..admission import AdmissionGate
 from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
 from ..errors import EngineUnavailable, InvalidRequest
 from ..metrics import ServeMetrics
-from ..routing import RoutingTable
+from ..routing import CurrentRoutes
 from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
 from ..token_budget import TokenBudget
@@ -87,7 +87,7 @@ class GenerationService:
         warmer: AdapterWarmer,
         admission: AdmissionGate,
         limits: RequestLimits,
-        routes: RoutingTable,
+        routes: CurrentRoutes,
         feedback: FeedbackBook,
         metrics: ServeMetrics,
     ) -> None:

@@ -38,8 +38,7 @@ from fastapi import FastAPI, Header, Response
 from loraloop.serve.cli.demo import DEMO_POLICY, FEEDBACK_PAIRS, preference_feedback, user_messages
 from loraloop.serve.feedback.protocol import FeedbackRequest
 
-from ..databases import fresh_postgres_database
-from ..server import free_port
+from ..support import free_port, fresh_postgres_database
 from . import common
 
 RANKS = (8, 16, 64)

@@ -1,6 +1,6 @@
 """Shared by the benchmarks: the generated models, servers, statistics, results files.
 
-Benchmarks start real `loraloop serve` processes (tests/server.py) on a generated model and
+Benchmarks start real `loraloop serve` processes (tests/support.py) on a generated model and
 provision them through the admin API, as operators do.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from loraloop.serve.cli.client import AdminClient
 from loraloop.trainer.demo_model import DemoModelShape
 
-from ..server import ServerProcess
+from ..support import ServerProcess
 
 ADMIN_KEY = "bench-admin-key-0123456789"
 MODEL_NAME = "demo"

@@ -1,0 +1,236 @@
+"""The whole loop through HTTP: feedback in, the trainer sidecar (its own process) trains,
+gates and promotes, the server answers with the new version, rollback restores the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from loraloop.adapters.feedback import NewFeedback
+from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.registry import open_registry
+from loraloop.adapters.training import LEASE_LOST
+from loraloop.adapters.versions import NewVersion
+from loraloop.serve.cli.client import AdminApiError, AdminClient
+from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, preference_feedback, user_messages
+
+from ..conftest import ADMIN_KEY
+
+RUN_TIMEOUT_S = 240
+FINISHED = ("promoted", "rejected", "candidate", "failed")
+
+
+def start_trainer(model: Path, data_dir: Path, log: Path, *,
+                  lease_s: float = 30) -> subprocess.Popen:
+    command = [sys.executable, "-m", "loraloop.trainer", "--model", str(model),
+               "--data-dir", str(data_dir), "--poll-s", "0.3", "--lease-s", str(lease_s)]
+    with open(log, "wb") as output:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def trainer(vllm_server, demo_model, tmp_path_factory):
+    """One trainer sidecar beside the session server, on its registry and weight store."""
+    process = start_trainer(demo_model, vllm_server.data_dir,
+                            tmp_path_factory.mktemp("logs") / "trainer.log")
+    yield process
+    stop(process)
+
+
+@pytest.fixture(scope="module")
+def admin(vllm_server):
+    with AdminClient(vllm_server.url, ADMIN_KEY, actor="loop-test") as client:
+        try:
+            client.create_tenant("loop")
+        except AdminApiError as exists:
+            assert exists.status == 409
+        vllm_server.tenant_keys["loop"] = client.issue_key("loop")["key"]
+        yield client
+
+
+def new_adapter(admin: AdminClient, adapter_id: str, v1: Path, **policy) -> None:
+    admin.create_adapter(adapter_id)
+    admin.register(adapter_id, v1)
+    admin.promote(adapter_id, 1)
+    admin.set_policy(adapter_id, {**DEMO_POLICY, **policy})
+
+
+def send_batch(server, lines: list[dict]) -> None:
+    response = httpx.post(f"{server.url}/v1/feedback/batch",
+                          content="\n".join(json.dumps(line) for line in lines),
+                          headers={"Authorization": f"Bearer {server.tenant_keys['loop']}"},
+                          timeout=60)
+    assert response.status_code == 200 and response.json()["failed"] == 0, response.text
+
+
+def wait_for_run(admin: AdminClient, adapter_id: str, trainer) -> dict:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert trainer.poll() is None, "the trainer exited"
+        runs = admin.runs(adapter_id)
+        if runs and runs[0]["status"] in FINISHED:
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no finished run for {adapter_id} in {RUN_TIMEOUT_S}s: {runs}")
+
+
+def greedy(server, model: str, messages: list[str]) -> list[tuple[str, str]]:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", max_retries=0,
+                           api_key=server.tenant_keys["loop"])
+    replies = [client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": m}], max_tokens=4, temperature=0)
+        for m in messages]
+    return [(r.model, r.choices[0].message.content) for r in replies]
+
+
+def test_preferences_become_a_promoted_version_and_rollback_restores(
+        vllm_server, trainer, admin, adapter_dirs):
+    adapter = "loop/assistant"
+    new_adapter(admin, adapter, adapter_dirs["acme/support"], min_pairs=48)
+    messages = user_messages(60, seed=7)
+    trained_on, unseen = messages[:48], messages[48:]
+    before = greedy(vllm_server, adapter, unseen)
+    assert {model for model, _ in before} == {f"{adapter}@1"}
+    assert sum(text.startswith(MARKER) for _, text in before) <= 2
+
+    send_batch(vllm_server, preference_feedback(adapter, trained_on))
+    run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] == "promoted", run
+    assert (run["parent_version"], run["candidate_version"], run["pairs"]) == (1, 2, 48)
+
+    version = admin.show_version(adapter, 2)
+    assert (version["status"], version["source"], version["parent_version"]) == (
+        "live", "trainer", 1)
+    assert (version["tags"]["run"], version["tags"]["learning_rate"]) == (str(run["id"]), "0.02")
+    assert version["metrics"]["heldout_accuracy"] >= version["metrics"]["heldout_accuracy_live"]
+    # The trainer is another process: the server sees its promote within a poll interval.
+    _wait(lambda: greedy(vllm_server, adapter, unseen[:1])[0][0] == f"{adapter}@2", 2,
+          "the server to serve version 2")
+    after = greedy(vllm_server, adapter, unseen)
+    assert {model for model, _ in after} == {f"{adapter}@2"}
+    learned = [text.startswith(MARKER) and not old.startswith(MARKER)
+               for (_, text), (_, old) in zip(after, before, strict=True)]
+    assert sum(learned) >= 0.75 * len(unseen), after
+
+    stats = httpx.get(f"{vllm_server.url}/v1/feedback/stats", params={"adapter": adapter},
+                      headers={"Authorization": f"Bearer {vllm_server.tenant_keys['loop']}"})
+    assert stats.json()["by_status"] == {"consumed": 48}
+    admin.rollback(adapter, reason="compare with v1")
+    assert greedy(vllm_server, adapter, unseen) == before
+
+
+def test_judge_scores_alone_make_pairs_and_a_version(vllm_server, trainer, admin, adapter_dirs):
+    adapter = "loop/judged"
+    # 30 prompts with three scores each: 30 pairs, best vs worst, once every prompt has both
+    new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=30)
+    lines = []
+    for message, answer in zip(user_messages(30, seed=11), answers(30, seed=11), strict=True):
+        prompt = [{"role": "user", "content": message}]
+        for completion, score in ((f"{MARKER} {answer}", 0.9), (answer, 0.2),
+                                  (f"{answer} {answer}", 0.4)):
+            lines.append({"adapter": adapter, "messages": prompt, "completion": completion,
+                          "score": score, "judge": "rubric-v1"})
+    send_batch(vllm_server, lines)
+    run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] in ("promoted", "rejected", "candidate"), run
+    assert run["pairs"] == 30 and run["candidate_version"] == 2  # best vs worst per prompt
+    assert admin.show_version(adapter, 2)["source"] == "trainer"
+
+
+def test_poisoned_feedback_is_not_promoted(vllm_server, trainer, admin, adapter_dirs):
+    adapter = "loop/poisoned"
+    new_adapter(admin, adapter, adapter_dirs["acme/legal"], min_pairs=48)
+    send_batch(vllm_server, preference_feedback(adapter, user_messages(48, seed=5), seed=3,
+                                                swap_share=0.5))
+    run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] == "rejected", run
+    assert "gate failed" in run["reason"]
+    assert admin.show_adapter(adapter)["live_version"] == 1
+    rejected = admin.show_version(adapter, run["candidate_version"])
+    assert rejected["status"] == "rejected"
+    last = admin.history(adapter)[-1]
+    assert (last["kind"], last["reason"]) == ("reject", run["reason"])
+
+
+def _registry(demo_model: Path, data_dir: Path):
+    return open_registry(model=str(demo_model), aliases=[], data_dir=data_dir, database_url=None,
+                         max_rank=64, max_bytes=1 << 30)
+
+
+def _wait(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
+        demo_model, adapter_dirs, tmp_path):
+    opened = _registry(demo_model, tmp_path / "data")
+    registry, training, feedback = opened.adapters, opened.training, opened.feedback
+    opened.tenants.create("loop", actor="test")
+    registry.create("loop/killed", actor="test")
+    registry.register("loop/killed", {n: adapter_dirs["acme/support"] / n for n in
+                                      ("adapter_config.json", "adapter_model.safetensors")},
+                      NewVersion(), actor="test")
+    registry.promote("loop/killed", 1, actor="test")
+    registry.set_policy("loop/killed", TrainingPolicy.model_validate(
+        {**DEMO_POLICY, "epochs": 100, "min_pairs": 40}), actor="test")
+    for line in preference_feedback("loop/killed", user_messages(40, seed=9)):
+        prompt = StoredPrompt.chat([("user", line["messages"][0]["content"])])
+        feedback.submit(NewFeedback("loop/killed", 1, "preference", prompt,
+                                    chosen=line["chosen"], rejected=line["rejected"]))
+
+    first = start_trainer(demo_model, tmp_path / "data", tmp_path / "first.log", lease_s=3)
+    try:
+        _wait(lambda: [r for r in training.runs("loop/killed")
+                       if r.status == "running" and r.progress.get("step", 0) >= 2],
+              RUN_TIMEOUT_S, "a run to be training")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        stop(first)
+    assert [v.number for v in registry.versions("loop/killed")] == [1]
+    assert "consumed" not in feedback.stats("loop/killed").by_status
+
+    registry.set_policy("loop/killed", TrainingPolicy.model_validate(
+        {**DEMO_POLICY, "epochs": 2, "min_pairs": 40}), actor="test")
+    second = start_trainer(demo_model, tmp_path / "data", tmp_path / "second.log", lease_s=3)
+    try:
+        finished = _wait(lambda: [r for r in training.runs("loop/killed")
+                                  if r.status in FINISHED and r.status != "failed"],
+                         RUN_TIMEOUT_S, "the restarted trainer to finish a run")
+        second.terminate()  # SIGTERM between runs: the trainer exits cleanly
+        assert second.wait(timeout=30) == 0
+    finally:
+        stop(second)
+    assert finished[0].candidate_version == 2
+    assert feedback.stats("loop/killed").by_status == {"consumed": 40}
+    killed_run = [r for r in training.runs("loop/killed") if r.status == "failed"]
+    assert len(killed_run) == 1 and killed_run[0].reason == LEASE_LOST
+    opened.db.dispose()

@@ -1,0 +1,174 @@
+"""What the tests share: real servers started and stopped, fresh databases of each backend,
+the server's metrics read back, and transformers + PEFT greedy decoding as the oracle."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import httpx
+import torch
+from peft import PeftModel
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from loraloop.adapters.db import sqlite_url
+
+# -- server -----------------------------------------------------------------------------
+
+LOG_TAIL_CHARS = 6000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 data_dir: Path | None = None) -> None:
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.tenant_keys: dict[str, str] = {}  # filled by whoever provisions tenants
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        command = [sys.executable, "-m", "loraloop.serve.cli", "serve", "--port",
+                   str(self.port), *args]
+        if data_dir is not None:
+            command += ["--data-dir", str(data_dir)]
+        self._log = open(log_path, "wb")  # noqa: SIM115 - open as long as the process runs
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 240) -> ServerProcess:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+# -- databases --------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get(
+    "LORALOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+BACKENDS = ("sqlite", "postgresql")
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    name = f"loraloop_test_{uuid.uuid4().hex[:12]}"
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {POSTGRES_URL}: start it, or point "
+            "LORALOOP_TEST_POSTGRES_URL at one (`make test` starts the local one)"
+        ) from exc
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+
+@contextmanager
+def database_url(backend: str, directory: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield sqlite_url(directory)
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+def read_metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise KeyError(name)
+
+
+def wait_for_metric(url: str, name: str, expected: float, timeout_s: float) -> float:
+    deadline = time.monotonic() + timeout_s
+    while (value := read_metric(url, name)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+# -- oracle -----------------------------------------------------------------------------
+
+@cache
+def _tokenizer(model_dir: Path):
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@cache
+def _model(model_dir: Path, adapter_dir: Path | None):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    return model.eval()
+
+
+def chat_ids(model_dir: Path, messages: list[dict]) -> list[int]:
+    encoded = _tokenizer(model_dir).apply_chat_template(
+        messages, add_generation_prompt=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def text_ids(model_dir: Path, text: str) -> list[int]:
+    return _tokenizer(model_dir)(text)["input_ids"]
+
+
+def greedy_text(model_dir: Path, adapter_dir: Path | None, prompt_ids: list[int],
+                max_new_tokens: int) -> str:
+    model = _model(model_dir, adapter_dir)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+    text = _tokenizer(model_dir).decode(out[0][len(prompt_ids):], skip_special_tokens=True)
+    # An incomplete UTF-8 character at the very end is withheld by the server, by design.
+    return text.rstrip("\ufffd")

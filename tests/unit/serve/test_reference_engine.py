@@ -1,0 +1,39 @@
+"""The reference engine's incremental detokenizer and stop strings."""
+
+from __future__ import annotations
+
+from loraloop.serve.engine.reference import IncrementalText
+
+
+class CharTokenizer:
+    """Token i is chr(i); 0xFFFD stands for half a character."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(map(chr, ids))
+
+
+def stream_text(text: str, stop: tuple[str, ...]) -> tuple[list[str], bool]:
+    incremental, ids, deltas = IncrementalText(CharTokenizer(), stop), [], []
+    for i, ch in enumerate(text):
+        ids.append(ord(ch))
+        delta, stopped = incremental.step(ids, final=i == len(text) - 1)
+        deltas.append(delta)
+        if stopped:
+            return deltas, True
+    return deltas, False
+
+
+def test_incremental_text_holds_back_possible_stop_strings():
+    deltas, stopped = stream_text("hello world", stop=("wor",))
+    assert stopped and "".join(deltas) == "hello "
+    assert all("w" not in d for d in deltas)
+
+
+def test_incremental_text_without_stop_emits_everything():
+    deltas, stopped = stream_text("hello", stop=())
+    assert not stopped and deltas == list("hello")
+
+
+def test_incremental_text_withholds_a_trailing_half_character():
+    deltas, _ = stream_text("ab\ufffd", stop=())
+    assert "".join(deltas) == "ab"
