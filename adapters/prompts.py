@@ -1,13 +1,17 @@
 """Prompts as the registry stores them, and as a base model's tokenizer renders them.
 
-A stored prompt is chat messages or plain text, kept with feedback and recorded completions.
-The server renders a request's prompt with `PromptRenderer` and the trainer renders stored
-prompts with the same class, so training sees exactly the token ids a request produced: the
-chat template with the generation prompt for messages, the tokenizer (with its BOS) for text.
+A stored prompt is chat messages (with the tool definitions the request offered, if any) or
+plain text, kept with feedback and recorded completions. The server renders a request's
+prompt with `PromptRenderer` and the trainer renders stored prompts with the same class, so
+training sees exactly the token ids a request produced: the chat template with the
+generation prompt for messages, the tokenizer (with its BOS) for text.
+
+Everything here is frozen and hashable, so the trainer can group feedback by prompt.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,31 +22,105 @@ _TEMPLATE_ROLE = {"developer": "system"}
 
 
 @dataclass(frozen=True)
-class StoredPrompt:
-    """Exactly one of `text` and `messages` ((role, content) pairs, roles as rendered)."""
+class StoredToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model (or the client) wrote it
 
-    text: str | None = None
-    messages: tuple[tuple[str, str], ...] | None = None
+
+@dataclass(frozen=True)
+class StoredMessage:
+    role: str  # as rendered: "developer" is stored as "system"
+    content: str  # "" for an assistant turn that only calls tools
+    tool_calls: tuple[StoredToolCall, ...] = ()
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
     @classmethod
-    def chat(cls, messages: Iterable[tuple[str, str]]) -> StoredPrompt:
-        return cls(messages=tuple((_TEMPLATE_ROLE.get(role, role), content)
-                                  for role, content in messages))
+    def of(cls, role: str, content: str, tool_calls: Iterable[StoredToolCall] = (),
+           tool_call_id: str | None = None) -> StoredMessage:
+        return cls(_TEMPLATE_ROLE.get(role, role), content, tuple(tool_calls), tool_call_id)
+
+    @classmethod
+    def from_json(cls, stored: dict) -> StoredMessage:
+        calls = tuple(StoredToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+                      for c in stored.get("tool_calls", ()))
+        return cls(stored["role"], stored["content"], calls, stored.get("tool_call_id"))
+
+    def to_json(self) -> dict:
+        stored: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            stored["tool_calls"] = [
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            stored["tool_call_id"] = self.tool_call_id
+        return stored
+
+    def for_template(self) -> dict:
+        message = self.to_json()
+        for call in message.get("tool_calls", ()):
+            # Chat templates write arguments with `tojson`: give them the object, as vLLM
+            # does, so the text is the model's own format rather than a quoted string.
+            call["function"]["arguments"] = _json_or_text(call["function"]["arguments"])
+        return message
+
+
+@dataclass(frozen=True)
+class StoredPrompt:
+    """Exactly one of `text` and `messages`; `tools` only with messages."""
+
+    text: str | None = None
+    messages: tuple[StoredMessage, ...] | None = None
+    # The tool definitions as the request sent them, as JSON text: hashable, and in the
+    # client's key order, which `tojson` in a chat template keeps.
+    tools: str | None = None
+
+    @classmethod
+    def chat(cls, messages: Iterable[tuple[str, str] | StoredMessage],
+             tools: list[dict] | None = None) -> StoredPrompt:
+        return cls(
+            messages=tuple(m if isinstance(m, StoredMessage) else StoredMessage.of(*m)
+                           for m in messages),
+            tools=json.dumps(tools, ensure_ascii=False) if tools else None,
+        )
 
     @classmethod
     def from_json(cls, stored: dict) -> StoredPrompt:
         if "text" in stored:
             return cls(text=stored["text"])
-        return cls(messages=tuple((m["role"], m["content"]) for m in stored["messages"]))
+        return cls.chat((StoredMessage.from_json(m) for m in stored["messages"]),
+                        stored.get("tools"))
 
     def to_json(self) -> dict:
         if self.text is not None:
             return {"text": self.text}
-        return {"messages": [{"role": role, "content": content}
-                             for role, content in self.messages]}
+        stored: dict = {"messages": [m.to_json() for m in self.messages]}
+        if self.tools is not None:
+            stored["tools"] = json.loads(self.tools)
+        return stored
 
-    def template_messages(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.messages]
+    def template_messages(self) -> list[dict]:
+        return [m.for_template() for m in self.messages]
+
+    def tool_definitions(self) -> list[dict] | None:
+        return json.loads(self.tools) if self.tools is not None else None
+
+    @property
+    def chars(self) -> int:
+        """Characters of text the prompt carries (what request limits count)."""
+        if self.text is not None:
+            return len(self.text)
+        return sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls)
+                   for m in self.messages) + len(self.tools or "")
+
+
+def _json_or_text(arguments: str):
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments
 
 
 class PromptRenderer:
@@ -59,14 +137,15 @@ class PromptRenderer:
     def render(self, prompt: StoredPrompt) -> list[int]:
         if prompt.text is not None:
             return self.text(prompt.text)
-        return self.chat(prompt.template_messages())
+        return self.chat(prompt.template_messages(), prompt.tool_definitions())
 
-    def chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         import jinja2
 
         try:
             encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True
+                messages, tools=tools, add_generation_prompt=True, tokenize=True,
+                return_dict=True,
             )
         except jinja2.TemplateError as exc:
             # Templates reject some conversations (e.g. roles out of order) by raising.

@@ -60,10 +60,18 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     warmer = AdapterWarmer(engine, metrics)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
-                                registry.feedback, metrics)
+                                registry.feedback, metrics, _tool_format(settings, renderer))
     return ServerState(settings, engine, registry,
                        FeedbackService(registry.feedback, routes, metrics), routes, watcher,
                        warmer, service, metrics)
+
+
+def _tool_format(settings: ServeSettings, renderer: PromptRenderer):
+    if settings.tool_call_parser is None:
+        return None
+    from .openai.tool_calls import ToolCallFormat  # vLLM's parsers: only when named
+
+    return ToolCallFormat(settings.tool_call_parser, renderer.tokenizer)
 
 
 async def _start_engine(state: ServerState) -> None:

@@ -30,6 +30,12 @@ class RequestLimits(BaseModel):
     max_top_logprobs: int = Field(20, ge=0, le=100)
     max_messages: int = Field(256, ge=1)
     max_prompt_chars: int = Field(200_000, ge=1, description="characters over all prompt text")
+    max_tools: int = Field(64, ge=0, le=1024, description="tool definitions per request")
+    max_schema_bytes: int = Field(
+        64 << 10, ge=64, description="largest JSON Schema (response_format, a tool's parameters)"
+    )
+    max_schema_depth: int = Field(32, ge=2, le=256, description="deepest nesting in a schema")
+    max_logit_bias: int = Field(300, ge=0, le=100_000, description="logit_bias entries")
 
     @model_validator(mode="after")
     def _default_within_bound(self) -> RequestLimits:
@@ -74,6 +80,10 @@ class ServeSettings(BaseSettings):
     max_loras: int = Field(8, ge=1, description="adapters resident in the engine at once")
     max_cpu_loras: int = Field(64, ge=1, description="adapters cached in host memory")
     max_lora_rank: int = 64
+    tool_call_parser: str | None = Field(
+        None, description="the base model's tool-call format, by vLLM's parser name (hermes, "
+        "llama3_json, mistral...); without one, requests with tools are refused"
+    )
     dtype: str = "auto"
     enforce_eager: bool = False
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -103,6 +113,19 @@ class ServeSettings(BaseSettings):
         if rank not in SUPPORTED_LORA_RANKS:
             raise ValueError(f"max_lora_rank must be one of {SUPPORTED_LORA_RANKS}")
         return rank
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _parser_known(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        from vllm.tool_parsers import ToolParserManager  # vLLM: only when a format is named
+
+        known = sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers})
+        if name not in known:
+            raise ValueError(f"tool_call_parser '{name}' is not one of vLLM's: "
+                             f"{', '.join(known)}")
+        return name
 
     @model_validator(mode="after")
     def _cache_holds_the_slots(self) -> ServeSettings:

@@ -86,7 +86,7 @@ def adapter_root(tmp_path_factory) -> Path:
 def vllm_server(demo_model, adapter_dirs, adapter_root, tmp_path_factory):
     server = start_server(
         ["--model", str(demo_model), *ENGINE_ARGS, *LORA_CACHE_ARGS,
-         "--allowed-adapter-root", str(adapter_root)],
+         "--allowed-adapter-root", str(adapter_root), "--tool-call-parser", "hermes"],
         tmp_path_factory.mktemp("logs") / "vllm-server.log",
         tmp_path_factory.mktemp("vllm-data"),
         env={"LORALOOP_LIMITS__MAX_TOKENS": "1000"},

@@ -22,11 +22,36 @@ BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]
 
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+
 # ChatML: the assistant turn ends with <|im_end|>, which is also the generation stop token.
+# Tools follow the Hermes format (vLLM's `hermes` tool-call parser reads it): the definitions
+# in a system turn, each call as <tool_call>{"name": ..., "arguments": {...}}</tool_call>,
+# each result in a `tool` turn.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|im_start|>system\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
+    "{{ 'Call tools as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.\n"
+    "<tools>\n' }}"
+    "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '</tools><|im_end|>\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% if not (tools and loop.first and message['role'] == 'system') %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['role'] == 'tool' %}"
+    "{{ '<tool_response>' + message['content'] + '</tool_response>' }}"
+    "{% else %}{{ message['content'] or '' }}{% endif %}"
+    "{% for call in message.get('tool_calls') or [] %}"
+    "{{ '<tool_call>{\"name\": ' + (call['function']['name'] | tojson) + ', \"arguments\": ' }}"
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}"
+    "{{ '}</tool_call>' }}"
+    "{% endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
@@ -80,7 +105,7 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
     )
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=BOS,
         eos_token=IM_END,  # what a chat turn ends with, so generation stops there
@@ -88,6 +113,10 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
         additional_special_tokens=[EOS, IM_START],
         chat_template=CHAT_TEMPLATE,
     )
+    # Single tokens, as in models trained for tools, but not special: they stay in the text
+    # that the tool-call parser reads.
+    fast.add_tokens([TOOL_CALL_START, TOOL_CALL_END])
+    return fast
 
 
 def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | None = None) -> Path:

@@ -11,9 +11,11 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-# Plain completion text, or chat messages as ((role, content), ...): hashable, so pairs can be
+from loraloop.adapters.prompts import StoredPrompt
+
+# Plain text or chat messages (with tools), exactly as served: hashable, so pairs can be
 # grouped and deduplicated by prompt.
-Prompt = str | tuple[tuple[str, str], ...]
+Prompt = StoredPrompt
 
 
 @dataclass(frozen=True)
@@ -96,5 +98,5 @@ def split_held_out(
 
 
 def _split_key(seed: int, prompt: Prompt) -> bytes:
-    # JSON keeps a plain prompt ("x") apart from a chat one ([["user", "x"]]).
-    return hashlib.sha256(json.dumps([seed, prompt]).encode()).digest()
+    # The stored JSON keeps a plain prompt ({"text": ...}) apart from a chat one.
+    return hashlib.sha256(json.dumps([seed, prompt.to_json()]).encode()).digest()

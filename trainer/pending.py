@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from loraloop.adapters.policy import TrainingPolicy
-from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.training import ClaimedFeedback
 
-from .pairs import PreferencePair, Prompt, ScoredCompletion, build_pairs
+from .pairs import PreferencePair, ScoredCompletion, build_pairs
 
 MIN_PAIRS_EVER = 4  # below this no held-out split means anything
 
@@ -48,14 +47,10 @@ class Triage:
         return len(self.used) + len(self.waiting) + len(self.unpaired)
 
 
-def as_prompt(stored: StoredPrompt) -> Prompt:
-    return stored.text if stored.text is not None else stored.messages
-
-
 def pairs_of(feedback: Sequence[ClaimedFeedback], policy: TrainingPolicy) -> list[PreferencePair]:
-    preferences = [PreferencePair(as_prompt(f.prompt), f.chosen, f.rejected, (f.id,))
+    preferences = [PreferencePair(f.prompt, f.chosen, f.rejected, (f.id,))
                    for f in feedback if f.kind == "preference"]
-    scored = [ScoredCompletion(as_prompt(f.prompt), f.completion, f.score, f.id)
+    scored = [ScoredCompletion(f.prompt, f.completion, f.score, f.id)
               for f in feedback if f.kind == "score"]
     return build_pairs(preferences, scored, min_score_gap=policy.score_gap)
 
@@ -64,12 +59,12 @@ def triage(feedback: Sequence[ClaimedFeedback], policy: TrainingPolicy,
            now: datetime) -> Triage:
     pairs = pairs_of(feedback, policy)
     in_pairs = {row_id for pair in pairs for row_id in pair.feedback_ids}
-    paired_prompts = {as_prompt(f.prompt) for f in feedback
+    paired_prompts = {f.prompt for f in feedback
                       if f.kind == "score" and f.id in in_pairs}
     window = timedelta(seconds=policy.max_wait_s)
     used, waiting, unpaired = set(), [], []
     for row in feedback:
-        if row.id in in_pairs or (row.kind == "score" and as_prompt(row.prompt) in paired_prompts):
+        if row.id in in_pairs or (row.kind == "score" and row.prompt in paired_prompts):
             used.add(row.id)
         elif row.kind == "score" and now - row.created_at < window:
             waiting.append(row.id)

@@ -33,15 +33,12 @@ class EncodedPair:
 
 def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
     # Only the context-length check needs max_model_len, and it is not used here.
-    renderer = PromptRenderer(tokenizer, max_model_len=tokenizer.model_max_length)
-    if isinstance(prompt, str):
-        return renderer.text(prompt)
-    return renderer.chat([{"role": role, "content": content} for role, content in prompt])
+    return PromptRenderer(tokenizer, max_model_len=tokenizer.model_max_length).render(prompt)
 
 
 def answer_ids(tokenizer, prompt: Prompt, answer: str) -> list[int]:
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if isinstance(prompt, str):
+    if prompt.text is not None:
         return ids
     return [*ids, tokenizer.eos_token_id]
 

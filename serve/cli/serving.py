@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from loraloop.adapters.logs import configure_logging
-from loraloop.trainer.cli import demo_model_unless_given
+from loraloop.trainer.cli import DEFAULT_DEMO_MODEL, demo_model_unless_given
 
 # Caps a request's line and headers: a client cannot make the server buffer unbounded
 # header data.
@@ -41,6 +41,9 @@ def serve(
     enforce_eager: Annotated[bool | None, typer.Option(
         help="Skip graph capture: faster start, slower decoding.")] = None,
     kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache size (CPU).")] = None,
+    tool_call_parser: Annotated[str | None, typer.Option(
+        help="The base model's tool-call format, by vLLM's parser name (the demo model's: "
+        "hermes). Without one, requests with tools are refused.")] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="Registry database (SQLite) and adapter weights (default .loraloop).")] = None,
     database_url: Annotated[str | None, typer.Option(
@@ -64,17 +67,27 @@ def serve(
         model=model, host=host, port=port, engine=engine, served_model_name=served_model_name,
         max_model_len=max_model_len, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
         max_lora_rank=max_lora_rank, dtype=dtype, enforce_eager=enforce_eager,
-        kv_cache_gib=kv_cache_gib, data_dir=data_dir, database_url=database_url,
-        allowed_adapter_roots=allowed_adapter_root or None, auth=auth,
+        kv_cache_gib=kv_cache_gib, tool_call_parser=tool_call_parser,
+        data_dir=data_dir,
+        database_url=database_url, allowed_adapter_roots=allowed_adapter_root or None, auth=auth,
     )
     # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
     overrides = {name: value for name, value in options.items() if value is not None}
-    settings = ServeSettings(**demo_model_unless_given(overrides))
+    settings = ServeSettings(**_demo_tool_format(demo_model_unless_given(overrides)))
     configure_logging(settings.log_format)
     with trainer_beside(settings) if with_trainer else nullcontext():
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level="info", log_config=None, timeout_graceful_shutdown=30,
                     h11_max_incomplete_event_size=HEADER_LIMIT_BYTES)
+
+
+def _demo_tool_format(overrides: dict) -> dict:
+    # The demo model writes tool calls in the Hermes format: serve it with that parser
+    # unless the operator chose otherwise.
+    if (overrides.get("model") != str(DEFAULT_DEMO_MODEL) or "tool_call_parser" in overrides
+            or "LORALOOP_TOOL_CALL_PARSER" in os.environ):
+        return overrides
+    return {**overrides, "tool_call_parser": "hermes"}
 
 
 @contextmanager

@@ -34,13 +34,31 @@ class AdapterRef:
 
 
 @dataclass(frozen=True)
+class OutputConstraint:
+    """A grammar the output must follow, enforced while sampling (structured outputs)."""
+
+    kind: Literal["json_schema", "json_object", "structural_tag"]
+    spec: str | None = None  # JSON text: the schema, or the structural tag; none for an object
+    param: str = "response_format"  # the request field it came from, for error messages
+
+
+@dataclass(frozen=True)
 class SamplingSpec:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # alternatives per token; None: no logprobs at all
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # 1: off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
+    constraint: OutputConstraint | None = None
+    # Tool-call parsers read some formats' markers, which some tokenizers call special.
+    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True)

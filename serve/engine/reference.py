@@ -16,7 +16,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..errors import AdapterUnavailable
+from ..errors import AdapterUnavailable, InvalidRequest
 from .protocol import AdapterRef, GenerationDelta, SamplingSpec, TokenLogprob
 
 _DONE = object()
@@ -102,6 +102,7 @@ class ReferenceEngine:
         request_id: str,
         cache_salt: str | None = None,  # no prefix cache here: nothing to partition
     ) -> AsyncIterator[GenerationDelta]:
+        _check_supported(sampling)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -181,6 +182,22 @@ class ReferenceEngine:
 
     async def shutdown(self) -> None:
         self._model = None
+
+
+# What the reference samples with; the rest of SamplingSpec is vLLM's alone, and refused.
+_SUPPORTED = SamplingSpec(max_tokens=1)
+_UNSUPPORTED = ("top_k", "min_p", "presence_penalty", "frequency_penalty",
+                "repetition_penalty", "logit_bias", "constraint")
+
+
+def _check_supported(sampling: SamplingSpec) -> None:
+    used = [name for name in _UNSUPPORTED
+            if getattr(sampling, name) != getattr(_SUPPORTED, name)]
+    if used:
+        param = "response_format" if used[0] == "constraint" else used[0]
+        raise InvalidRequest(
+            f"The reference engine does not implement {', '.join(used)}; the vLLM engine "
+            "does.", param=param)
 
 
 def _sample(logprobs: torch.Tensor, sampling: SamplingSpec, generator) -> int:

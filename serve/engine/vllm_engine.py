@@ -1,4 +1,6 @@
-"""The vLLM engine, in-process (AsyncLLM), one LoRARequest per request. The only vLLM import site.
+"""The vLLM engine, in-process (AsyncLLM), one LoRARequest per request.
+
+With `openai/tool_calls.py` (vLLM's tool-call parsers), the only place vLLM is imported.
 
 vLLM's own LoRA cache does the hot-swapping: `max_loras` adapters sit in the engine's slots,
 `max_cpu_loras` more stay in host memory, the rest are re-read from their (immutable) files.
@@ -14,16 +16,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from vllm import SamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.exceptions import VLLMClientError
 from vllm.inputs import TokensPrompt
 from vllm.lora.request import LoRARequest
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from ..errors import AdapterUnavailable, EngineUnavailable
+from ..errors import AdapterUnavailable, EngineUnavailable, InvalidRequest
+from ..streams import prepend
 from .null_adapter import NULL_LORA_ID, NULL_LORA_NAME, NullAdapter
-from .protocol import AdapterRef, FinishReason, GenerationDelta, SamplingSpec, TokenLogprob
+from .protocol import (
+    AdapterRef,
+    FinishReason,
+    GenerationDelta,
+    OutputConstraint,
+    SamplingSpec,
+    TokenLogprob,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,14 +62,32 @@ def _lora_request(adapter: AdapterRef) -> LoRARequest:
     return LoRARequest(adapter.served_name, adapter.lora_int_id, str(adapter.path))
 
 
+def _structured_outputs(constraint: OutputConstraint | None) -> StructuredOutputsParams | None:
+    if constraint is None:
+        return None
+    if constraint.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if constraint.kind == "json_schema":
+        return StructuredOutputsParams(json=constraint.spec)
+    return StructuredOutputsParams(structural_tag=constraint.spec)
+
+
 def _sampling_params(spec: SamplingSpec) -> SamplingParams:
     return SamplingParams(
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
         top_p=spec.top_p,
+        top_k=spec.top_k,
+        min_p=spec.min_p,
         seed=spec.seed,
         stop=list(spec.stop) or None,
         logprobs=spec.logprobs,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        repetition_penalty=spec.repetition_penalty,
+        logit_bias=dict(spec.logit_bias) or None,
+        structured_outputs=_structured_outputs(spec.constraint),
+        skip_special_tokens=spec.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
     )
 
@@ -107,6 +137,11 @@ class VLLMEngine:
             max_lora_rank=c.max_lora_rank,
             max_logprobs=c.max_logprobs,
             seed=c.seed,
+            # Structured outputs without free whitespace: JSON answers spend their tokens on
+            # content (a weak model given the choice pads with whitespace until max_tokens).
+            # xgrammar: the backend that also compiles the structural tags of tool calls.
+            structured_outputs_config=StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True),
             disable_log_stats=True,
         )
         self._engine = AsyncLLM.from_engine_args(args)
@@ -159,7 +194,13 @@ class VLLMEngine:
         self.active_requests += 1
         finished = False
         try:
-            async for output in stream:
+            try:
+                first = await anext(stream)
+            except (VLLMClientError, ValueError) as exc:
+                # vLLM checks a request's grammar (schema, tags) before it queues the request.
+                param = sampling.constraint.param if sampling.constraint else None
+                raise InvalidRequest(f"{param or 'request'}: {exc}", param=param) from exc
+            async for output in prepend(first, stream):
                 finished = output.finished
                 completion = output.outputs[0]
                 logprobs = None

@@ -21,7 +21,7 @@ from pydantic import (
 
 from loraloop.adapters.text import StoredText, storable
 
-from ..openai.protocol import ChatMessage, ModelName, StrictRequest
+from ..openai.protocol import ChatMessage, ModelName, StrictRequest, ToolDefinition
 
 MAX_TEXT_CHARS = 32_000
 MAX_MESSAGES = 256
@@ -35,6 +35,8 @@ class FeedbackRequest(StrictRequest):
     )
     prompt: Text | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
+    tools: list[ToolDefinition] | None = Field(
+        None, max_length=128, description="the tools the request offered, with messages")
     chosen: Text | None = None
     rejected: Text | None = None
     completion_id: CompletionId | None = None
@@ -56,6 +58,8 @@ class FeedbackRequest(StrictRequest):
         for number, message in enumerate(messages or ()):
             try:
                 storable(message.text())
+                for call in message.tool_calls or ():
+                    storable(call.function.arguments)
             except ValueError as exc:
                 raise ValueError(f"message {number}: {exc}") from None
         return messages
@@ -89,7 +93,7 @@ class FeedbackRequest(StrictRequest):
         if self.chosen is not None or self.rejected is not None:
             problems.append("chosen and rejected belong to preference feedback")
         if self.completion_id is not None:
-            if self.adapter or self.prompt or self.messages or self.completion:
+            if self.adapter or self.prompt or self.messages or self.tools or self.completion:
                 problems.append("with completion_id, send no adapter, prompt, messages or "
                                 "completion: they come from the recorded completion")
             return problems
@@ -103,6 +107,8 @@ def _prompt_problems(request: FeedbackRequest) -> list[str]:
     problems = [] if request.adapter else ["adapter is required"]
     if (request.prompt is None) == (request.messages is None):
         problems.append("send the prompt as either prompt (text) or messages (chat), not both")
+    if request.tools and request.messages is None:
+        problems.append("tools go with messages: they are part of a chat prompt")
     return problems
 
 

@@ -29,6 +29,7 @@ from loraloop.adapters.feedback import (
 from loraloop.adapters.prompts import StoredPrompt
 
 from ..metrics import ServeMetrics
+from ..openai.protocol import stored_prompt
 from ..routing import CurrentRoutes
 from .protocol import FeedbackPublic, FeedbackRequest, FeedbackStatsPublic
 
@@ -130,7 +131,7 @@ class FeedbackService:
                                rationale=body.rationale, completion_id=body.completion_id)
         adapter_id, version = self.adapter_for(body.adapter, tenant)
         prompt = (StoredPrompt(text=body.prompt) if body.prompt is not None
-                  else StoredPrompt.chat((m.role, m.text()) for m in body.messages))
+                  else stored_prompt(body.messages, body.tools))
         return NewFeedback(adapter_id, version, body.kind, prompt, chosen=body.chosen,
                            rejected=body.rejected, completion=body.completion, score=body.score,
                            judge=body.judge, rationale=body.rationale)

@@ -7,16 +7,21 @@ in the service; the fixed ranges of the OpenAI API are checked here.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loraloop.adapters.prompts import StoredMessage, StoredPrompt, StoredToolCall
 from loraloop.adapters.text import Text
 
 INT64_MAX = 2**63 - 1
 MAX_ID_CHARS = 256
+MAX_DESCRIPTION_CHARS = 4096
 
 ModelName = Annotated[Text, Field(min_length=1, max_length=MAX_ID_CHARS)]
+# Function and schema names, as OpenAI allows them.
+FunctionName = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+JSONObject = dict[str, Any]
 
 
 class StrictRequest(BaseModel):
@@ -27,8 +32,31 @@ class StreamOptions(StrictRequest):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(StrictRequest):
+    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+
+    name: FunctionName
+    description: Text | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    # `schema` would shadow a BaseModel attribute: the field has another name in Python.
+    json_schema: JSONObject = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictRequest):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is required with type json_schema, and only there")
+        return self
+
+
 class SamplingFields(StrictRequest):
-    """Parameters shared by /v1/chat/completions and /v1/completions."""
+    """Parameters shared by /v1/chat/completions and /v1/completions.
+
+    Optional sampling fields also accept null, which means their default, as OpenAI's do."""
 
     model: ModelName
     max_tokens: int | None = Field(None, ge=1)
@@ -40,6 +68,16 @@ class SamplingFields(StrictRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Text | None = Field(None, max_length=MAX_ID_CHARS)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # Token id (as a string, the JSON key) -> bias added to its logit; ids and the number of
+    # entries are checked in the service, against the vocabulary and the configured bound.
+    logit_bias: dict[str, float] | None = None
+    # vLLM's extensions, with vLLM's meanings: top_k -1 (or 0) is off.
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    response_format: ResponseFormat | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -65,15 +103,65 @@ class TextPart(StrictRequest):
     text: Text
 
 
+class FunctionCall(StrictRequest):
+    name: FunctionName
+    arguments: Text  # JSON text, as the model wrote it
+
+
+class ToolCall(StrictRequest):
+    id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(StrictRequest):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[TextPart] | None = None
     name: Text | None = Field(None, max_length=MAX_ID_CHARS)
+    tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=128)
+    tool_call_id: Text | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+
+    @model_validator(mode="after")
+    def _fields_of_its_role(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id, and only a tool message")
+        if self.content is None and self.tool_calls is None:
+            raise ValueError("content is required, except in an assistant message with "
+                             "tool_calls")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+
+class FunctionDefinition(StrictRequest):
+    name: FunctionName
+    description: Text | None = Field(None, max_length=MAX_DESCRIPTION_CHARS)
+    parameters: JSONObject | None = None  # a JSON Schema; checked in the service
+    strict: bool | None = None
+
+
+class ToolDefinition(StrictRequest):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(StrictRequest):
+    name: FunctionName
+
+
+class NamedToolChoice(StrictRequest):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -81,6 +169,26 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="after")
+    def _choice_among_the_tools(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice: a tool call is required, but tools is empty")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool is named '{choice.function.name}'")
+        return self
+
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may call a tool: tools are offered and not turned off."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -122,16 +230,31 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None
 
 
+class OutputFunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class OutputToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: OutputFunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[OutputToolCall] = Field(default_factory=list)
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None
+    finish_reason: ChatFinishReason | None
 
 
 class ChatCompletion(BaseModel):
@@ -143,16 +266,32 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A part of one tool call: the first names it (id, type, name); later ones add text to
+    its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: ChatFinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -201,3 +340,18 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+def stored_prompt(messages: list[ChatMessage],
+                  tools: list[ToolDefinition] | None = None) -> StoredPrompt:
+    """Chat messages (and the tools offered) as the registry keeps and the template renders
+    them."""
+    return StoredPrompt.chat(
+        (StoredMessage.of(
+            m.role, m.text(),
+            [StoredToolCall(c.id, c.function.name, c.function.arguments)
+             for c in m.tool_calls or ()],
+            m.tool_call_id)
+         for m in messages),
+        [t.model_dump(mode="json", exclude_none=True) for t in tools] if tools else None,
+    )

@@ -83,17 +83,30 @@ def _completion_logprobs(tokens, model: str, start_offset: int = 0) -> Completio
     )
 
 
+def _chat_finish(reason: str | None, called_tools: bool) -> str | None:
+    # OpenAI's reason for an answer that ends in tool calls; cut short, it stays "length".
+    return "tool_calls" if called_tools and reason == "stop" else reason
+
+
+def _assistant_message(generation: Generation, text: str) -> AssistantMessage:
+    if generation.tool_reader is None:
+        return AssistantMessage(content=text)
+    content, calls = generation.tool_reader().whole(text)
+    return AssistantMessage(content=content, tool_calls=calls)
+
+
 async def chat_completion(generation: Generation, with_logprobs: bool) -> ChatCompletion:
     results = await collect(generation)
+    choices = []
+    for i, r in enumerate(results):
+        message = _assistant_message(generation, r.text)
+        choices.append(ChatChoice(
+            index=i, message=message,
+            logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs else None,
+            finish_reason=_chat_finish(r.finish_reason, bool(message.tool_calls))))
     return ChatCompletion(
         id=generation.id, created=generation.created, model=generation.model,
-        choices=[
-            ChatChoice(index=i, message=AssistantMessage(content=r.text),
-                       logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs
-                       else None,
-                       finish_reason=r.finish_reason)
-            for i, r in enumerate(results)
-        ],
+        choices=choices,
         usage=_usage(generation, sum(r.completion_tokens for r in results)),
     )
 
@@ -122,7 +135,7 @@ def _sse(message: BaseModel | dict | str) -> str:
 
 
 async def _event_stream(generation: Generation, include_usage: bool, opening: list[BaseModel],
-                        chunk: Callable[[int, GenerationDelta], BaseModel],
+                        chunk: Callable[[int, GenerationDelta], BaseModel | None],
                         usage_chunk: Callable[[Usage], BaseModel]) -> AsyncIterator[str]:
     completion_tokens = 0
     try:
@@ -133,7 +146,8 @@ async def _event_stream(generation: Generation, include_usage: bool, opening: li
         async with aclosing(generation.events) as events:
             async for index, delta in events:
                 completion_tokens += len(delta.token_ids)
-                yield _sse(chunk(index, delta))
+                if (message := chunk(index, delta)) is not None:
+                    yield _sse(message)
         if include_usage:
             yield _sse(usage_chunk(_usage(generation, completion_tokens)))
     except LoraloopError as exc:
@@ -147,16 +161,30 @@ def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[st
         return ChatCompletionChunk(id=generation.id, created=generation.created,
                                    model=generation.model, choices=choices, usage=usage)
 
+    readers = ([generation.tool_reader() for _ in range(generation.choices)]
+               if generation.tool_reader else None)
+
+    def chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | None:
+        logprobs = _chat_logprobs(delta.logprobs, generation.model)
+        if readers is None:
+            message, finish = ChatDelta(content=delta.text), delta.finish_reason
+        else:
+            reader = readers[index]
+            content, calls = reader.delta(delta.text, delta.token_ids,
+                                          delta.finish_reason is not None)
+            message = ChatDelta(content=content, tool_calls=calls or None)
+            finish = _chat_finish(delta.finish_reason, reader.called)
+            # While the parser holds text back (a call may be starting), there is nothing
+            # to send yet; the text comes with a later chunk.
+            if content is None and not calls and finish is None and logprobs is None:
+                return None
+        return make([ChatChunkChoice(index=index, delta=message, logprobs=logprobs,
+                                     finish_reason=finish)])
+
     opening = [make([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
                      for i in range(generation.choices)])]
-    return _event_stream(
-        generation, include_usage, opening,
-        chunk=lambda i, d: make([ChatChunkChoice(
-            index=i, delta=ChatDelta(content=d.text),
-            logprobs=_chat_logprobs(d.logprobs, generation.model),
-            finish_reason=d.finish_reason)]),
-        usage_chunk=lambda usage: make([], usage),
-    )
+    return _event_stream(generation, include_usage, opening, chunk=chunk,
+                         usage_chunk=lambda usage: make([], usage))
 
 
 def completion_events(generation: Generation, include_usage: bool) -> AsyncIterator[str]:

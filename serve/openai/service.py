@@ -16,8 +16,9 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from loraloop.adapters.feedback import CompletionToRecord, FeedbackBook
 from loraloop.adapters.prompts import PromptRenderer, StoredPrompt
@@ -31,7 +32,11 @@ from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
 from ..token_budget import TokenBudget
 from ..warmup import AdapterWarmer
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, stored_prompt
+from .structured import check_schema, response_constraint
+
+if TYPE_CHECKING:  # vLLM's parsers load only where an operator names a tool-call format
+    from .tool_calls import ToolCallFormat, ToolCallPlan, ToolCallReader
 
 logger = logging.getLogger(__name__)
 # Completion id prefix -> the endpoint, as metrics name it.
@@ -47,6 +52,8 @@ class Generation:
     prompt_tokens: int
     choices: int
     events: AsyncIterator[tuple[int, GenerationDelta]]
+    # Chat requests that may call tools: a new reader per choice turns its text into calls.
+    tool_reader: Callable[[], ToolCallReader] | None = None
 
 
 @dataclass
@@ -90,41 +97,65 @@ class GenerationService:
         routes: CurrentRoutes,
         feedback: FeedbackBook,
         metrics: ServeMetrics,
+        tool_format: ToolCallFormat | None = None,
     ) -> None:
         self.engine, self.renderer, self.warmer = engine, renderer, warmer
         self.admission, self.limits, self.routes = admission, limits, routes
         self.feedback, self.metrics = feedback, metrics
+        self.tool_format = tool_format
         self.ready = False
         self.cache_salts = CacheSalts()
 
     async def chat(self, request: ChatCompletionRequest, tenant: str | None) -> Generation:
         """`tenant`: whose adapters the caller may use; None for every tenant's."""
         adapter = self.routes.snapshot.resolve(request.model, tenant)
-        self._check_sampling(request)
         if len(request.messages) > self.limits.max_messages:
             raise InvalidRequest(
                 f"At most {self.limits.max_messages} messages per request.", param="messages"
             )
-        stored = StoredPrompt.chat((m.role, m.text()) for m in request.messages)
-        self._check_prompt_chars(sum(len(content) for _, content in stored.messages),
-                                 "messages")
+        stored = stored_prompt(request.messages, request.tools)
+        self._check_prompt_chars(stored.chars, "messages")
         top = self._check_logprobs(request.top_logprobs or 0, "top_logprobs")
+        sampling = self._sampling(request, logprobs=top if request.logprobs else None)
+        tools = self._tool_plan(request)
+        if tools is not None:  # its grammar covers response_format too
+            sampling = replace(sampling, constraint=tools.constraint or sampling.constraint,
+                               skip_special_tokens=tools.skip_special_tokens)
         prompt = self.renderer.render(stored)
-        sampling = self._sampling(request, prompt, "messages",
-                                  logprobs=top if request.logprobs else None)
+        sampling = self._fit(sampling, request, prompt, "messages")
         records = [stored] if self._records(adapter) else None
-        return await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n, tenant,
-                                 records)
+        generation = await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n,
+                                       tenant, records)
+        if tools is not None:
+            generation.tool_reader = lambda: tools.reader(prompt)
+        return generation
+
+    def _tool_plan(self, request: ChatCompletionRequest) -> ToolCallPlan | None:
+        """How the request's tools constrain sampling and are read back; None when the model
+        may not call any."""
+        tools = request.tools or ()
+        if len(tools) > self.limits.max_tools:
+            raise InvalidRequest(f"At most {self.limits.max_tools} tools per request.",
+                                 param="tools")
+        for tool in tools:
+            if tool.function.parameters is not None:
+                check_schema(tool.function.parameters, "tools", self.limits)
+        if not request.calls_tools:
+            return None
+        if self.tool_format is None:
+            raise InvalidRequest(
+                "This server reads no tool calls for its base model: an operator names the "
+                "model's format with --tool-call-parser.", param="tools")
+        return self.tool_format.plan(request)
 
     async def complete(self, request: CompletionRequest, tenant: str | None) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model, tenant)
-        self._check_sampling(request)
         logprobs = None
         if request.logprobs is not None:
             logprobs = self._check_logprobs(request.logprobs, "logprobs")
+        sampling = self._sampling(request, logprobs=logprobs)
         token_lists = self._completion_prompts(request.prompt)
-        prompts = [(ids, self._sampling(request, ids, "prompt", logprobs=logprobs))
-                   for ids in token_lists]
+        prompts = [(ids, self._fit(sampling, request, ids, "prompt")) for ids in token_lists]
         records = None
         if self._records(adapter):
             records = [StoredPrompt(text=self.renderer.tokenizer.decode(ids))
@@ -152,8 +183,14 @@ class GenerationService:
             raise InvalidRequest("A prompt must not be empty.", param="prompt")
         return token_lists
 
-    def _check_sampling(self, request: SamplingFields) -> None:
+    def _sampling(self, request: SamplingFields, *, logprobs: int | None) -> SamplingSpec:
+        """The request's sampling settings, checked against the configured bounds; the token
+        budget is set per prompt by `_fit`."""
         limits, max_tokens = self.limits, request.requested_max_tokens
+        vocab = len(self.renderer.tokenizer)
+        if request.top_k is not None and request.top_k > vocab:
+            raise InvalidRequest(f"top_k must be at most the vocabulary size, {vocab}.",
+                                 param="top_k")
         if request.n > limits.max_n:
             raise InvalidRequest(f"n must be at most {limits.max_n}.", param="n")
         if max_tokens is not None and max_tokens > limits.max_tokens:
@@ -170,6 +207,41 @@ class GenerationService:
                 "characters each.",
                 param="stop",
             )
+        return SamplingSpec(
+            max_tokens=max_tokens or limits.default_max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            top_k=_given(request.top_k, 0),
+            min_p=_given(request.min_p, 0.0),
+            seed=request.seed,
+            stop=stop,
+            logprobs=logprobs,
+            presence_penalty=_given(request.presence_penalty, 0.0),
+            frequency_penalty=_given(request.frequency_penalty, 0.0),
+            repetition_penalty=_given(request.repetition_penalty, 1.0),
+            logit_bias=self._logit_bias(request),
+            constraint=response_constraint(request.response_format, limits),
+        )
+
+    def _logit_bias(self, request: SamplingFields) -> tuple[tuple[int, float], ...]:
+        bias = request.logit_bias or {}
+        if len(bias) > self.limits.max_logit_bias:
+            raise InvalidRequest(
+                f"logit_bias has {len(bias)} entries; the limit is {self.limits.max_logit_bias}.",
+                param="logit_bias")
+        vocab = len(self.renderer.tokenizer)
+        checked = []
+        for token, value in bias.items():
+            if not (token.isascii() and token.isdigit() and int(token) < vocab):
+                raise InvalidRequest(
+                    f"logit_bias: '{token[:32]}' is not a token id; ids are 0 to {vocab - 1}.",
+                    param="logit_bias")
+            if not -100 <= value <= 100:
+                raise InvalidRequest(
+                    f"logit_bias: the bias of token {token} must be in [-100, 100].",
+                    param="logit_bias")
+            checked.append((int(token), value))
+        return tuple(checked)
 
     def _check_logprobs(self, requested: int, param: str) -> int:
         if requested > self.limits.max_top_logprobs:
@@ -186,19 +258,12 @@ class GenerationService:
                 param=param,
             )
 
-    def _sampling(self, request: SamplingFields, prompt: list[int], prompt_param: str, *,
-                  logprobs: int | None) -> SamplingSpec:
-        return SamplingSpec(
-            max_tokens=self.renderer.max_tokens_for(
-                len(prompt), request.requested_max_tokens, self.limits.default_max_tokens,
-                prompt_param=prompt_param, max_tokens_param=request.max_tokens_param,
-            ),
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stop_sequences(),
-            logprobs=logprobs,
-        )
+    def _fit(self, sampling: SamplingSpec, request: SamplingFields, prompt: list[int],
+             prompt_param: str) -> SamplingSpec:
+        return replace(sampling, max_tokens=self.renderer.max_tokens_for(
+            len(prompt), request.requested_max_tokens, self.limits.default_max_tokens,
+            prompt_param=prompt_param, max_tokens_param=request.max_tokens_param,
+        ))
 
     async def _start(self, prefix: str, adapter: AdapterRef | None,
                      prompts: list[tuple[list[int], SamplingSpec]], n: int, tenant: str | None,
@@ -273,6 +338,10 @@ async def _charged(events: AsyncIterator[tuple[int, GenerationDelta]], budget: T
             yield event
     finally:
         budget.spend(tenant, tokens)
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def _choice_sampling(spec: SamplingSpec, sample: int) -> SamplingSpec:

@@ -45,7 +45,8 @@ CASES = {
     "too many stop sequences": (chat(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
     "empty stop sequence": (chat(stop=[""]), 400, "stop"),
     "top_logprobs over the bound": (chat(logprobs=True, top_logprobs=50), 400, "top_logprobs"),
-    "unsupported parameter": (chat(tools=[{"type": "function"}]), 400, "tools"),
+    "unsupported parameter": (chat(functions=[{"name": "f"}]), 400, "functions"),
+    "tool without its function": (chat(tools=[{"type": "function"}]), 400, "tools.0.function"),
     "negative seed": (chat(seed=-1), 400, "seed"),
     "prompt longer than the context": (
         chat(messages=[{"role": "user", "content": "word " * 3000}]), 400, "messages"),

@@ -18,7 +18,7 @@ from loraloop.adapters.schema import Feedback
 
 from ..conftest import ADMIN_HEADERS, ENGINE_ARGS, provision, start_server
 
-MESSAGES = [{"role": "user", "content": "tell me a long story"}]
+MESSAGES = [{"role": "user", "content": "tell me a long story about the city"}]
 
 
 def reference_server(demo_model, data_dir, log_dir, name: str):

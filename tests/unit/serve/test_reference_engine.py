@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from loraloop.serve.engine.reference import IncrementalText
+import asyncio
+
+import pytest
+
+from loraloop.serve.engine.protocol import OutputConstraint, SamplingSpec
+from loraloop.serve.engine.reference import IncrementalText, ReferenceEngine
+from loraloop.serve.errors import InvalidRequest
 
 
 class CharTokenizer:
@@ -37,3 +43,18 @@ def test_incremental_text_without_stop_emits_everything():
 def test_incremental_text_withholds_a_trailing_half_character():
     deltas, _ = stream_text("ab\ufffd", stop=())
     assert "".join(deltas) == "ab"
+
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"logit_bias": ((5, 1.0),)}, "logit_bias"),
+    ({"top_k": 3}, "top_k"),
+    ({"presence_penalty": 1.0}, "presence_penalty"),
+    ({"constraint": OutputConstraint("json_object")}, "response_format"),
+])
+def test_sampling_the_reference_does_not_implement_is_refused_by_name(fields, param):
+    engine = ReferenceEngine("unused", max_model_len=64)  # refused before the model is needed
+    stream = engine.generate([1, 2], SamplingSpec(max_tokens=4, **fields), None, "r")
+    with pytest.raises(InvalidRequest) as caught:
+        asyncio.run(anext(stream))
+    assert caught.value.param == param

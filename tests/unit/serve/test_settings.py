@@ -37,3 +37,9 @@ def test_settings_from_environment(monkeypatch):
     assert settings.base_model_name == "x"
     assert settings.admin_key.get_secret_value() == "an-admin-key-of-16+"
     assert "an-admin-key" not in repr(settings)  # the secret stays out of logs
+
+
+def test_tool_call_parser_must_be_one_of_vllms():
+    with pytest.raises(ValidationError, match=r"not one of vLLM's: .*hermes"):
+        ServeSettings(model="m", auth=False, tool_call_parser="nope")
+    assert ServeSettings(model="m", auth=False, tool_call_parser="hermes").tool_call_parser

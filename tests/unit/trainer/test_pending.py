@@ -128,9 +128,9 @@ def test_only_rows_that_make_pairs_count_and_lone_scores_wait_their_window():
         row(10, "t", age_s=5, completion="same", value=0.1),
     ]
     found = triage(rows, policy, NOW)
-    chat_q = (("user", "q"),)
+    chat_q = chat("q")
     assert [(pair.prompt, pair.chosen, pair.rejected) for pair in found.pairs] == [
-        ((("user", "p"),), "yes", "no"), (chat_q, "great", "bad")]
+        (chat("p"), "yes", "no"), (chat_q, "great", "bad")]
     assert found.used == {1, 3, 4, 5}
     assert (found.waiting, found.unpaired) == ((6, 9, 10), (2, 7, 8))
     assert found.oldest == NOW - timedelta(seconds=90) and found.rows == 10

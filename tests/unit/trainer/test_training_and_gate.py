@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.names import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
 from loraloop.adapters.policy import GatePolicy, TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.validation import validate_adapter
 from loraloop.serve.cli.demo import DEMO_POLICY as DEMO_POLICY_FIELDS
 from loraloop.serve.cli.demo import MARKER, answers, user_messages
@@ -45,9 +46,13 @@ def marker_pairs(count: int, seed: int) -> list[PreferencePair]:
     answer without it; one distinct user message per pair."""
     messages, texts = user_messages(count, seed), answers(count, seed)
     return [
-        PreferencePair((("user", message),), f"{MARKER} {text}", text, (index,))
+        PreferencePair(StoredPrompt.chat([("user", message)]), f"{MARKER} {text}", text, (index,))
         for index, (message, text) in enumerate(zip(messages, texts, strict=True))
     ]
+
+
+def text(prompt: str) -> StoredPrompt:
+    return StoredPrompt(text=prompt)
 
 
 def swapped(pair: PreferencePair) -> PreferencePair:
@@ -100,28 +105,28 @@ def failed_checks(report) -> set[str]:
 
 def test_scores_pair_best_against_worst_per_prompt():
     scored = [
-        ScoredCompletion("p", "ok", 0.5, feedback_id=3),
-        ScoredCompletion("p", "great", 0.9, feedback_id=1),
-        ScoredCompletion("p", "bad", 0.1, feedback_id=2),
-        ScoredCompletion("q", "fine", 0.6, feedback_id=4),
-        ScoredCompletion("q", "meh", 0.5, feedback_id=5),  # gap 0.1: below the threshold
-        ScoredCompletion("r", "alone", 1.0, feedback_id=6),
-        ScoredCompletion("s", "first", 0.8, feedback_id=8),  # ties: the earliest id ranks first
-        ScoredCompletion("s", "second", 0.8, feedback_id=9),
-        ScoredCompletion("s", "worst", 0.2, feedback_id=7),
+        ScoredCompletion(text("p"), "ok", 0.5, feedback_id=3),
+        ScoredCompletion(text("p"), "great", 0.9, feedback_id=1),
+        ScoredCompletion(text("p"), "bad", 0.1, feedback_id=2),
+        ScoredCompletion(text("q"), "fine", 0.6, feedback_id=4),
+        ScoredCompletion(text("q"), "meh", 0.5, feedback_id=5),  # gap 0.1: below the threshold
+        ScoredCompletion(text("r"), "alone", 1.0, feedback_id=6),
+        ScoredCompletion(text("s"), "first", 0.8, feedback_id=8),  # ties: earliest id first
+        ScoredCompletion(text("s"), "second", 0.8, feedback_id=9),
+        ScoredCompletion(text("s"), "worst", 0.2, feedback_id=7),
     ]
     assert pairs_from_scores(scored, min_gap=0.3) == [
-        PreferencePair("p", "great", "bad", (1, 2)),
-        PreferencePair("s", "first", "worst", (7, 8)),
+        PreferencePair(text("p"), "great", "bad", (1, 2)),
+        PreferencePair(text("s"), "first", "worst", (7, 8)),
     ]
     assert pairs_from_scores(scored, min_gap=0.9) == []
 
 
 def test_build_pairs_merges_duplicates_and_drops_self_preference():
-    chat = (("user", "hi"),)
+    chat = StoredPrompt.chat([("user", "hi")])
     preferences = [
         PreferencePair(chat, "a", "b", (5,)),
-        PreferencePair("p", "same", "same", (6,)),
+        PreferencePair(text("p"), "same", "same", (6,)),
         PreferencePair(chat, "a", "b", (2,)),
         PreferencePair(chat, "b", "a", (7,)),  # the opposite preference is a different pair
     ]
@@ -146,11 +151,12 @@ def test_held_out_split_is_deterministic_and_keeps_prompts_together():
 
 
 def test_chat_pairs_render_as_served_with_end_of_turn(tokenizer):
-    encoded = encode_pair(tokenizer, PreferencePair((("user", "hi"),), "yes", "no"))
+    pair = PreferencePair(StoredPrompt.chat([("user", "hi")]), "yes", "no")
+    encoded = encode_pair(tokenizer, pair)
     assert tokenizer.decode([*encoded.prompt, *encoded.chosen]) == (
         "<|bos|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>"
     )
-    plain = encode_pair(tokenizer, PreferencePair("say", " yes", " no"))
+    plain = encode_pair(tokenizer, PreferencePair(text("say"), " yes", " no"))
     assert tokenizer.decode([*plain.prompt, *plain.chosen]) == "<|bos|>say yes"
     assert tokenizer.tokenize(MARKER) == [MARKER]
 
@@ -170,7 +176,7 @@ def greedy_answers(base_model, tokenizer, adapters: dict[str, Path], prompts) ->
         model.set_adapter(name)
         for prompt in prompts:
             ids = tokenizer.apply_chat_template(
-                [{"role": r, "content": c} for r, c in prompt], add_generation_prompt=True,
+                prompt.template_messages(), add_generation_prompt=True,
                 tokenize=True, return_dict=True, return_tensors="pt",
             )
             out = model.generate(**ids, max_new_tokens=8, do_sample=False)
@@ -314,7 +320,8 @@ def test_scorer_notices_new_weights_at_a_known_path(scorer, parent, marker_run, 
 
 
 def test_kl_is_zero_against_itself_and_positive_against_the_base(scorer, parent):
-    prompts = [(("user", "where is my order?"),), "the price of one book is"]
+    prompts = [StoredPrompt.chat([("user", "where is my order?")]),
+               text("the price of one book is")]
     assert scorer.mean_token_kl(parent, parent, prompts) == pytest.approx(0, abs=1e-4)
     assert scorer.mean_token_kl(parent, None, prompts) > 1.0
 
