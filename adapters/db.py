@@ -15,8 +15,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .errors import RegistryUnavailable
 from .schema import RegistryRevision
 
 _READ_ONLY = "loraloop_read_only"
@@ -24,6 +26,26 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any constant: PostgreSQL advisory lock that keeps replicas starting together from
 # running the same migration twice.
 _MIGRATION_LOCK_KEY = 0x6C6F7261
+# Bounds on waiting for the database, so a request fails with RegistryUnavailable instead of
+# hanging: a new PostgreSQL connection (an unreachable host would take the OS's minutes),
+# a connection from the pool, and SQLite's wait for another process's write lock.
+CONNECT_TIMEOUT_S = 5
+POOL_TIMEOUT_S = 10
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@contextmanager
+def _unavailable_as_registry_error() -> Iterator[None]:
+    """Connection loss, refusal and lock timeouts as the one error callers can act on.
+    Errors of the statements themselves (constraints, bad SQL) pass through unchanged."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise RegistryUnavailable() from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise RegistryUnavailable() from exc
+        raise
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -39,7 +61,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cursor.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -54,7 +76,10 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        self.engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        self.engine = create_engine(
+            url, pool_pre_ping=not self.is_sqlite,
+            **({} if self.is_sqlite else {"pool_timeout": POOL_TIMEOUT_S,
+                                          "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}))
         if self.is_sqlite:
             _tune_sqlite(self.engine)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
@@ -67,7 +92,7 @@ class Database:
         """One write transaction, committed on success. A routing change (anything servers
         route or authenticate by) increments the revision first; feedback and training
         bookkeeping do not, so that they never make every server reload its routes."""
-        with self._writer.begin() as session:
+        with _unavailable_as_registry_error(), self._writer.begin() as session:
             if routing_change:
                 session.execute(
                     update(RegistryRevision).values(revision=RegistryRevision.revision + 1)
@@ -79,12 +104,12 @@ class Database:
         """A write transaction without the ORM, for many plain rows at once (feedback):
         the same locking and commit as `transaction`, less the per-transaction cost of a
         Session. It never changes routing, so the revision stays as it is."""
-        with self.engine.begin() as connection:
+        with _unavailable_as_registry_error(), self.engine.begin() as connection:
             yield connection
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._reader.begin() as session:
+        with _unavailable_as_registry_error(), self._reader.begin() as session:
             yield session
 
     def revision(self) -> int:

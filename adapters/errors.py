@@ -34,6 +34,20 @@ class InvalidArgument(RegistryError):
     """A value the registry cannot accept, such as a malformed name or an out-of-range percent."""
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry database cannot be reached (stopped, unreachable, locked past the wait).
+    Nothing was written; the same request can be sent again later."""
+
+    def __init__(self, message: str = "The registry database is unavailable; nothing was "
+                 "written. Retry shortly.") -> None:
+        super().__init__(message)
+
+
+class StorageFull(RegistryError):
+    """The weight store's filesystem has no room (or the quota is used up): nothing was
+    stored, and what was partly written is gone."""
+
+
 class PromptRejected(RegistryError):
     """A prompt the base model's chat template or vocabulary cannot take; `param` names the
     request field it came from."""

@@ -8,6 +8,7 @@ finds the directory already there and keeps it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import StorageFull
 from .names import ADAPTER_FILES
 
 _CHUNK = 1 << 20
@@ -45,6 +47,19 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _no_room_as_storage_full(root: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(root).free
+        raise StorageFull(f"The adapter store has no room left ({free} bytes free on its "
+                          "filesystem); nothing was stored. Free space or enlarge the "
+                          "volume, then send it again.") from exc
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -70,18 +85,20 @@ class WeightStore:
     @contextmanager
     def staged(self) -> Iterator[Path]:
         """A staging directory that is removed, with whatever is left in it, on the way out."""
-        path = self.staging_dir()
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
+        with _no_room_as_storage_full(self.root):
+            path = self.staging_dir()
+            try:
+                yield path
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
 
     def put(self, files: Mapping[str, Path]) -> StoredAdapter:
         digest = content_hash(files)
         key = f"sha256/{digest[:2]}/{digest}"
         final = self.path_of(key)
         if not final.exists():
-            self._publish(files, final)
+            with _no_room_as_storage_full(self.root):
+                self._publish(files, final)
         return StoredAdapter(digest, key)
 
     def _publish(self, files: Mapping[str, Path], final: Path) -> None:

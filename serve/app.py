@@ -88,16 +88,31 @@ async def _start_engine(state: ServerState) -> None:
     await state.watcher.watch()
 
 
+ENGINE_CHECK_S = 1.0
+
+
+async def _watch_engine(state: ServerState) -> None:
+    """Say once, loudly, that the engine is lost, and let the process's owner act on it."""
+    while not state.engine_lost():
+        await asyncio.sleep(ENGINE_CHECK_S)
+    logger.error("the engine is lost: requests answer 503 engine_unavailable and /health 503 "
+                 "until the process is restarted")
+    if state.on_engine_lost is not None:
+        state.on_engine_lost()
+
+
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
     state = build_state(settings, engine or create_engine(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         running = asyncio.create_task(_start_engine(state))
+        watching = asyncio.create_task(_watch_engine(state))
         try:
             yield
         finally:
             running.cancel()
+            watching.cancel()
             await state.feedback.writer.close()  # what is queued is stored before exit
             await state.engine.shutdown()
             state.registry.db.dispose()

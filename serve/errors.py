@@ -111,6 +111,8 @@ class EngineUnavailable(Overloaded):
 
 # Registry errors, as the admin API reports them: (status, code).
 _REGISTRY_STATUS: dict[type[registry.RegistryError], tuple[int, str]] = {
+    registry.RegistryUnavailable: (503, "registry_unavailable"),
+    registry.StorageFull: (507, "insufficient_storage"),
     registry.NotFound: (404, "not_found"),
     registry.Conflict: (409, "conflict"),
     registry.AdapterInvalid: (400, "adapter_invalid"),
@@ -129,11 +131,22 @@ def _response(err: LoraloopError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status_code, headers=err.headers())
 
 
+# How long a client should wait before sending again what the registry could not take.
+REGISTRY_RETRY_AFTER_S = 5
+
+
+def registry_error_headers(err: registry.RegistryError) -> dict[str, str]:
+    if isinstance(err, registry.RegistryUnavailable):
+        return {"Retry-After": str(REGISTRY_RETRY_AFTER_S)}
+    return {}
+
+
 def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
     status, code = next((mapped for kind, mapped in _REGISTRY_STATUS.items()
                          if isinstance(err, kind)), (500, "internal_error"))
     param = err.param if isinstance(err, registry.PromptRejected) else None
-    body = error_body(err.message, "invalid_request_error", param=param, code=code)
+    error_type = "server_error" if status >= 500 else "invalid_request_error"
+    body = error_body(err.message, error_type, param=param, code=code)
     if isinstance(err, registry.AdapterInvalid):
         body["error"]["problems"] = err.problems  # every problem, for tools to show one by one
     return status, body
@@ -197,7 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(registry.RegistryError)
     async def _registry(_: Request, exc: registry.RegistryError) -> JSONResponse:
         status, body = _registry_error(exc)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=registry_error_headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

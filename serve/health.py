@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -30,6 +31,12 @@ async def ready(state: StateDep) -> JSONResponse:
         return JSONResponse({"status": "engine_lost"}, status_code=503)
     if not state.service.ready:
         return JSONResponse({"status": "starting"}, status_code=503)
+    if state.routes.registry_lost_at is not None:
+        # Still ready: inference goes on from the last routing snapshot, and taking the
+        # replica out of its Service would turn a registry outage into a serving outage.
+        return JSONResponse({"status": "degraded", "registry": "unavailable",
+                             "unavailable_s": round(time.monotonic()
+                                                    - state.routes.registry_lost_at, 1)})
     return JSONResponse({"status": "ready"})
 
 

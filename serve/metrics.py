@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from loraloop.adapters.counts import read_counts
 from loraloop.adapters.db import Database
+from loraloop.adapters.errors import RegistryUnavailable
 
 from .admission import AdmissionGate
 from .engine.protocol import Engine, GenerationDelta
@@ -49,6 +50,11 @@ class _LiveCounts(Collector):
         for adapter_id, version in sorted(self.routes.snapshot.live.items()):
             live.add_metric([adapter_id], version)
         yield live
+        yield GaugeMetricFamily(
+            "loraloop_registry_available",
+            "1 while this server can read the registry database; 0 while it serves from its "
+            "last routing snapshot and refuses writes (feedback, admin) with 503.",
+            value=int(self.routes.registry_lost_at is None))
 
 
 class _RegistryCounts(Collector):
@@ -58,7 +64,10 @@ class _RegistryCounts(Collector):
         self.db = db
 
     def collect(self):
-        counts = read_counts(self.db)
+        try:
+            counts = read_counts(self.db)
+        except RegistryUnavailable:  # the scrape still reports everything this process knows
+            return
         changes = CounterMetricFamily(
             "loraloop_registry_events", "Registry changes by kind (promote, rollback, reject, "
             "register, ...), all processes.", labels=["kind"])

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from loraloop.adapters.db import Database
+from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.serving_view import read_serving_view
 from loraloop.adapters.store import WeightStore
 
@@ -56,6 +58,23 @@ class RegistryWatcher:
             await asyncio.sleep(self.poll_s)
             try:
                 await self.refresh()
-            except Exception:
+            except RegistryUnavailable as exc:
                 # A database outage must not stop serving: keep the last snapshot, retry.
-                logger.exception("could not read the registry; serving the last snapshot")
+                self._registry_lost(exc.__cause__ or exc)
+            except Exception:
+                logger.exception("could not follow the registry; serving the last snapshot")
+            else:
+                self._registry_back()
+
+    def _registry_lost(self, reason: BaseException) -> None:
+        if self.routes.registry_lost_at is None:  # once per outage, not once per poll
+            self.routes.registry_lost_at = time.monotonic()
+            logger.warning("the registry database is unavailable (%s); serving the last "
+                           "snapshot, refusing writes until it returns",
+                           str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
+
+    def _registry_back(self) -> None:
+        if self.routes.registry_lost_at is not None:
+            lost_for = time.monotonic() - self.routes.registry_lost_at
+            self.routes.registry_lost_at = None
+            logger.info("the registry database is back after %.1f s", lost_for)

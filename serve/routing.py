@@ -102,10 +102,14 @@ class RoutingSnapshot:
 
 
 class CurrentRoutes:
-    """Holds the current snapshot; a swap is one reference assignment, atomic for readers."""
+    """Holds the current snapshot; a swap is one reference assignment, atomic for readers.
+
+    While the registry cannot be read, serving goes on from the last snapshot;
+    `registry_lost_at` says since when (time.monotonic()), for /ready and the metrics."""
 
     def __init__(self, snapshot: RoutingSnapshot) -> None:
         self.snapshot = snapshot
+        self.registry_lost_at: float | None = None
 
     def swap(self, snapshot: RoutingSnapshot) -> None:
         self.snapshot = snapshot

@@ -80,6 +80,10 @@ class ServeSettings(BaseSettings):
     max_loras: int = Field(8, ge=1, description="adapters resident in the engine at once")
     max_cpu_loras: int = Field(64, ge=1, description="adapters cached in host memory")
     max_lora_rank: int = 64
+    exit_on_engine_loss: bool = Field(
+        False, description="exit with status 4 once the engine is lost, so that systemd or a "
+        "container runtime restarts the process (Kubernetes restarts it through /health)"
+    )
     tool_call_parser: str | None = Field(
         None, description="the base model's tool-call format, by vLLM's parser name (hermes, "
         "llama3_json, mistral...); without one, requests with tools are refused"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,8 @@ class ServerState:
     metrics: ServeMetrics
     started_at: int = field(default_factory=lambda: int(time.time()))
     start_failed: bool = False
+    # Called once when the engine is lost; the command line sets it to stop the server.
+    on_engine_lost: Callable[[], None] | None = None
 
     def engine_lost(self) -> bool:
         """The engine failed to start or died: only a restart helps."""

@@ -4,6 +4,7 @@ the server's metrics read back, and transformers + PEFT greedy decoding as the o
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraloop.adapters.db import sqlite_url
@@ -93,7 +95,8 @@ BACKENDS = ("sqlite", "postgresql")
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
     name = f"loraloop_test_{uuid.uuid4().hex[:12]}"
-    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    # No pooled connection: one kept across a server restart (the fault tests) would be dead.
+    server = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with server.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -108,6 +111,41 @@ def fresh_postgres_database() -> Iterator[str]:
         with server.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         server.dispose()
+
+
+def local_postgres_cluster() -> str | None:
+    """The version of the local PostgreSQL cluster the tests use, when they use one that
+    this machine runs (and so can stop); None for a server of the operator's own."""
+    url = make_url(POSTGRES_URL)
+    if (url.host, url.port or 5432) != ("127.0.0.1", 5432) or not shutil.which("pg_ctlcluster"):
+        return None
+    versions = sorted(p.name for p in Path("/etc/postgresql").glob("*") if p.is_dir())
+    return versions[-1] if versions else None
+
+
+@contextmanager
+def postgres_stopped(version: str) -> Iterator[None]:
+    """The real PostgreSQL server stopped (fast shutdown: sessions are cut), then started
+    again however the block ends, and waited for."""
+    def cluster(action: str) -> None:
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
+                        *(["-m", "fast"] if action == "stop" else [])],
+                       check=True, capture_output=True, timeout=60)
+
+    cluster("stop")
+    try:
+        yield
+    finally:
+        cluster("start")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with create_engine(POSTGRES_URL).connect():
+                    break
+            except OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 @contextmanager

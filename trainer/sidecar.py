@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from loraloop.adapters.errors import Conflict
+from loraloop.adapters.errors import Conflict, RegistryUnavailable
 from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.registry import Registry
@@ -68,7 +68,10 @@ class Trainer:
         while not stopping.is_set():
             try:
                 ran = self.run_once()
-            except Exception:  # e.g. the database is away: keep the sidecar up, try again
+            except RegistryUnavailable as exc:  # keep the sidecar up, try again
+                logger.warning("%s; trainer retrying in %.1f s", exc.message, poll_s)
+                ran = False
+            except Exception:
                 logger.exception("trainer loop error; retrying in %.1f s", poll_s)
                 ran = False
             if not ran:

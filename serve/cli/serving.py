@@ -20,6 +20,8 @@ from loraloop.trainer.cli import DEFAULT_DEMO_MODEL, demo_model_unless_given
 # header data.
 HEADER_LIMIT_BYTES = 64 << 10
 TRAINER_STOP_S = 30
+ENGINE_LOST_EXIT_STATUS = 4
+STARTUP_FAILURE_STATUS = 3  # uvicorn's own status for a server that could not start
 
 
 def serve(
@@ -53,6 +55,9 @@ def serve(
     auth: Annotated[bool | None, typer.Option(
         "--auth/--no-auth", help="Require API keys (default). --no-auth only on 127.0.0.1; "
         "the admin credential comes from LORALOOP_ADMIN_KEY.")] = None,
+    exit_on_engine_loss: Annotated[bool | None, typer.Option(
+        help="Exit with status 4 once the engine is lost, for systemd or a container runtime "
+        "to restart (in Kubernetes the /health probe does it).")] = None,
     with_trainer: Annotated[bool, typer.Option(
         help="Also run the trainer sidecar as a child process on the same registry (one "
         "machine; in Kubernetes it is a container of its own).")] = False,
@@ -61,6 +66,7 @@ def serve(
     import uvicorn
 
     from ..app import create_app
+    from ..connections import RequestHeadDeadline
     from ..settings import ServeSettings
 
     options = dict(
@@ -68,17 +74,27 @@ def serve(
         max_model_len=max_model_len, max_loras=max_loras, max_cpu_loras=max_cpu_loras,
         max_lora_rank=max_lora_rank, dtype=dtype, enforce_eager=enforce_eager,
         kv_cache_gib=kv_cache_gib, tool_call_parser=tool_call_parser,
-        data_dir=data_dir,
+        exit_on_engine_loss=exit_on_engine_loss, data_dir=data_dir,
         database_url=database_url, allowed_adapter_roots=allowed_adapter_root or None, auth=auth,
     )
     # Only what was given on the command line; the rest comes from LORALOOP_* or defaults.
     overrides = {name: value for name, value in options.items() if value is not None}
     settings = ServeSettings(**_demo_tool_format(demo_model_unless_given(overrides)))
     configure_logging(settings.log_format)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info", log_config=None,
+        timeout_graceful_shutdown=30, h11_max_incomplete_event_size=HEADER_LIMIT_BYTES,
+        http=RequestHeadDeadline))
+    state = app.state.loraloop
+    if settings.exit_on_engine_loss:
+        state.on_engine_lost = lambda: setattr(server, "should_exit", True)
     with trainer_beside(settings) if with_trainer else nullcontext():
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level="info", log_config=None, timeout_graceful_shutdown=30,
-                    h11_max_incomplete_event_size=HEADER_LIMIT_BYTES)
+        server.run()
+    if state.engine_lost() and settings.exit_on_engine_loss:
+        raise typer.Exit(ENGINE_LOST_EXIT_STATUS)
+    if not server.started:  # as uvicorn.run does: a server that never listened failed
+        raise typer.Exit(STARTUP_FAILURE_STATUS)
 
 
 def _demo_tool_format(overrides: dict) -> dict:

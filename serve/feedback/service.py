@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.feedback import (
     FeedbackBook,
     FeedbackRecord,
@@ -91,7 +92,10 @@ class FeedbackWriter:
             outcomes = await loop.run_in_executor(self._thread, self.book.submit_many,
                                                   submissions)
         except Exception as exc:  # the group did not commit: every request in it fails
-            logger.error("storing %d feedback rows failed", len(submissions), exc_info=exc)
+            if isinstance(exc, RegistryUnavailable):  # said once by the registry watcher
+                logger.warning("storing %d feedback rows: %s", len(submissions), exc.message)
+            else:
+                logger.error("storing %d feedback rows failed", len(submissions), exc_info=exc)
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)

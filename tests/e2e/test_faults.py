@@ -1,0 +1,282 @@
+"""Dependencies fail under a running server, for real, and the service degrades as promised.
+
+Each test makes the real component fail (the tests' PostgreSQL server is stopped and started
+again) and checks what users and operators see, and that nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from sqlalchemy import create_engine, text
+
+from loraloop.serve.cli.client import AdminApiError, AdminClient
+from loraloop.serve.connections import REQUEST_HEAD_TIMEOUT_S
+from loraloop.trainer.demo_model import build_random_adapter
+
+from ..conftest import ADMIN_HEADERS, ADMIN_KEY, ENGINE_ARGS, provision, start_server
+from ..support import (
+    fresh_postgres_database,
+    local_postgres_cluster,
+    postgres_stopped,
+    read_metric,
+)
+
+ADAPTER = "acme/support"
+MESSAGES = [{"role": "user", "content": "where is my order?"}]
+# A request refused for the outage must come back within this, never hang.
+REFUSAL_BOUND_S = 15
+
+
+def feedback(server, n: int) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/feedback", headers=ADMIN_HEADERS, timeout=60, json={
+        "adapter": ADAPTER, "messages": MESSAGES, "chosen": f"it ships today ({n})",
+        "rejected": "no idea"})
+
+
+def wait_for(condition, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def assert_registry_unavailable(response: httpx.Response, started: float) -> None:
+    assert time.monotonic() - started < REFUSAL_BOUND_S
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0
+    error = response.json()["error"]
+    assert (error["code"], error["type"]) == ("registry_unavailable", "server_error")
+    assert "registry" in error["message"]
+
+
+def test_postgres_outage_keeps_inference_refuses_writes_and_recovers(
+        demo_model, adapter_dirs, tmp_path):
+    version = local_postgres_cluster()
+    if version is None:
+        pytest.skip("the tests' PostgreSQL is not a local cluster this test can stop")
+    with fresh_postgres_database() as url:
+        server = start_server(
+            ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS,
+             "--database-url", url],
+            tmp_path / "server.log", tmp_path / "data").wait_ready()
+        try:
+            provision(server, {ADAPTER: adapter_dirs[ADAPTER]})
+            assert feedback(server, 0).status_code == 201
+            chat = {"model": ADAPTER, "messages": MESSAGES, "max_tokens": 4, "temperature": 0}
+            before = httpx.post(f"{server.url}/v1/chat/completions", json=chat,
+                                headers=ADMIN_HEADERS, timeout=60).json()
+
+            with postgres_stopped(version):
+                wait_for(lambda: httpx.get(f"{server.url}/ready").json()["status"]
+                         == "degraded")
+                ready = httpx.get(f"{server.url}/ready")
+                assert ready.status_code == 200  # still routed to: it still answers
+                assert ready.json()["registry"] == "unavailable"
+                assert read_metric(server.url, "loraloop_registry_available") == 0
+                # Inference: every request answered, from the last routing snapshot.
+                for _ in range(10):
+                    answer = httpx.post(f"{server.url}/v1/chat/completions", json=chat,
+                                        headers=ADMIN_HEADERS, timeout=60)
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json()["choices"] == before["choices"]
+                # Writes and registry reads: a prompt 503 that says why and when to retry.
+                for request in (
+                    lambda: feedback(server, 1),
+                    lambda: httpx.post(f"{server.url}/admin/v1/tenants", json={"name": "later"},
+                                       headers=ADMIN_HEADERS, timeout=60),
+                    lambda: httpx.get(f"{server.url}/admin/v1/adapters", headers=ADMIN_HEADERS,
+                                      timeout=60),
+                    lambda: httpx.get(f"{server.url}/v1/feedback/stats",
+                                      params={"adapter": ADAPTER}, headers=ADMIN_HEADERS,
+                                      timeout=60),
+                ):
+                    started = time.monotonic()
+                    assert_registry_unavailable(request(), started)
+                # A batch is one write: refused whole, to be sent again whole.
+                started = time.monotonic()
+                assert_registry_unavailable(httpx.post(
+                    f"{server.url}/v1/feedback/batch", headers=ADMIN_HEADERS, timeout=60,
+                    content=json.dumps({"adapter": ADAPTER, "prompt": "hi", "chosen": "a",
+                                        "rejected": "b"})), started)
+
+            # Back by itself within a few polls; writes are taken again at once.
+            wait_for(lambda: httpx.get(f"{server.url}/ready").json()["status"] == "ready")
+            assert read_metric(server.url, "loraloop_registry_available") == 1
+            assert feedback(server, 2).status_code == 201
+        finally:
+            server.stop()
+        # Nothing acknowledged is lost, nothing refused was half-written.
+        database = create_engine(url)
+        with database.connect() as connection:
+            chosen = connection.execute(text("SELECT chosen FROM feedback ORDER BY id")).scalars()
+            assert list(chosen) == ["it ships today (0)", "it ships today (2)"]
+        database.dispose()
+
+
+def engine_core(server) -> psutil.Process:
+    """vLLM's engine core: the child process of the server that runs the model."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    cores = [c for c in children if "EngineCore" in " ".join([c.name(), *c.cmdline()])]
+    assert len(cores) == 1, [(c.pid, c.name()) for c in children]
+    return cores[0]
+
+
+def test_engine_death_answers_503_and_ends_streams_with_an_error(demo_model, tmp_path):
+    server = start_server(["--model", str(demo_model), *ENGINE_ARGS], tmp_path / "server.log",
+                          tmp_path / "data").wait_ready()
+    try:
+        body = {"model": "demo", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
+                "temperature": 1.0, "seed": 1}
+        with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
+                          headers=ADMIN_HEADERS, timeout=60) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            engine_core(server).kill()
+            events = [line[6:] for line in lines if line.startswith("data: ")]
+        # Not a silent cut: the stream says why it ended, then ends as streams do.
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+        wait_for(lambda: httpx.get(f"{server.url}/health").status_code == 503)
+        assert httpx.get(f"{server.url}/ready").status_code == 503
+        refused = httpx.post(f"{server.url}/v1/chat/completions", headers=ADMIN_HEADERS,
+                             json={**body, "stream": False}, timeout=60)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "engine_unavailable"
+        assert int(refused.headers["Retry-After"]) > 0
+    finally:
+        server.stop()
+
+
+def test_exit_on_engine_loss_ends_the_process_with_status_4(demo_model, tmp_path):
+    server = start_server(["--model", str(demo_model), *ENGINE_ARGS, "--exit-on-engine-loss"],
+                          tmp_path / "server.log", tmp_path / "data").wait_ready()
+    try:
+        engine_core(server).kill()
+        assert server.process.wait(timeout=60) == 4
+        assert "the engine is lost" in (tmp_path / "server.log").read_text()
+    finally:
+        server.stop()
+
+
+@contextmanager
+def small_filesystem(path: Path, size: str):
+    """A size-limited tmpfs at `path`, for as long as the block runs."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a size-limited filesystem here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(filesystem: Path, leave_bytes: int) -> Path:
+    """A file that takes all the room but `leave_bytes`."""
+    filler = filesystem / "filler"
+    free = shutil.disk_usage(filesystem).free - leave_bytes
+    with open(filler, "wb") as out:
+        out.write(b"\0" * max(free, 0))
+    return filler
+
+
+def test_disk_full_refuses_an_upload_whole_and_serving_goes_on(demo_model, adapter_dirs,
+                                                              tmp_path):
+    big = build_random_adapter(demo_model, tmp_path / "big", seed=9, rank=64)
+    with small_filesystem(tmp_path / "volume", "24m") as volume:
+        server = start_server(
+            ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS],
+            tmp_path / "server.log", volume / "data").wait_ready()
+        try:
+            provision(server, {ADAPTER: adapter_dirs[ADAPTER]})
+            store = volume / "data" / "weights"
+            stored_before = sorted(store.rglob("*.safetensors"))
+            filler = fill(volume, leave_bytes=256 << 10)
+            with AdminClient(server.url, ADMIN_KEY, actor="tests") as admin:
+                with pytest.raises(AdminApiError) as refused:
+                    admin.register(ADAPTER, big)
+                assert refused.value.status == 507
+                assert "no room" in refused.value.message
+                # Nothing half-written, the registry unchanged, serving as before.
+                assert sorted(store.rglob("*.safetensors")) == stored_before
+                assert not any((store / "staging").iterdir())
+                assert [v["version"] for v in admin.list_versions(ADAPTER)] == [1]
+                answer = httpx.post(f"{server.url}/v1/chat/completions", headers=ADMIN_HEADERS,
+                                    json={"model": ADAPTER, "messages": MESSAGES,
+                                          "max_tokens": 4}, timeout=60)
+                assert answer.status_code == 200, answer.text
+                # Room again: the same upload goes through.
+                filler.unlink()
+                version, created = admin.register(ADAPTER, big)
+                assert created and version["version"] == 2
+        finally:
+            server.stop()
+
+
+IDLE_CONNECTIONS, SLOW_CLIENTS = 500, 200
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), timeout=2) == b""
+    except ConnectionError:  # reset: closed as well
+        return True
+    except TimeoutError:
+        return False
+
+
+async def _drip(writer: asyncio.StreamWriter) -> None:
+    """A slow-loris client: a request head that never ends, a byte a second."""
+    try:
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: loraloop\r\nX-Slow: ")
+        while True:
+            writer.write(b"a")
+            await writer.drain()
+            await asyncio.sleep(1)
+    except ConnectionError:
+        return  # the server closed it
+
+
+def test_idle_and_slow_loris_connections_do_not_stop_normal_clients(demo_model, tmp_path):
+    server = start_server(["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS],
+                          tmp_path / "server.log", tmp_path / "data").wait_ready()
+    chat = {"model": "demo", "messages": MESSAGES, "max_tokens": 4, "temperature": 0}
+
+    async def scenario() -> None:
+        def connect():
+            return asyncio.open_connection("127.0.0.1", server.port)
+
+        idle = [await connect() for _ in range(IDLE_CONNECTIONS)]
+        slow = [await connect() for _ in range(SLOW_CLIENTS)]
+        drips = [asyncio.create_task(_drip(writer)) for _, writer in slow]
+        async with httpx.AsyncClient(base_url=server.url, headers=ADMIN_HEADERS,
+                                     timeout=30) as client:
+            for _ in range(10):  # normal clients, while all of those are open
+                answer = await client.post("/v1/chat/completions", json=chat)
+                assert answer.status_code == 200, answer.text
+        # Past the deadline for a request head, the server has closed every one of them.
+        await asyncio.sleep(REQUEST_HEAD_TIMEOUT_S + 2)
+        closed = [await _closed_by_server(reader) for reader, _ in idle + slow]
+        assert sum(closed) == IDLE_CONNECTIONS + SLOW_CLIENTS
+        await asyncio.wait_for(asyncio.gather(*drips), timeout=10)
+        for _, writer in idle + slow:
+            writer.close()
+
+    try:
+        asyncio.run(scenario())
+        # and it still serves
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=chat, headers=ADMIN_HEADERS,
+                          timeout=30).status_code == 200
+    finally:
+        server.stop()
