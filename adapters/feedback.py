@@ -302,6 +302,19 @@ class FeedbackBook:
         return RecordedCompletionRecord(adapter_id, row.version,
                                         StoredPrompt.from_json(row.prompt), row.output)
 
+    def recorded_prompts(self, adapter_id: str, limit: int,
+                         scan: int = 2000) -> list[StoredPrompt]:
+        """Up to `limit` distinct prompts of the adapter's recorded completions, newest first
+        (looking at the newest `scan` completions only)."""
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rows = session.scalars(
+                select(RecordedCompletion.prompt)
+                .where(RecordedCompletion.adapter_id == adapter.id)
+                .order_by(RecordedCompletion.created_at.desc()).limit(scan))
+            prompts = dict.fromkeys(StoredPrompt.from_json(row) for row in rows)
+        return list(prompts)[:limit]
+
     def stats(self, adapter_id: str) -> FeedbackStats:
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)

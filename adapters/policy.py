@@ -8,13 +8,125 @@ reads `record_completions`) and the trainer.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+import regex
+from jsonschema import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    model_validator,
+)
 
 from .text import StoredText
 
 GoldenPrompt = Annotated[StoredText, StringConstraints(min_length=1, max_length=2000)]
+
+
+def _compiles(pattern: str) -> str:
+    try:
+        regex.compile(pattern)
+    except regex.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return pattern
+
+
+def _is_schema(schema: dict) -> dict:
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+    return schema
+
+
+Pattern = Annotated[StoredText, StringConstraints(min_length=1, max_length=500),
+                    AfterValidator(_compiles)]
+
+
+class RuleJudgePolicy(BaseModel):
+    """Verifiable rewards: declarative checks, each answer scored by the share it passes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rules"]
+    min_tokens: int | None = Field(None, ge=0, description="answers at least this long")
+    max_tokens: int | None = Field(None, ge=1, description="answers at most this long")
+    required: list[Pattern] = Field(
+        default_factory=list, max_length=32, description="regular expressions an answer must "
+        "match (each searched with a time limit)")
+    forbidden: list[Pattern] = Field(
+        default_factory=list, max_length=32, description="regular expressions an answer must "
+        "not match")
+    valid_json: bool = Field(False, description="the answer must be a JSON document")
+    json_schema: Annotated[dict[str, Any], AfterValidator(_is_schema)] | None = Field(
+        None, description="the answer must be JSON valid against this JSON Schema")
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> RuleJudgePolicy:
+        if not (self.min_tokens is not None or self.max_tokens is not None or self.required
+                or self.forbidden or self.valid_json or self.json_schema is not None):
+            raise ValueError("a rules judge needs at least one check")
+        return self
+
+
+class LLMJudgePolicy(BaseModel):
+    """A model behind an OpenAI-compatible chat endpoint compares answers by the rubric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["llm"]
+    url: HttpUrl = Field(description="the endpoint's base URL, e.g. https://host/v1")
+    model: Annotated[StoredText, StringConstraints(min_length=1, max_length=256)]
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = (
+        Field(None, description="the trainer's environment variable holding the endpoint's "
+              "key; the key itself is never stored"))
+    rubric: Annotated[StoredText, StringConstraints(min_length=1, max_length=4000)]
+    structured: bool = Field(
+        True, description="ask for the verdict as JSON through response_format (endpoints "
+        "that support structured outputs answer in shape)")
+    timeout_s: float = Field(30, gt=0, le=600)
+    retries: int = Field(2, ge=0, le=10, description="retries of a failed call, with backoff")
+    max_calls: int = Field(500, ge=1, le=100_000, description="judge calls in one run")
+
+
+class PythonJudgePolicy(BaseModel):
+    """A function importable in the trainer's environment, named by an operator: never code
+    sent through the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["python"]
+    target: Annotated[str, StringConstraints(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=200)] = Field(
+        description="module:function; called with (prompt, completion), returns a score in "
+        "[0, 1], (score, rationale), or None to abstain")
+
+
+class SamplingPolicy(BaseModel):
+    """On-policy learning: in each run, the live version answers prompts `samples` times at
+    the serving temperature, the policy's judge scores the answers, and the scores become
+    feedback (best against worst per prompt, as for any scores)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[GoldenPrompt] = Field(
+        default_factory=list, max_length=256, description="user messages to sample on")
+    recorded: bool = Field(
+        True, description="also the adapter's recorded prompts, newest first (they need "
+        "record_completions)")
+    max_prompts: int = Field(16, ge=1, le=256, description="prompts per run, after dedup")
+    samples: int = Field(4, ge=2, le=16, description="answers per prompt")
+    temperature: float = Field(1.0, gt=0, le=2)
+    max_tokens: int = Field(64, ge=1, le=1024, description="the longest answer sampled")
+
+
+JudgePolicy = Annotated[RuleJudgePolicy | LLMJudgePolicy | PythonJudgePolicy,
+                        Field(discriminator="kind")]
 
 
 class GatePolicy(BaseModel):
@@ -38,6 +150,11 @@ class GatePolicy(BaseModel):
     )
     max_kl_from_base: float = Field(
         4.0, gt=0, description="mean per-token KL (nats) from the base model, on the prompt set"
+    )
+    min_win_rate: float = Field(
+        0.6, ge=0, le=1, description="with a judge: the share of held-out prompts where the "
+        "judge prefers the candidate's answer to the live version's (of those it decides); "
+        "its interval at confidence_z must also clear 0.5"
     )
 
 
@@ -74,6 +191,17 @@ class TrainingPolicy(BaseModel):
         description="user messages to measure drift on; default: the held-out prompts",
     )
     gate: GatePolicy = Field(default_factory=GatePolicy)
+    judge: JudgePolicy | None = Field(
+        None, description="what scores answers when no one else does: rules, an LLM, or a "
+        "Python function")
+    sampling: SamplingPolicy | None = Field(
+        None, description="learn from the live version's own answers, judged (needs judge)")
+
+    @model_validator(mode="after")
+    def _sampling_has_a_judge(self) -> TrainingPolicy:
+        if self.sampling is not None and self.judge is None:
+            raise ValueError("sampling needs a judge to score the answers")
+        return self
 
     @classmethod
     def stored(cls, value: dict | None) -> TrainingPolicy:

@@ -35,6 +35,9 @@ def trainer(
     poll_s: Annotated[float | None, typer.Option(help="Seconds between looks for work.")] = None,
     lease_s: Annotated[float | None, typer.Option(
         help="Seconds before a silent run's feedback is handed to another run.")] = None,
+    server_url: Annotated[str | None, typer.Option(
+        help="A server of the registry's, for policies that sample the live version "
+        "(LORALOOP_ADMIN_KEY is its credential).")] = None,
     once: Annotated[bool, typer.Option(help="Do at most one run, then exit.")] = False,
 ) -> None:
     """Run the trainer sidecar: pending feedback becomes new, gated adapter versions."""
@@ -44,7 +47,7 @@ def trainer(
     from .settings import TrainerSettings
 
     options = dict(model=model, data_dir=data_dir, database_url=database_url,
-                   trainer_poll_s=poll_s, trainer_lease_s=lease_s)
+                   trainer_poll_s=poll_s, trainer_lease_s=lease_s, server_url=server_url)
     overrides = {name: value for name, value in options.items() if value is not None}
     configure_logging(os.environ.get("LORALOOP_LOG_FORMAT", "text"))
     run_trainer(TrainerSettings(**demo_model_unless_given(overrides)), once=once)

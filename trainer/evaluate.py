@@ -91,6 +91,18 @@ class Scorer:
             per_prompt.append(float(_kl(p_logits, q_logits).mean()))
         return math.fsum(per_prompt) / len(per_prompt)
 
+    @torch.no_grad()
+    def answers(self, adapter: Path | None, prompts: Sequence[Prompt],
+                max_new_tokens: int = 32) -> list[str]:
+        """Each prompt's greedy answer, as the text a user would read."""
+        answers = []
+        with self._selected(adapter) as model:
+            for prompt in prompts:
+                tokens, _ = self._greedy(model, prompt_ids(self.tokenizer, prompt),
+                                         max_new_tokens)
+                answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        return answers
+
     def _greedy(self, model, prompt: list[int], max_new_tokens: int):
         """Greedy tokens after `prompt`, stopping on end-of-sequence (kept), and the logits
         that chose each: ([n], [n, V])."""

@@ -16,6 +16,7 @@ from loraloop.adapters.policy import TrainingPolicy
 
 from .dpo import TrainResult
 from .evaluate import PreferenceScore, Scorer, weights_changed
+from .judges import Judge
 from .pairs import PreferencePair, Prompt
 
 
@@ -53,8 +54,11 @@ def evaluate_candidate(
     drift_prompts: Sequence[Prompt],
     train: TrainResult,
     policy: TrainingPolicy,
+    judge: Judge | None = None,
 ) -> GateReport:
-    """Measure `candidate` against `live` (None: the base model) and decide."""
+    """Measure `candidate` against `live` (None: the base model) and decide. With a judge,
+    also on what they answer: likelihoods on held-out pairs can improve while the answers
+    users would read do not."""
     if not held_out or not drift_prompts:
         raise ValueError("the gate needs held-out pairs and drift prompts to measure on")
     gate = policy.gate
@@ -67,12 +71,74 @@ def evaluate_candidate(
         *_preference_checks(ours, theirs, gain, gate.min_accuracy, gate.confidence_z),
         *_drift_checks(kl_live, kl_base, gate.max_kl_from_live, gate.max_kl_from_base),
     )
+    metrics = _metrics(train, ours, theirs, gain, kl_live, kl_base)
+    if judge is not None:
+        judged = judge_answers(scorer, judge, candidate, live, held_out)
+        checks += _judged_checks(judged, gate.min_win_rate, gate.confidence_z, judge.name)
+        metrics |= judged.metrics(gate.confidence_z)
     passed = all(check.passed for check in checks)
     return GateReport(
         checks=checks,
         passed=passed,
         promote=passed and ours.accuracy >= theirs.accuracy + gate.promote_margin,
-        metrics=_metrics(train, ours, theirs, gain, kl_live, kl_base),
+        metrics=metrics,
+    )
+
+
+@dataclass(frozen=True)
+class JudgedAnswers:
+    """The judge's comparisons of the candidate's and the live version's greedy answers."""
+
+    wins: int
+    losses: int
+    undecided: int  # the same answer from both, or the judge abstained
+
+    @property
+    def decided(self) -> int:
+        return self.wins + self.losses
+
+    @property
+    def win_rate(self) -> float:
+        return self.wins / self.decided if self.decided else 0.0
+
+    def lower_bound(self, z: float) -> float:
+        """The Wilson score interval's lower end for the win rate (0 with nothing decided)."""
+        n = self.decided
+        if n == 0:
+            return 0.0
+        p = self.win_rate
+        centre = p + z * z / (2 * n)
+        spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return (centre - spread) / (1 + z * z / n)
+
+    def metrics(self, z: float) -> dict[str, float]:
+        return {"judged_wins": float(self.wins), "judged_losses": float(self.losses),
+                "judged_undecided": float(self.undecided), "judged_win_rate": self.win_rate,
+                "judged_win_rate_lower_bound": self.lower_bound(z)}
+
+
+def judge_answers(scorer: Scorer, judge: Judge, candidate: Path, live: Path | None,
+                  held_out: Sequence[PreferencePair]) -> JudgedAnswers:
+    prompts = list(dict.fromkeys(pair.prompt for pair in held_out))  # each prompt once
+    ours, theirs = scorer.answers(candidate, prompts), scorer.answers(live, prompts)
+    wins = losses = undecided = 0
+    for prompt, our, their in zip(prompts, ours, theirs, strict=True):
+        winner = None if our == their else judge.compare(prompt, our, their).winner
+        wins, losses = wins + (winner == 0), losses + (winner == 1)
+        undecided += winner is None
+    return JudgedAnswers(wins, losses, undecided)
+
+
+def _judged_checks(judged: JudgedAnswers, min_win_rate: float, z: float,
+                   judge: str) -> tuple[Check, ...]:
+    lower = judged.lower_bound(z)
+    return (
+        Check("judged_win_rate_min", judged.decided > 0 and judged.win_rate >= min_win_rate,
+              judged.win_rate, min_win_rate,
+              f"{judge} preferred the candidate's greedy answer on {judged.wins} of "
+              f"{judged.decided} held-out prompts it decided ({judged.undecided} undecided)"),
+        Check("judged_win_rate_significant", lower > 0.5, lower, 0.5,
+              f"the win rate's lower bound at {z:g} standard errors (Wilson), above 0.5"),
     )
 
 

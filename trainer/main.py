@@ -9,6 +9,7 @@ import threading
 from loraloop.adapters.base_model import local_model_dir
 from loraloop.adapters.registry import open_registry
 
+from .sampling import ServerSampler
 from .settings import TrainerSettings
 from .sidecar import Trainer, remove_leftovers
 
@@ -32,8 +33,13 @@ def run_trainer(settings: TrainerSettings, *, once: bool = False) -> None:
         max_bytes=settings.max_adapter_bytes,
     )
     remove_leftovers(registry.store.staging)
+    sampler = None
+    if settings.server_url:
+        key = settings.admin_key.get_secret_value() if settings.admin_key else None
+        sampler = ServerSampler(settings.server_url, key)
     trainer = Trainer(registry, local_model_dir(settings.model),
-                      worker=settings.trainer_worker, lease_s=settings.trainer_lease_s)
+                      worker=settings.trainer_worker, lease_s=settings.trainer_lease_s,
+                      sampler=sampler)
     if once:
         ran = trainer.run_once()
         logger.info("trainer: %s", "one run done" if ran else "nothing was due")

@@ -7,7 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,13 @@ class TrainerSettings(BaseSettings):
     trainer_lease_s: float = Field(
         60.0, ge=2, description="a run's claim on its feedback lapses this long after the "
         "trainer last renewed it (a killed trainer's work is picked up after this)"
+    )
+    server_url: str | None = Field(
+        None, description="a server of the registry's, for on-policy sampling (policies with "
+        "`sampling`): in Kubernetes the server container beside, http://127.0.0.1:8000"
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="the operators' credential, to sample any tenant's adapter"
     )
     trainer_worker: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"[:128],

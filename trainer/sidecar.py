@@ -18,9 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+
 from loraloop.adapters.errors import Conflict, RegistryUnavailable
+from loraloop.adapters.feedback import Submission
 from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.registry import Registry
 from loraloop.adapters.schema import utcnow
 from loraloop.adapters.training import Claim, LeaseLost, PendingWork
@@ -29,9 +33,11 @@ from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion, VersionRecor
 from .dpo import train_dpo
 from .evaluate import Scorer
 from .gate import GateReport, evaluate_candidate
+from .judges import Judge, judge_for
 from .lease import LeaseKeeper
 from .pairs import split_held_out
 from .pending import MIN_PAIRS_EVER, Triage, is_due, might_be_due, triage
+from .sampling import ServerSampler, judged_feedback, prompts_to_sample
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +53,15 @@ def _too_few_pairs(found: Triage) -> str:
 
 class Trainer:
     def __init__(self, registry: Registry, base_model: Path, *, worker: str,
-                 lease_s: float) -> None:
+                 lease_s: float, sampler: ServerSampler | None = None) -> None:
         self.adapters, self.training, self.store = (registry.adapters, registry.training,
                                                     registry.store)
+        self.feedback = registry.feedback
         self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
+        self.sampler = sampler  # on-policy sampling: a server to ask, when one is set
         self._scorer: Scorer | None = None
         self._resting: dict[str, float] = {}  # adapter -> monotonic time it may run again
+        self._samplings: dict[str, int] = {}  # adapter -> on-policy samplings so far
         self.store.staging.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -60,6 +69,47 @@ class Trainer:
         if self._scorer is None:  # loads the base model: only once there is work
             self._scorer = Scorer(self.base_model)
         return self._scorer
+
+    def _sample(self, adapter_id: str, policy: TrainingPolicy) -> str | None:
+        """Store the judged answers of the live version as score feedback, so that the run
+        about to start trains on them; a reason when it cannot."""
+        if self.sampler is None:
+            return "the policy samples, but the trainer has no server_url to sample from"
+        live = self.adapters.get(adapter_id).live_version
+        if live is None:
+            return "the policy samples the live version, and there is none"
+        sampling = policy.sampling
+        recorded = (self.feedback.recorded_prompts(adapter_id, sampling.max_prompts)
+                    if sampling.recorded else [])
+        prompts = prompts_to_sample(sampling, recorded)
+        if not prompts:
+            return "the policy samples, but has no prompts and none are recorded"
+        judge = self._judge(policy)
+        try:
+            # Seeded by the policy, the version and the round: a sequence of runs can be
+            # repeated, and every round gets samples of its own.
+            rounds = self._samplings[adapter_id] = self._samplings.get(adapter_id, 0) + 1
+            base_seed = (policy.seed * 1_000_003 + live * 10_007 + rounds * 101) % 2**31
+            try:
+                sampled = [self.sampler.sample(f"{adapter_id}@{live}", prompt, sampling,
+                                               seed=base_seed + index * sampling.samples)
+                           for index, prompt in enumerate(prompts)]
+            except httpx.HTTPError as exc:
+                return f"sampling from the server failed: {exc}"
+            feedback = judged_feedback(adapter_id, live, sampled, judge)
+            abstained = sum(judge.tally.abstained.values())
+        finally:
+            judge.close()
+        self.feedback.submit_many([Submission(item) for item in feedback])
+        logger.info("%s@%d: %d answers to %d prompts sampled, %d judged by %s (%d abstained)",
+                    adapter_id, live, sum(len(s.answers) for s in sampled), len(prompts),
+                    len(feedback), judge.name, abstained)
+        return None
+
+    def _judge(self, policy: TrainingPolicy) -> Judge | None:
+        # Built per run: a policy may change between runs, and an LLM judge's call budget
+        # is per run. A judge that cannot be built (ValueError) fails the run with the reason.
+        return judge_for(policy.judge, self.scorer.tokenizer) if policy.judge else None
 
     def run_forever(self, poll_s: float, stopping: threading.Event) -> None:
         """Until `stopping` is set: a run in progress then finishes, and no new one starts.
@@ -89,6 +139,11 @@ class Trainer:
 
     def _look_at(self, work: PendingWork, policy: TrainingPolicy) -> bool:
         """Mark the adapter's rows past pairing, then run if it is due; True when it ran."""
+        if work.queued and policy.sampling is not None:
+            refusal = self._sample(work.adapter_id, policy)
+            if refusal:
+                self.training.refuse_queued(work.adapter_id, reason=f"not started: {refusal}")
+                return False
         now = utcnow()
         if not work.queued and not might_be_due(work.pending, work.oldest, policy, now):
             return False
@@ -141,11 +196,16 @@ class Trainer:
             candidate = Path(scratch)
             result = train_dpo(self.base_model, live, train, policy, candidate,
                                on_progress=lease.report)
-            drift = [(("user", p),) for p in policy.golden_prompts] or [
+            drift = [StoredPrompt.chat([("user", p)]) for p in policy.golden_prompts] or [
                 pair.prompt for pair in held_out]
-            report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
-                                        held_out=held_out, drift_prompts=drift, train=result,
-                                        policy=policy)
+            judge = self._judge(policy)
+            try:
+                report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
+                                            held_out=held_out, drift_prompts=drift,
+                                            train=result, policy=policy, judge=judge)
+            finally:
+                if judge is not None:
+                    judge.close()
             version, created = self._register(claim, candidate, report, len(pairs), policy)
         if created:
             self._decide(claim, version, report, policy)

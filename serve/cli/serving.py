@@ -138,4 +138,7 @@ def _start_trainer(settings) -> subprocess.Popen:
     env = dict(os.environ)
     if settings.database_url:  # through the environment: a URL may hold a password
         env["LORALOOP_DATABASE_URL"] = settings.database_url
+    # On-policy sampling asks this server (the admin key, if any, is in the environment).
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    env.setdefault("LORALOOP_SERVER_URL", f"http://{host}:{settings.port}")
     return subprocess.Popen(command, env=env)

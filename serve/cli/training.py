@@ -51,7 +51,9 @@ def set_policy(ctx: typer.Context, adapter: AdapterArg,
         for path, value in map(_setting, settings):
             target = policy
             for part in path[:-1]:
-                target = target.setdefault(part, {})
+                if not isinstance(target.get(part), dict):  # unset (null) so far: start one
+                    target[part] = {}
+                target = target[part]
             target[path[-1]] = value
         emit(client.set_policy(adapter, policy), session.as_json, _policy_lines)
 

@@ -28,16 +28,19 @@ from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, preference_fee
 from ..conftest import ADMIN_KEY
 
 RUN_TIMEOUT_S = 240
-FINISHED = ("promoted", "rejected", "candidate", "failed")
+FINISHED = ("promoted", "rejected", "candidate", "failed", "identical")
 
 
-def start_trainer(model: Path, data_dir: Path, log: Path, *,
-                  lease_s: float = 30) -> subprocess.Popen:
+def start_trainer(model: Path, data_dir: Path, log: Path, *, lease_s: float = 30,
+                  server_url: str | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "loraloop.trainer", "--model", str(model),
                "--data-dir", str(data_dir), "--poll-s", "0.3", "--lease-s", str(lease_s)]
+    if server_url:  # policies that sample the live version ask this server
+        command += ["--server-url", server_url]
+    env = {**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY}
     with open(log, "wb") as output:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -54,7 +57,8 @@ def stop(process: subprocess.Popen) -> None:
 def trainer(vllm_server, demo_model, tmp_path_factory):
     """One trainer sidecar beside the session server, on its registry and weight store."""
     process = start_trainer(demo_model, vllm_server.data_dir,
-                            tmp_path_factory.mktemp("logs") / "trainer.log")
+                            tmp_path_factory.mktemp("logs") / "trainer.log",
+                            server_url=vllm_server.url)
     yield process
     stop(process)
 
@@ -234,3 +238,47 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
     killed_run = [r for r in training.runs("loop/killed") if r.status == "failed"]
     assert len(killed_run) == 1 and killed_run[0].reason == LEASE_LOST
     opened.db.dispose()
+
+
+# The rule of the on-policy test: answers that start with one of the first six letters.
+# The demo model's answers are noise, and about a third of them start that way. Answers are
+# kept to their first tokens, where the rule looks: random tails would only add noise.
+EARLY_LETTER = r"^\s*[a-fA-F]"
+ANSWER_TOKENS = 2
+ROUNDS = 3
+
+
+def next_run(admin: AdminClient, adapter_id: str, after: int) -> dict:
+    """Queue a run and wait for it to finish."""
+    run_id = admin.queue_run(adapter_id)["id"]
+    assert run_id > after
+    return _wait(lambda: next((r for r in admin.runs(adapter_id)
+                               if r["id"] == run_id and r["status"] in FINISHED), None),
+                 RUN_TIMEOUT_S, f"run {run_id}")
+
+
+def test_judged_samples_of_the_live_version_train_it_without_any_feedback(
+        vllm_server, trainer, admin, adapter_dirs):
+    adapter = "loop/sampled"
+    new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=4,
+                judge={"kind": "rules", "required": [EARLY_LETTER]},
+                sampling={"prompts": user_messages(32, seed=11), "recorded": False,
+                          "max_prompts": 32, "samples": 4, "max_tokens": ANSWER_TOKENS},
+                golden_prompts=user_messages(4, seed=12))  # drift measured on these
+    runs, run_id = [], 0
+    for _ in range(2):
+        runs.append(next_run(admin, adapter, after=run_id))
+        run_id = runs[-1]["id"]
+    # No feedback was posted: each run sampled the live version, the judge scored the
+    # answers, and the run trained on pairs of them.
+    assert all(r["pairs"] > 0 and r["status"] in ("promoted", "rejected") for r in runs), runs
+    stats = httpx.get(f"{vllm_server.url}/v1/feedback/stats", params={"adapter": adapter},
+                      headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    assert set(stats["by_kind"]) == {"score"}, stats
+    assert stats["by_status"]["consumed"] > 0
+    # Each round drew samples of its own (the second round's are new rows, not repeats).
+    assert stats["total"] > 128
+    # The gate judged the candidate's answers, not only likelihoods, and recorded it.
+    for run in runs:
+        version = admin.show_version(adapter, run["candidate_version"])
+        assert {"judged_win_rate", "judged_wins", "judged_undecided"} <= set(version["metrics"])

@@ -29,6 +29,7 @@ from loraloop.serve.cli.demo import MARKER, answers, user_messages
 from loraloop.trainer.dpo import train_dpo
 from loraloop.trainer.evaluate import Scorer, weights_changed
 from loraloop.trainer.gate import evaluate_candidate
+from loraloop.trainer.judges import judge_for
 from loraloop.trainer.pairs import (
     PreferencePair,
     ScoredCompletion,
@@ -89,10 +90,11 @@ def marker_run(base_model, parent, marker_split, tmp_path_factory):
     return output, result, progress
 
 
-def gate_run(scorer, candidate, live, held_out, result, policy=DEMO_POLICY):
+def gate_run(scorer, candidate, live, held_out, result, policy=DEMO_POLICY, judge=None):
     return evaluate_candidate(
         scorer, candidate=candidate, live=live, held_out=held_out,
         drift_prompts=[pair.prompt for pair in held_out], train=result, policy=policy,
+        judge=judge,
     )
 
 
@@ -333,3 +335,41 @@ def test_preference_margins_are_answer_log_prob_differences(scorer, parent):
     assert flipped.margins == pytest.approx([-m for m in score.margins], abs=1e-4)
     assert score.accuracy + flipped.accuracy == 1.0
     assert scorer.preference(None, pairs).margins != pytest.approx(score.margins)
+
+
+MARKER_FIRST = {"kind": "rules", "required": [f"^\\s*{MARKER}"]}  # the behaviour users see
+
+
+def judged_policy() -> TrainingPolicy:
+    return TrainingPolicy.model_validate({**DEMO_POLICY_FIELDS, "judge": MARKER_FIRST})
+
+
+def test_the_judge_backs_a_candidate_whose_answers_changed(
+        scorer, parent, marker_split, marker_run):
+    _, held_out = marker_split
+    output, result, _ = marker_run
+    policy = judged_policy()
+    judge = judge_for(policy.judge, scorer.tokenizer)
+    report = gate_run(scorer, output, parent, held_out, result, policy, judge=judge)
+    assert report.passed, report.failures()
+    assert report.metrics["judged_win_rate"] >= 0.75
+    assert report.metrics["judged_win_rate_lower_bound"] > 0.5
+    assert report.metrics["judged_wins"] + report.metrics["judged_losses"] > 0
+
+
+def test_likelihoods_that_improve_without_the_answers_are_rejected(
+        base_model, parent, scorer, marker_split, tmp_path):
+    """A light touch of training on the marker pairs: held-out margins move the preferred
+    way, but not one greedy answer changes, so the judge finds nothing to prefer."""
+    train, held_out = marker_split
+    light = TrainingPolicy.model_validate(
+        {**DEMO_POLICY_FIELDS, "learning_rate": 2e-4, "epochs": 2, "judge": MARKER_FIRST})
+    result = train_dpo(base_model, parent, train, light, tmp_path / "v2")
+    unjudged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light)
+    assert unjudged.metrics["heldout_margin"] > unjudged.metrics["heldout_margin_live"]
+    judged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light,
+                      judge=judge_for(light.judge, scorer.tokenizer))
+    assert not judged.passed
+    assert {"judged_win_rate_min", "judged_win_rate_significant"} <= failed_checks(judged)
+    assert "judged_win_rate_min" in judged.failures()
+    assert judged.metrics["judged_wins"] == 0

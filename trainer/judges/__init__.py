@@ -1,0 +1,25 @@
+"""Judges: what scores and compares answers when no user has (learning without labels)."""
+
+from __future__ import annotations
+
+from loraloop.adapters.policy import JudgePolicy, LLMJudgePolicy, RuleJudgePolicy
+
+from .protocol import Comparison, Judge, Tally, Verdict
+
+__all__ = ["Comparison", "Judge", "Tally", "Verdict", "judge_for"]
+
+
+def judge_for(policy: JudgePolicy, tokenizer) -> Judge:
+    """The judge a policy names; ValueError when it cannot be built here (a Python judge
+    that does not import, an LLM judge whose key variable is unset)."""
+    if isinstance(policy, RuleJudgePolicy):
+        from .rules import RuleJudge
+
+        return RuleJudge(policy, tokenizer)
+    if isinstance(policy, LLMJudgePolicy):
+        from .llm import LLMJudge
+
+        return LLMJudge(policy)
+    from .function import FunctionJudge
+
+    return FunctionJudge(policy)
