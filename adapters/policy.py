@@ -92,6 +92,9 @@ class LLMJudgePolicy(BaseModel):
     timeout_s: float = Field(30, gt=0, le=600)
     retries: int = Field(2, ge=0, le=10, description="retries of a failed call, with backoff")
     max_calls: int = Field(500, ge=1, le=100_000, description="judge calls in one run")
+    max_seconds: float = Field(
+        900, gt=0, le=86_400, description="time the judge may take in one run; after it, "
+        "every judgement is an abstention and the run goes on")
 
 
 class PythonJudgePolicy(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.training import LeaseLost, TrainingBook
 
 logger = logging.getLogger(__name__)
@@ -52,5 +53,8 @@ class LeaseKeeper:
                 logger.error("run %d lost its lease", self.run_id)
                 self.lost.set()
                 return
-            except Exception:  # a database blip: the next renewal may well succeed
+            except RegistryUnavailable as exc:  # the next renewal may well succeed
+                logger.warning("could not renew the lease of run %d: %s", self.run_id,
+                               exc.message)
+            except Exception:
                 logger.exception("could not renew the lease of run %d", self.run_id)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,9 +21,18 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
+from loraloop.adapters.db import sqlite_url
+from loraloop.adapters.feedback import NewFeedback
+from loraloop.adapters.names import ADAPTER_FILES
+from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.registry import open_registry
+from loraloop.adapters.versions import NewVersion
 from loraloop.serve.cli.client import AdminApiError, AdminClient
+from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, user_messages
 from loraloop.serve.connections import REQUEST_HEAD_TIMEOUT_S
 from loraloop.trainer.demo_model import build_random_adapter
+from loraloop.trainer.sidecar import Trainer
 
 from ..conftest import ADMIN_HEADERS, ADMIN_KEY, ENGINE_ARGS, provision, start_server
 from ..support import (
@@ -280,3 +291,90 @@ def test_idle_and_slow_loris_connections_do_not_stop_normal_clients(demo_model, 
                           timeout=30).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_trainer_that_cannot_write_its_candidate_fails_the_run_and_releases_feedback(
+        demo_model, adapter_dirs, tmp_path):
+    """The weight volume full under a trainer: the run fails with the reason, its feedback
+    goes back to pending, and no version appears."""
+    with small_filesystem(tmp_path / "volume", "24m") as volume:
+        registry = open_registry(model=str(demo_model), aliases=[], data_dir=volume,
+                                 database_url=sqlite_url(tmp_path), max_rank=64,
+                                 max_bytes=1 << 30)
+        try:
+            registry.tenants.create("acme", actor="test")
+            registry.adapters.create(ADAPTER, actor="test")
+            registry.adapters.register(
+                ADAPTER, {name: adapter_dirs[ADAPTER] / name for name in ADAPTER_FILES},
+                NewVersion(), actor="test")
+            registry.adapters.promote(ADAPTER, 1, actor="test")
+            registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
+                {**DEMO_POLICY, "min_pairs": 8}), actor="test")
+            for n, prompt in enumerate(user_messages(8, seed=5)):
+                registry.feedback.submit(NewFeedback(
+                    ADAPTER, 1, "preference", StoredPrompt.chat([("user", prompt)]),
+                    chosen=f"{MARKER} yes {n}", rejected=f"no {n}"))
+            filler = fill(volume, leave_bytes=16 << 10)
+            trainer = Trainer(registry, demo_model, worker="test", lease_s=60)
+            assert trainer.run_once()
+            [run] = registry.training.runs(ADAPTER)
+            assert run.status == "failed", run
+            assert "No space left on device" in run.reason
+            assert registry.feedback.stats(ADAPTER).by_status == {"pending": 8}
+            assert [v.number for v in registry.adapters.versions(ADAPTER)] == [1]
+            assert not any(registry.store.staging.iterdir())
+            filler.unlink()
+        finally:
+            registry.db.dispose()
+
+
+def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
+        demo_model, adapter_dirs, tmp_path):
+    """PostgreSQL stops while the trainer trains, then comes back: no half-recorded version,
+    no feedback lost or used twice, and the feedback ends up trained on."""
+    version = local_postgres_cluster()
+    if version is None:
+        pytest.skip("the tests' PostgreSQL is not a local cluster this test can stop")
+    with fresh_postgres_database() as url:
+        registry = open_registry(model=str(demo_model), aliases=[], data_dir=tmp_path / "data",
+                                 database_url=url, max_rank=64, max_bytes=1 << 30)
+        trainer = None
+        try:
+            registry.tenants.create("acme", actor="test")
+            registry.adapters.create(ADAPTER, actor="test")
+            registry.adapters.register(
+                ADAPTER, {name: adapter_dirs[ADAPTER] / name for name in ADAPTER_FILES},
+                NewVersion(), actor="test")
+            registry.adapters.promote(ADAPTER, 1, actor="test")
+            # Long enough a run to be caught in the middle of it.
+            registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
+                {**DEMO_POLICY, "min_pairs": 16, "epochs": 40}), actor="test")
+            for n, prompt in enumerate(user_messages(16, seed=5)):
+                registry.feedback.submit(NewFeedback(
+                    ADAPTER, 1, "preference", StoredPrompt.chat([("user", prompt)]),
+                    chosen=f"{MARKER} yes {n}", rejected=f"no {n}"))
+            with open(tmp_path / "trainer.log", "wb") as log:  # the child keeps its copy
+                trainer = subprocess.Popen(
+                    [sys.executable, "-m", "loraloop.trainer", "--model", str(demo_model),
+                     "--data-dir", str(tmp_path / "data"), "--poll-s", "0.3",
+                     "--lease-s", "6"],
+                    env={**os.environ, "LORALOOP_DATABASE_URL": url}, stdout=log,
+                    stderr=subprocess.STDOUT)
+            wait_for(lambda: any(r.status == "running" and r.progress.get("step")
+                                 for r in registry.training.runs(ADAPTER)), 120)
+            with postgres_stopped(version):
+                time.sleep(8)  # longer than the lease: the run's claim lapses meanwhile
+            wait_for(lambda: any(r.status in ("promoted", "rejected", "candidate")
+                                 for r in registry.training.runs(ADAPTER)), 180)
+            runs = registry.training.runs(ADAPTER)
+            finished = [r for r in runs if r.status in ("promoted", "rejected", "candidate")]
+            assert len(finished) == 1 and len(runs) <= 2, runs
+            # Every version was registered whole, by the run that finished.
+            versions = registry.adapters.versions(ADAPTER)
+            assert [v.number for v in versions] == [1, finished[0].candidate_version]
+            assert registry.feedback.stats(ADAPTER).by_status == {"consumed": 16}
+        finally:
+            if trainer is not None:
+                trainer.terminate()
+                trainer.wait(timeout=30)
+            registry.db.dispose()

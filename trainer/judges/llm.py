@@ -4,7 +4,8 @@ Pairwise comparisons are asked twice, the answers in both orders: a judge model'
 bias then cancels, and a disagreement between the two orders is an abstention. The judge
 prompt is fixed and versioned; its hash (with the rubric's) is part of the judge's name, which
 is stored with every score. Replies that do not parse are abstentions, counted. Each call has
-a timeout, failed calls are retried with backoff, and a run makes at most `max_calls` calls.
+a timeout, failed calls are retried with backoff, and in one run the judge makes at most
+`max_calls` calls and takes at most `max_seconds`: past either, it abstains.
 The endpoint's key comes from the trainer's environment, never from the registry.
 """
 
@@ -83,6 +84,7 @@ class LLMJudge:
                      f"{policy.model}")[:MAX_NAME_CHARS]
         self.tally = Tally()
         self.calls = 0
+        self._deadline: float | None = None  # set by the first call: the run's time budget
         headers = {}
         if policy.api_key_env:
             key = os.environ.get(policy.api_key_env)
@@ -140,12 +142,18 @@ class LLMJudge:
                 "messages": [{"role": "user", "content": content}]}
         if self.policy.structured:
             body["response_format"] = response_format
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.policy.max_seconds
         for attempt in range(self.policy.retries + 1):
             if self.calls >= self.policy.max_calls:
                 return Verdict.abstain("call budget spent")
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                return Verdict.abstain("time budget spent")
             self.calls += 1
             try:
-                response = self._http.post("/chat/completions", json=body)
+                response = self._http.post("/chat/completions", json=body,
+                                           timeout=min(self.policy.timeout_s, left))
             except httpx.HTTPError as exc:
                 failure = f"unreachable ({type(exc).__name__})"
             else:
@@ -158,7 +166,7 @@ class LLMJudge:
                 if response.status_code < 500 and response.status_code != 429:
                     return Verdict.abstain(f"refused ({failure})")  # retrying will not help
             if attempt < self.policy.retries:
-                time.sleep(BACKOFF_S * 2**attempt)
+                time.sleep(min(BACKOFF_S * 2**attempt, max(self._deadline - time.monotonic(), 0)))
         logger.warning("judge %s: giving up on a call: %s", self.name, failure)
         return Verdict.abstain(failure)
 
