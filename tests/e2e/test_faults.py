@@ -293,6 +293,21 @@ def test_idle_and_slow_loris_connections_do_not_stop_normal_clients(demo_model, 
         server.stop()
 
 
+def adapter_with_feedback(registry, v1: Path, *, pairs: int, **policy) -> None:
+    """ADAPTER at version 1, due for a run on `pairs` preferences (min_pairs = pairs)."""
+    registry.tenants.create("acme", actor="test")
+    registry.adapters.create(ADAPTER, actor="test")
+    registry.adapters.register(ADAPTER, {name: v1 / name for name in ADAPTER_FILES},
+                               NewVersion(), actor="test")
+    registry.adapters.promote(ADAPTER, 1, actor="test")
+    registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
+        {**DEMO_POLICY, "min_pairs": pairs, **policy}), actor="test")
+    for n, prompt in enumerate(user_messages(pairs, seed=5)):
+        registry.feedback.submit(NewFeedback(
+            ADAPTER, 1, "preference", StoredPrompt.chat([("user", prompt)]),
+            chosen=f"{MARKER} yes {n}", rejected=f"no {n}"))
+
+
 def test_a_trainer_that_cannot_write_its_candidate_fails_the_run_and_releases_feedback(
         demo_model, adapter_dirs, tmp_path):
     """The weight volume full under a trainer: the run fails with the reason, its feedback
@@ -302,18 +317,7 @@ def test_a_trainer_that_cannot_write_its_candidate_fails_the_run_and_releases_fe
                                  database_url=sqlite_url(tmp_path), max_rank=64,
                                  max_bytes=1 << 30)
         try:
-            registry.tenants.create("acme", actor="test")
-            registry.adapters.create(ADAPTER, actor="test")
-            registry.adapters.register(
-                ADAPTER, {name: adapter_dirs[ADAPTER] / name for name in ADAPTER_FILES},
-                NewVersion(), actor="test")
-            registry.adapters.promote(ADAPTER, 1, actor="test")
-            registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
-                {**DEMO_POLICY, "min_pairs": 8}), actor="test")
-            for n, prompt in enumerate(user_messages(8, seed=5)):
-                registry.feedback.submit(NewFeedback(
-                    ADAPTER, 1, "preference", StoredPrompt.chat([("user", prompt)]),
-                    chosen=f"{MARKER} yes {n}", rejected=f"no {n}"))
+            adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=8)
             filler = fill(volume, leave_bytes=16 << 10)
             trainer = Trainer(registry, demo_model, worker="test", lease_s=60)
             assert trainer.run_once()
@@ -340,19 +344,8 @@ def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
                                  database_url=url, max_rank=64, max_bytes=1 << 30)
         trainer = None
         try:
-            registry.tenants.create("acme", actor="test")
-            registry.adapters.create(ADAPTER, actor="test")
-            registry.adapters.register(
-                ADAPTER, {name: adapter_dirs[ADAPTER] / name for name in ADAPTER_FILES},
-                NewVersion(), actor="test")
-            registry.adapters.promote(ADAPTER, 1, actor="test")
             # Long enough a run to be caught in the middle of it.
-            registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
-                {**DEMO_POLICY, "min_pairs": 16, "epochs": 40}), actor="test")
-            for n, prompt in enumerate(user_messages(16, seed=5)):
-                registry.feedback.submit(NewFeedback(
-                    ADAPTER, 1, "preference", StoredPrompt.chat([("user", prompt)]),
-                    chosen=f"{MARKER} yes {n}", rejected=f"no {n}"))
+            adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=16, epochs=40)
             with open(tmp_path / "trainer.log", "wb") as log:  # the child keeps its copy
                 trainer = subprocess.Popen(
                     [sys.executable, "-m", "loraloop.trainer", "--model", str(demo_model),
