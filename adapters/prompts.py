@@ -127,6 +127,7 @@ class PromptRenderer:
     def __init__(self, tokenizer, max_model_len: int) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.vocab_size = len(tokenizer)  # token ids are 0 to vocab_size - 1, added ones too
 
     @classmethod
     def load(cls, model: str, max_model_len: int) -> PromptRenderer:
@@ -156,7 +157,7 @@ class PromptRenderer:
         return self.tokenizer(prompt)["input_ids"]
 
     def check_token_ids(self, token_ids: list[int], param: str) -> list[int]:
-        vocab = len(self.tokenizer)
+        vocab = self.vocab_size
         if any(not 0 <= t < vocab for t in token_ids):
             raise PromptRejected(f"{param}: token ids must be in [0, {vocab})", param=param)
         return token_ids

@@ -71,7 +71,7 @@ class RegistryWatcher:
             self.routes.registry_lost_at = time.monotonic()
             logger.warning("the registry database is unavailable (%s); serving the last "
                            "snapshot, refusing writes until it returns",
-                           str(reason).splitlines()[0] if str(reason) else type(reason).__name__)
+                           (str(reason).splitlines() or [type(reason).__name__])[0])
 
     def _registry_back(self) -> None:
         if self.routes.registry_lost_at is not None:

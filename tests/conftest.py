@@ -70,6 +70,18 @@ def provision(server: ServerProcess, adapters: dict[str, Path]) -> dict[str, str
     return keys
 
 
+def provisioned(server: ServerProcess,
+                adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+    """For a fixture to yield from: the server ready and provisioned (see `provision`), then
+    stopped however the fixture ends."""
+    try:
+        server.wait_ready()
+        server.tenant_keys = provision(server, adapters)
+        yield server
+    finally:
+        server.stop()
+
+
 def start_server(args: list[str], log_path: Path, data_dir: Path,
                  env: dict[str, str] | None = None) -> ServerProcess:
     return ServerProcess(args, log_path, env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})},
@@ -91,12 +103,7 @@ def vllm_server(demo_model, adapter_dirs, adapter_root, tmp_path_factory):
         tmp_path_factory.mktemp("vllm-data"),
         env={"LORALOOP_LIMITS__MAX_TOKENS": "1000"},
     )
-    try:
-        server.wait_ready()
-        server.tenant_keys = provision(server, adapter_dirs)
-        yield server
-    finally:
-        server.stop()
+    yield from provisioned(server, adapter_dirs)
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,14 @@ the server's metrics read back, and transformers + PEFT greedy decoding as the o
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -155,6 +157,44 @@ def database_url(backend: str, directory: Path) -> Iterator[str]:
     else:
         with fresh_postgres_database() as url:
             yield url
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    """`condition()`'s first truthy value, polled every 0.2 s; AssertionError after
+    `timeout_s`, naming `what` was awaited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- endpoints that fail -----------------------------------------------------------------
+
+@contextmanager
+def hanging_endpoint(hang_s: float) -> Iterator[str]:
+    """A real HTTP endpoint that takes `hang_s` over every POST and then answers 500 (a judge
+    having a bad day). Yields its OpenAI-style base URL."""
+
+    class Hanging(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(hang_s)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *_) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # -- metrics ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class Trainer:
             self._scorer = Scorer(self.base_model)
         return self._scorer
 
-    def _sample(self, adapter_id: str, policy: TrainingPolicy) -> str | None:
+    def _sample(self, adapter_id: str, policy: TrainingPolicy, judge: Judge) -> str | None:
         """Store the judged answers of the live version as score feedback, so that the run
         about to start trains on them; a reason when it cannot."""
         if self.sampler is None:
@@ -84,26 +84,21 @@ class Trainer:
         prompts = prompts_to_sample(sampling, recorded)
         if not prompts:
             return "the policy samples, but has no prompts and none are recorded"
-        judge = self._judge(policy)
+        # Seeded by the policy, the version and the round: a sequence of runs can be
+        # repeated, and every round gets samples of its own.
+        rounds = self._samplings[adapter_id] = self._samplings.get(adapter_id, 0) + 1
+        base_seed = (policy.seed * 1_000_003 + live * 10_007 + rounds * 101) % 2**31
         try:
-            # Seeded by the policy, the version and the round: a sequence of runs can be
-            # repeated, and every round gets samples of its own.
-            rounds = self._samplings[adapter_id] = self._samplings.get(adapter_id, 0) + 1
-            base_seed = (policy.seed * 1_000_003 + live * 10_007 + rounds * 101) % 2**31
-            try:
-                sampled = [self.sampler.sample(f"{adapter_id}@{live}", prompt, sampling,
-                                               seed=base_seed + index * sampling.samples)
-                           for index, prompt in enumerate(prompts)]
-            except httpx.HTTPError as exc:
-                return f"sampling from the server failed: {exc}"
-            feedback = judged_feedback(adapter_id, live, sampled, judge)
-            abstained = sum(judge.tally.abstained.values())
-        finally:
-            judge.close()
+            sampled = [self.sampler.sample(f"{adapter_id}@{live}", prompt, sampling,
+                                           seed=base_seed + index * sampling.samples)
+                       for index, prompt in enumerate(prompts)]
+        except httpx.HTTPError as exc:
+            return f"sampling from the server failed: {exc}"
+        feedback = judged_feedback(adapter_id, live, sampled, judge)
         self.feedback.submit_many([Submission(item) for item in feedback])
         logger.info("%s@%d: %d answers to %d prompts sampled, %d judged by %s (%d abstained)",
                     adapter_id, live, sum(len(s.answers) for s in sampled), len(prompts),
-                    len(feedback), judge.name, abstained)
+                    len(feedback), judge.name, sum(judge.tally.abstained.values()))
         return None
 
     def _judge(self, policy: TrainingPolicy) -> Judge | None:
@@ -139,37 +134,46 @@ class Trainer:
 
     def _look_at(self, work: PendingWork, policy: TrainingPolicy) -> bool:
         """Mark the adapter's rows past pairing, then run if it is due; True when it ran."""
-        if work.queued and policy.sampling is not None:
-            refusal = self._sample(work.adapter_id, policy)
-            if refusal:
-                self.training.refuse_queued(work.adapter_id, reason=f"not started: {refusal}")
+        # A run that samples uses one judge for its samples and its gate: the judge's
+        # budget (calls, seconds) is the run's.
+        judge = self._judge(policy) if work.queued and policy.sampling is not None else None
+        try:
+            if judge is not None:
+                refusal = self._sample(work.adapter_id, policy, judge)
+                if refusal:
+                    self.training.refuse_queued(work.adapter_id,
+                                                reason=f"not started: {refusal}")
+                    return False
+            now = utcnow()
+            if not work.queued and not might_be_due(work.pending, work.oldest, policy, now):
                 return False
-        now = utcnow()
-        if not work.queued and not might_be_due(work.pending, work.oldest, policy, now):
+            found = triage(self.training.claimable(work.adapter_id), policy, now)
+            if found.unpaired:
+                marked = self.training.mark_unpaired(work.adapter_id, found.unpaired)
+                logger.info("%s: %d feedback rows will never make a pair: unpaired",
+                            work.adapter_id, marked)
+            if work.queued and len(found.pairs) < MIN_PAIRS_EVER:
+                reason = f"not started: {_too_few_pairs(found)}"
+                self.training.refuse_queued(work.adapter_id, reason=reason)
+                return False
+            resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
+            if work.queued or (is_due(found, policy, now) and not resting):
+                self.run(work.adapter_id, policy, judge)
+                return True
             return False
-        found = triage(self.training.claimable(work.adapter_id), policy, now)
-        if found.unpaired:
-            marked = self.training.mark_unpaired(work.adapter_id, found.unpaired)
-            logger.info("%s: %d feedback rows will never make a pair: unpaired",
-                        work.adapter_id, marked)
-        if work.queued and len(found.pairs) < MIN_PAIRS_EVER:
-            reason = f"not started: {_too_few_pairs(found)}"
-            self.training.refuse_queued(work.adapter_id, reason=reason)
-            return False
-        resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
-        if work.queued or (is_due(found, policy, now) and not resting):
-            self.run(work.adapter_id, policy)
-            return True
-        return False
+        finally:
+            if judge is not None:
+                judge.close()
 
-    def run(self, adapter_id: str, policy: TrainingPolicy) -> None:
+    def run(self, adapter_id: str, policy: TrainingPolicy, judge: Judge | None = None) -> None:
+        """`judge`: the one the run has used already (sampling); else the policy's, if any."""
         claim = self.training.claim(adapter_id, worker=self.worker, lease_s=self.lease_s)
         logger.info("run %d: %s, %d feedback rows, from version %s", claim.run_id, adapter_id,
                     len(claim.feedback), claim.parent_version)
         try:
             with LeaseKeeper(self.training, claim.run_id, worker=self.worker,
                              lease_s=self.lease_s) as lease:
-                self._train_and_decide(claim, policy, lease)
+                self._train_and_decide(claim, policy, lease, judge)
         except LeaseLost:
             logger.error("run %d lost its lease; another run owns its feedback now", claim.run_id)
         except Exception as exc:
@@ -178,8 +182,8 @@ class Trainer:
             self.training.finish(claim.run_id, "failed", reason=f"{type(exc).__name__}: {exc}",
                                  release=True)
 
-    def _train_and_decide(self, claim: Claim, policy: TrainingPolicy,
-                          lease: LeaseKeeper) -> None:
+    def _train_and_decide(self, claim: Claim, policy: TrainingPolicy, lease: LeaseKeeper,
+                          judge: Judge | None) -> None:
         found = triage(claim.feedback, policy, utcnow())
         self.training.set_aside(claim.run_id, worker=self.worker, unpaired=found.unpaired,
                                 waiting=found.waiting)
@@ -198,14 +202,14 @@ class Trainer:
                                on_progress=lease.report)
             drift = [StoredPrompt.chat([("user", p)]) for p in policy.golden_prompts] or [
                 pair.prompt for pair in held_out]
-            judge = self._judge(policy)
+            own = self._judge(policy) if judge is None else None
             try:
                 report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
                                             held_out=held_out, drift_prompts=drift,
-                                            train=result, policy=policy, judge=judge)
+                                            train=result, policy=policy, judge=judge or own)
             finally:
-                if judge is not None:
-                    judge.close()
+                if own is not None:
+                    own.close()
             version, created = self._register(claim, candidate, report, len(pairs), policy)
         if created:
             self._decide(claim, version, report, policy)

@@ -187,7 +187,7 @@ class GenerationService:
         """The request's sampling settings, checked against the configured bounds; the token
         budget is set per prompt by `_fit`."""
         limits, max_tokens = self.limits, request.requested_max_tokens
-        vocab = len(self.renderer.tokenizer)
+        vocab = self.renderer.vocab_size
         if request.top_k is not None and request.top_k > vocab:
             raise InvalidRequest(f"top_k must be at most the vocabulary size, {vocab}.",
                                  param="top_k")
@@ -229,7 +229,7 @@ class GenerationService:
             raise InvalidRequest(
                 f"logit_bias has {len(bias)} entries; the limit is {self.limits.max_logit_bias}.",
                 param="logit_bias")
-        vocab = len(self.renderer.tokenizer)
+        vocab = self.renderer.vocab_size
         checked = []
         for token, value in bias.items():
             if not (token.isascii() and token.isdigit() and int(token) < vocab):

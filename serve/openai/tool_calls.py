@@ -56,7 +56,6 @@ class ToolCallFormat:
                 tool_strict_level=TOOL_STRICT_LEVEL, tokenizer=tokenizer)
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"tool-call parser '{parser_name}': {exc}") from exc
-        self.parser_name = parser_name
         self._parser = parser
         self._tokenizer = tokenizer
 

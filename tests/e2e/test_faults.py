@@ -40,6 +40,7 @@ from ..support import (
     local_postgres_cluster,
     postgres_stopped,
     read_metric,
+    wait_until,
 )
 
 ADAPTER = "acme/support"
@@ -52,13 +53,6 @@ def feedback(server, n: int) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/feedback", headers=ADMIN_HEADERS, timeout=60, json={
         "adapter": ADAPTER, "messages": MESSAGES, "chosen": f"it ships today ({n})",
         "rejected": "no idea"})
-
-
-def wait_for(condition, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def assert_registry_unavailable(response: httpx.Response, started: float) -> None:
@@ -88,8 +82,8 @@ def test_postgres_outage_keeps_inference_refuses_writes_and_recovers(
                                 headers=ADMIN_HEADERS, timeout=60).json()
 
             with postgres_stopped(version):
-                wait_for(lambda: httpx.get(f"{server.url}/ready").json()["status"]
-                         == "degraded")
+                wait_until(lambda: httpx.get(f"{server.url}/ready").json()["status"]
+                           == "degraded", 30, "/ready to say degraded")
                 ready = httpx.get(f"{server.url}/ready")
                 assert ready.status_code == 200  # still routed to: it still answers
                 assert ready.json()["registry"] == "unavailable"
@@ -121,7 +115,8 @@ def test_postgres_outage_keeps_inference_refuses_writes_and_recovers(
                                         "rejected": "b"})), started)
 
             # Back by itself within a few polls; writes are taken again at once.
-            wait_for(lambda: httpx.get(f"{server.url}/ready").json()["status"] == "ready")
+            wait_until(lambda: httpx.get(f"{server.url}/ready").json()["status"] == "ready",
+                       30, "/ready to say ready again")
             assert read_metric(server.url, "loraloop_registry_available") == 1
             assert feedback(server, 2).status_code == 201
         finally:
@@ -157,7 +152,8 @@ def test_engine_death_answers_503_and_ends_streams_with_an_error(demo_model, tmp
         # Not a silent cut: the stream says why it ended, then ends as streams do.
         assert events[-1] == "[DONE]"
         assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
-        wait_for(lambda: httpx.get(f"{server.url}/health").status_code == 503)
+        wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 503, 30,
+                   "/health to answer 503")
         assert httpx.get(f"{server.url}/ready").status_code == 503
         refused = httpx.post(f"{server.url}/v1/chat/completions", headers=ADMIN_HEADERS,
                              json={**body, "stream": False}, timeout=60)
@@ -353,12 +349,14 @@ def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
                      "--lease-s", "6"],
                     env={**os.environ, "LORALOOP_DATABASE_URL": url}, stdout=log,
                     stderr=subprocess.STDOUT)
-            wait_for(lambda: any(r.status == "running" and r.progress.get("step")
-                                 for r in registry.training.runs(ADAPTER)), 120)
+            wait_until(lambda: any(r.status == "running" and r.progress.get("step")
+                                   for r in registry.training.runs(ADAPTER)), 120,
+                       "a run in the middle of training")
             with postgres_stopped(version):
                 time.sleep(8)  # longer than the lease: the run's claim lapses meanwhile
-            wait_for(lambda: any(r.status in ("promoted", "rejected", "candidate")
-                                 for r in registry.training.runs(ADAPTER)), 180)
+            wait_until(lambda: any(r.status in ("promoted", "rejected", "candidate")
+                                   for r in registry.training.runs(ADAPTER)), 180,
+                       "a run that finished")
             runs = registry.training.runs(ADAPTER)
             finished = [r for r in runs if r.status in ("promoted", "rejected", "candidate")]
             assert len(finished) == 1 and len(runs) <= 2, runs

@@ -11,7 +11,7 @@ import asyncio
 import openai
 import pytest
 
-from ..conftest import ADMIN_KEY, ENGINE_ARGS, async_client, provision, start_server
+from ..conftest import ADMIN_KEY, ENGINE_ARGS, async_client, provisioned, start_server
 
 MESSAGES = [{"role": "user", "content": "what is the refund policy"}]
 MAX_PENDING = 2
@@ -28,12 +28,7 @@ def reference_server(demo_model, adapter_dirs, tmp_path_factory):
              "LORALOOP_MAX_TENANT_REQUESTS": "1",
              "LORALOOP_TENANT_TOKENS_PER_MINUTE": str(TOKENS_PER_MINUTE)},
     )
-    try:
-        server.wait_ready()
-        server.tenant_keys = provision(server, adapter_dirs)
-        yield server
-    finally:
-        server.stop()
+    yield from provisioned(server, adapter_dirs)
 
 
 @pytest.fixture(scope="module")

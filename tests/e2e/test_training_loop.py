@@ -26,6 +26,7 @@ from loraloop.serve.cli.client import AdminApiError, AdminClient
 from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, preference_feedback, user_messages
 
 from ..conftest import ADMIN_KEY
+from ..support import wait_until
 
 RUN_TIMEOUT_S = 240
 FINISHED = ("promoted", "rejected", "candidate", "failed", "identical")
@@ -130,7 +131,7 @@ def test_preferences_become_a_promoted_version_and_rollback_restores(
     assert (version["tags"]["run"], version["tags"]["learning_rate"]) == (str(run["id"]), "0.02")
     assert version["metrics"]["heldout_accuracy"] >= version["metrics"]["heldout_accuracy_live"]
     # The trainer is another process: the server sees its promote within a poll interval.
-    _wait(lambda: greedy(vllm_server, adapter, unseen[:1])[0][0] == f"{adapter}@2", 2,
+    wait_until(lambda: greedy(vllm_server, adapter, unseen[:1])[0][0] == f"{adapter}@2", 2,
           "the server to serve version 2")
     after = greedy(vllm_server, adapter, unseen)
     assert {model for model, _ in after} == {f"{adapter}@2"}
@@ -183,16 +184,6 @@ def _registry(demo_model: Path, data_dir: Path):
                          max_rank=64, max_bytes=1 << 30)
 
 
-def _wait(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
         demo_model, adapter_dirs, tmp_path):
     opened = _registry(demo_model, tmp_path / "data")
@@ -212,7 +203,7 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
 
     first = start_trainer(demo_model, tmp_path / "data", tmp_path / "first.log", lease_s=3)
     try:
-        _wait(lambda: [r for r in training.runs("loop/killed")
+        wait_until(lambda: [r for r in training.runs("loop/killed")
                        if r.status == "running" and r.progress.get("step", 0) >= 2],
               RUN_TIMEOUT_S, "a run to be training")
         os.killpg(first.pid, signal.SIGKILL)
@@ -226,7 +217,7 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
         {**DEMO_POLICY, "epochs": 2, "min_pairs": 40}), actor="test")
     second = start_trainer(demo_model, tmp_path / "data", tmp_path / "second.log", lease_s=3)
     try:
-        finished = _wait(lambda: [r for r in training.runs("loop/killed")
+        finished = wait_until(lambda: [r for r in training.runs("loop/killed")
                                   if r.status in FINISHED and r.status != "failed"],
                          RUN_TIMEOUT_S, "the restarted trainer to finish a run")
         second.terminate()  # SIGTERM between runs: the trainer exits cleanly
@@ -252,7 +243,7 @@ def next_run(admin: AdminClient, adapter_id: str, after: int) -> dict:
     """Queue a run and wait for it to finish."""
     run_id = admin.queue_run(adapter_id)["id"]
     assert run_id > after
-    return _wait(lambda: next((r for r in admin.runs(adapter_id)
+    return wait_until(lambda: next((r for r in admin.runs(adapter_id)
                                if r["id"] == run_id and r["status"] in FINISHED), None),
                  RUN_TIMEOUT_S, f"run {run_id}")
 

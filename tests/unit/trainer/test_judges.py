@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
 
 import httpx
@@ -14,6 +12,8 @@ from pydantic import ValidationError
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.trainer.judges import judge_for
+
+from ...support import hanging_endpoint
 
 PROMPT = StoredPrompt.chat([("user", "where is my order?")])
 
@@ -143,35 +143,13 @@ def test_llm_judge_needs_its_key_in_the_environment(monkeypatch):
         judge_for(policy, None)
 
 
-class _Hanging(http.server.BaseHTTPRequestHandler):
-    """An endpoint that takes its time and then answers 500: a judge having a bad day."""
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(HANG_S)
-        self.send_response(500)
-        self.end_headers()
-
-    def log_message(self, *_) -> None:
-        pass
-
-
-HANG_S = 3.0
-
-
 def test_a_hanging_judge_keeps_the_run_within_its_time_budget():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        llm = judge({"kind": "llm", "url": f"http://127.0.0.1:{server.server_port}/v1",
-                     "model": "m", "rubric": "r", "timeout_s": 0.5, "retries": 1,
-                     "max_seconds": 2})
+    with hanging_endpoint(3.0) as url:
+        llm = judge({"kind": "llm", "url": url, "model": "m", "rubric": "r", "timeout_s": 0.5,
+                     "retries": 1, "max_seconds": 2})
         started = time.monotonic()
         comparisons = [llm.compare(PROMPT, "a", "b") for _ in range(5)]
         elapsed = time.monotonic() - started
-    finally:
-        server.shutdown()
-        server.server_close()
     assert [c.winner for c in comparisons] == [None] * 5
     assert elapsed < 2 + 0.5 + 1  # the budget, one call's timeout, and slack
     assert llm.tally.judged == 5

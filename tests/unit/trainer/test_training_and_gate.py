@@ -8,11 +8,9 @@ gate must promote it; the same pairs with their labels scrambled must not be pro
 
 from __future__ import annotations
 
-import http.server
 import json
 import random
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -41,6 +39,8 @@ from loraloop.trainer.pairs import (
     split_held_out,
 )
 from loraloop.trainer.rendering import encode_pair
+
+from ...support import hanging_endpoint
 
 DEMO_POLICY = TrainingPolicy.model_validate(DEMO_POLICY_FIELDS)
 
@@ -382,30 +382,16 @@ def test_a_hanging_judge_ends_the_gate_in_time_with_the_reason(
         scorer, parent, marker_split, marker_run):
     """An LLM judge whose endpoint never answers in time: every comparison is undecided,
     the gate finishes within the judge's time budget and rejects, saying so."""
-
-    class Hanging(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(2)
-
-        def log_message(self, *_) -> None:
-            pass
-
     _, held_out = marker_split
     output, result, _ = marker_run
-    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
-    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    try:
+    with hanging_endpoint(2.0) as url:
         policy = TrainingPolicy.model_validate({**DEMO_POLICY_FIELDS, "judge": {
-            "kind": "llm", "url": f"http://127.0.0.1:{endpoint.server_port}/v1",
-            "model": "m", "rubric": "r", "timeout_s": 0.3, "retries": 0, "max_seconds": 1.5}})
+            "kind": "llm", "url": url, "model": "m", "rubric": "r", "timeout_s": 0.3,
+            "retries": 0, "max_seconds": 1.5}})
         judge = judge_for(policy.judge, scorer.tokenizer)
         started = time.monotonic()
         report = gate_run(scorer, output, parent, held_out, result, policy, judge=judge)
         judging_s = time.monotonic() - started
-    finally:
-        endpoint.shutdown()
-        endpoint.server_close()
     assert not report.passed
     assert report.metrics["judged_wins"] + report.metrics["judged_losses"] == 0
     assert "0 of 0 held-out prompts it decided" in report.failures()
