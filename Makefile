@@ -43,13 +43,16 @@ bench: install-bench
 	$(BIN)/python -m tests.benchmarks.bench_adapters --model 0.5b $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_control --model tiny --parts feedback,loop $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_control --model 0.5b --parts swap $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_adaptation $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests
 	$(BIN)/lint-imports
 
 install-serve: $(VENV)/.installed-$(ENGINE)
+# The tests also drive the operator console in Debian's Chromium, installed when missing.
 install-test: $(VENV)/.installed-$(ENGINE)-test
+	bash tests/ensure-chromium.sh
 install-bench: $(VENV)/.installed-$(ENGINE)-bench
 
 $(BIN)/python:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+MAX_TAG_CHARS = 256  # the longest value of a version tag
 
 _PART = r"[a-z0-9][a-z0-9._-]{0,62}"
 NAME_HELP = "1 to 63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit"

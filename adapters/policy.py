@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from .names import MAX_TAG_CHARS
 from .text import StoredText
 
 GoldenPrompt = Annotated[StoredText, StringConstraints(min_length=1, max_length=2000)]
@@ -126,10 +127,74 @@ class SamplingPolicy(BaseModel):
     samples: int = Field(4, ge=2, le=16, description="answers per prompt")
     temperature: float = Field(1.0, gt=0, le=2)
     max_tokens: int = Field(64, ge=1, le=1024, description="the longest answer sampled")
+    every_s: int | None = Field(
+        None, ge=60, le=30 * 86_400, description="also sample and train on its own this long "
+        "after the last run began (none: only in runs an operator queues)")
 
 
 JudgePolicy = Annotated[RuleJudgePolicy | LLMJudgePolicy | PythonJudgePolicy,
                         Field(discriminator="kind")]
+
+
+def _low_to_high(bounds: tuple) -> tuple:
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"[{bounds[0]}, {bounds[1]}] runs from high to low; give the low end "
+                         "first")
+    return bounds
+
+
+def _distinct(items: list) -> list:
+    repeated = sorted({str(item) for item in items if items.count(item) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} appears more than once")
+    return items
+
+
+def _fits_a_tag(names: list[str]) -> list[str]:
+    # A search records each module set it tried with the version, as one tag.
+    if len(",".join(names)) > MAX_TAG_CHARS:
+        raise ValueError(f"these {len(names)} names take more than {MAX_TAG_CHARS} characters "
+                         "joined by commas")
+    return names
+
+
+Beta = Annotated[float, Field(gt=0, le=10)]
+LearningRate = Annotated[float, Field(gt=0, le=1)]
+Epochs = Annotated[int, Field(ge=1, le=100)]
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+ModuleSet = Annotated[list[ModuleName], Field(min_length=1, max_length=16),
+                      AfterValidator(_distinct), AfterValidator(_fits_a_tag)]
+
+
+class SearchPolicy(BaseModel):
+    """Hyperparameter search: each run trains several settings (Optuna's TPE, seeded by the
+    policy's seed) and scores them on a validation split of its training pairs; the best one
+    goes to the gate, which judges it on the held-out pairs as it judges any candidate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(8, ge=1, le=64, description="settings tried in one run, at most")
+    max_seconds: float = Field(
+        600, gt=0, le=86_400, description="no trial starts after the search has taken this "
+        "long (the first always runs)")
+    validation_fraction: float = Field(
+        0.25, ge=0.1, le=0.5, description="share of the training pairs (whole prompts) the "
+        "trials are scored on, never trained on")
+    beta: Annotated[tuple[Beta, Beta], AfterValidator(_low_to_high)] = Field(
+        (0.05, 0.5), description="[low, high] of DPO beta, searched on a log scale")
+    learning_rate: Annotated[tuple[LearningRate, LearningRate],
+                             AfterValidator(_low_to_high)] = Field(
+        (1e-4, 1e-2), description="[low, high] of the learning rate, on a log scale")
+    epochs: Annotated[tuple[Epochs, Epochs], AfterValidator(_low_to_high)] = Field(
+        (1, 5), description="[low, high] of the epochs, whole numbers")
+    ranks: Annotated[list[Annotated[int, Field(ge=1, le=512)]],
+                     AfterValidator(_distinct)] = Field(
+        [4, 8, 16], min_length=1, max_length=8, description="LoRA ranks to try for a first "
+        "version (a run from a live version keeps its rank)")
+    target_modules: Annotated[list[ModuleSet], AfterValidator(_distinct)] = Field(
+        [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]], min_length=1,
+        max_length=8, description="sets of module names to adapt, tried for a first version "
+        "(a run from a live version keeps its modules)")
 
 
 class GatePolicy(BaseModel):
@@ -141,7 +206,8 @@ class GatePolicy(BaseModel):
         0.6, ge=0, le=1, description="held-out preference accuracy a candidate must reach"
     )
     promote_margin: float = Field(
-        0.05, ge=0, le=1, description="accuracy gain over the live version to auto-promote"
+        0.05, ge=0, le=1, description="accuracy gain over the live version to auto-promote "
+        "(with a judge, its significant win over the live version's answers stands for it)"
     )
     confidence_z: float = Field(
         2.33, ge=0, le=10,
@@ -159,6 +225,10 @@ class GatePolicy(BaseModel):
         "judge prefers the candidate's answer to the live version's (of those it decides); "
         "its interval at confidence_z must also clear 0.5"
     )
+    judged_samples: int = Field(
+        2, ge=0, le=16, description="with a judge: besides the greedy answers, this many "
+        "answers per held-out prompt sampled at the serving temperature (sampling's, else 1) "
+        "from both versions, each pair compared")
 
 
 class TrainingPolicy(BaseModel):
@@ -199,6 +269,9 @@ class TrainingPolicy(BaseModel):
         "Python function")
     sampling: SamplingPolicy | None = Field(
         None, description="learn from the live version's own answers, judged (needs judge)")
+    search: SearchPolicy | None = Field(
+        None, description="try several hyperparameter settings per run and keep the best; "
+        "rank and target modules come from here for a first version")
 
     @model_validator(mode="after")
     def _sampling_has_a_judge(self) -> TrainingPolicy:

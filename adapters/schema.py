@@ -222,6 +222,20 @@ class TrainingRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class UsageHour(Base):
+    """Requests and tokens one adapter version served in one hour, summed over every server:
+    each adds what it counted since its last write (adapters/usage.py)."""
+
+    __tablename__ = "usage_hours"
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 # -- Row lookups the books share; each takes the session as a keyword and never commits. --
 
 

@@ -25,7 +25,7 @@ from .db import Database
 from .errors import Conflict, NotFound
 from .policy import TrainingPolicy
 from .prompts import StoredPrompt
-from .schema import Adapter, Feedback, Tenant, TrainingRun, adapter_row, utc, utcnow
+from .schema import Adapter, Event, Feedback, Tenant, TrainingRun, adapter_row, utc, utcnow
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
 IDS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
@@ -112,13 +112,47 @@ class TrainingBook:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def queue(self, adapter_id: str, *, actor: str) -> RunRecord:
+    def queue(self, adapter_id: str, *, actor: str, reason: str | None = None) -> RunRecord:
+        """An operator's request for a run now; the history records who asked and why."""
         with self.db.transaction(routing_change=False) as session:
             adapter = adapter_row(adapter_id, session=session)
             run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
             session.add(run)
             session.flush()
+            session.add(Event(kind="training_queued", actor=actor, tenant_id=adapter.tenant_id,
+                              adapter_id=adapter.id, reason=reason, detail={"run": run.id}))
             return RunRecord.of(run, adapter_id)
+
+    def queue_scheduled(self, *, actor: str, now: datetime | None = None) -> list[str]:
+        """Queue a run for every adapter whose policy samples on a schedule (sampling.every_s)
+        and whose last run began that long ago, or never ran; the adapters queued. An adapter
+        with a run queued or running waits for it."""
+        now = now or utcnow()
+        queued = []
+        with self.db.transaction(routing_change=False) as session:
+            adapters = session.execute(
+                select(Adapter, Tenant.name).join(Tenant).where(Adapter.policy.is_not(None))
+                .order_by(Adapter.id).with_for_update(of=Adapter)).all()
+            for adapter, tenant in adapters:
+                policy = TrainingPolicy.stored(adapter.policy)
+                every_s = policy.sampling.every_s if policy.sampling else None
+                if not (policy.enabled and every_s):
+                    continue
+                last = session.scalar(select(TrainingRun).where(
+                    TrainingRun.adapter_id == adapter.id)
+                    .order_by(TrainingRun.id.desc()).limit(1))
+                if last is not None and (last.status in ("queued", "running") or utc(
+                        last.started_at or last.created_at) > now - timedelta(seconds=every_s)):
+                    continue
+                run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
+                session.add(run)
+                session.flush()
+                session.add(Event(kind="training_queued", actor=actor,
+                                  tenant_id=adapter.tenant_id, adapter_id=adapter.id,
+                                  reason=f"the policy samples every {every_s} s",
+                                  detail={"run": run.id}))
+                queued.append(f"{tenant}/{adapter.name}")
+        return queued
 
     def runs(self, adapter_id: str, *, limit: int = 50) -> list[RunRecord]:
         with self.db.reading() as session:

@@ -40,6 +40,7 @@ VersionStatus = Literal["candidate", "live", "retired", "rejected"]
 EventKind = Literal[
     "tenant_created", "key_issued", "key_revoked", "adapter_created", "register",
     "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire", "policy_set",
+    "training_queued",
 ]
 
 

@@ -16,11 +16,14 @@ from fastapi import FastAPI
 from loraloop.adapters.prompts import PromptRenderer
 from loraloop.adapters.registry import open_registry
 from loraloop.adapters.serving_view import read_serving_view
+from loraloop.adapters.usage import UsageBook
 
 from . import health
 from .admin import adapters_router
 from .admin import router as admin_router
 from .admission import AdmissionGate
+from .console import router as console_router
+from .console.security import ConsoleHeaders
 from .engine.factory import create_engine
 from .engine.protocol import Engine
 from .errors import install_error_handlers
@@ -32,9 +35,11 @@ from .openai import router as openai_router
 from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
 from .routing import CurrentRoutes, RoutingSnapshot
+from .sessions import SessionSigner
 from .settings import ServeSettings
 from .state import ServerState
 from .token_budget import TokenBudget
+from .usage import UsageRecorder
 from .warmup import AdapterWarmer
 
 logger = logging.getLogger(__name__)
@@ -56,14 +61,19 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
               if settings.tenant_tokens_per_minute else None)
     admission = AdmissionGate(settings.max_pending_requests, settings.max_tenant_requests,
                               budget)
-    metrics = ServeMetrics(admission, engine, routes, db)
+    metrics = ServeMetrics(admission, engine, routes, db, UsageRecorder(UsageBook(db)))
     warmer = AdapterWarmer(engine, metrics)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
                                 registry.feedback, metrics, _tool_format(settings, renderer))
     return ServerState(settings, engine, registry,
                        FeedbackService(registry.feedback, routes, metrics), routes, watcher,
-                       warmer, service, metrics)
+                       warmer, service, metrics, _session_signer(settings))
+
+
+def _session_signer(settings: ServeSettings) -> SessionSigner:
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return SessionSigner.for_credential(admin_key, settings.console_idle_minutes * 60)
 
 
 def _tool_format(settings: ServeSettings, renderer: PromptRenderer):
@@ -108,11 +118,14 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def lifespan(app: FastAPI):
         running = asyncio.create_task(_start_engine(state))
         watching = asyncio.create_task(_watch_engine(state))
+        counting = asyncio.create_task(state.metrics.usage.run())
         try:
             yield
         finally:
             running.cancel()
             watching.cancel()
+            counting.cancel()
+            await asyncio.gather(counting, return_exceptions=True)  # its last flush
             await state.feedback.writer.close()  # what is queued is stored before exit
             await state.engine.shutdown()
             state.registry.db.dispose()
@@ -123,6 +136,7 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     # Added last is outermost: metrics see every request, the 413s included, and the error
     # boundary sits innermost so that they also see the 500 it sends.
     app.add_middleware(ErrorBoundary)
+    app.add_middleware(ConsoleHeaders)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
                        max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD,
                        upload_routes=[adapters_router.UPLOAD_ROUTE])
@@ -131,4 +145,6 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     app.include_router(feedback_router.router)
     app.include_router(admin_router.router)
     app.include_router(health.router)
+    app.include_router(console_router.router)
+    app.mount(console_router.STATIC_ROUTE, console_router.static_files())
     return app

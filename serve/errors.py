@@ -68,6 +68,12 @@ class Forbidden(LoraloopError):
     code = "forbidden"
 
 
+class CsrfRefused(Forbidden):
+    """A change sent with a console session cookie but without the session's CSRF token."""
+
+    code = "csrf_token_invalid"
+
+
 class AdapterUnavailable(LoraloopError):
     """The adapter is known but its weights could not be loaded into the engine."""
 

@@ -22,6 +22,7 @@ from loraloop.adapters.errors import RegistryUnavailable
 from .admission import AdmissionGate
 from .engine.protocol import Engine, GenerationDelta
 from .routing import CurrentRoutes
+from .usage import UsageRecorder
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
@@ -83,7 +84,8 @@ class _RegistryCounts(Collector):
 
 class ServeMetrics:
     def __init__(self, admission: AdmissionGate, engine: Engine, routes: CurrentRoutes,
-                 db: Database) -> None:
+                 db: Database, usage: UsageRecorder | None = None) -> None:
+        self.usage = usage  # per adapter version and hour, for the registry (the console)
         self.registry = registry = CollectorRegistry()
         registry.register(_LiveCounts(admission, engine, routes))
         registry.register(_RegistryCounts(db))
@@ -119,6 +121,7 @@ class ServeMetrics:
     async def observe_generation(
         self, events: AsyncIterator[tuple[int, GenerationDelta]], *, endpoint: str,
         adapter: str, choices: int, prompt_tokens: int, started: float,
+        version: int | None = None,
     ) -> AsyncIterator[tuple[int, GenerationDelta]]:
         """Pass the events through, timing the first token and counting the rest."""
         first, tokens = None, 0
@@ -132,6 +135,8 @@ class ServeMetrics:
         finally:  # a client that leaves early still used what was generated until then
             self.prompt_tokens.labels(adapter).inc(prompt_tokens)
             self.generation_tokens.labels(adapter).inc(tokens)
+            if self.usage is not None and version is not None:
+                self.usage.record(adapter, version, prompt_tokens, tokens)
             per_choice = tokens / max(choices, 1)
             if first is not None and per_choice > 1:
                 self.tpot.labels(endpoint).observe((perf_counter() - first) / (per_choice - 1))

@@ -75,6 +75,9 @@ class ServeSettings(BaseSettings):
     )
     auth: bool = Field(True, description="require API keys; off only on a loopback address")
     admin_key: SecretStr | None = Field(None, description="the operators' credential")
+    console_idle_minutes: int = Field(
+        30, ge=1, le=24 * 60, description="a console session ends after this long unused"
+    )
 
     max_model_len: int = Field(2048, ge=32)
     max_loras: int = Field(8, ge=1, description="adapters resident in the engine at once")

@@ -15,6 +15,7 @@ from .engine.protocol import Engine
 from .metrics import ServeMetrics
 from .registry_watch import RegistryWatcher
 from .routing import CurrentRoutes
+from .sessions import SessionSigner
 from .settings import ServeSettings
 from .warmup import AdapterWarmer
 
@@ -34,6 +35,7 @@ class ServerState:
     warmer: AdapterWarmer
     service: GenerationService
     metrics: ServeMetrics
+    sessions: SessionSigner
     started_at: int = field(default_factory=lambda: int(time.time()))
     start_failed: bool = False
     # Called once when the engine is lost; the command line sets it to stop the server.

@@ -1,20 +1,27 @@
 """Demo artifacts built offline: a tiny Llama model and random LoRA adapters for it.
 
-Nothing here touches a model hub. The model has random weights, a byte-level BPE tokenizer
-trained on a built-in corpus, and a ChatML chat template; vLLM and transformers both load it.
-The same seed always gives byte-identical files, so tests and demos are reproducible.
+Nothing here touches a model hub. The model has a byte-level BPE tokenizer trained on a
+built-in corpus, a ChatML chat template, and weights from a short pretraining on generated
+sentences (trainer/demo_pretraining.py), so it answers in words; vLLM and transformers both
+load it. The same seed always gives byte-identical files, so tests and demos are
+reproducible; the pretrained weights are cached per machine (LORALOOP_CACHE_DIR, default
+~/.cache/loraloop) because they take a while to make.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -56,7 +63,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-_WORDS = (
+VOCABULARY_WORDS = (
     "the a an of to and in is it that for on with as was be at by this from or have not are "
     "you we they he she his her their our what which who when where why how can will would "
     "could should may might must do does did done make made take took give gave get got see "
@@ -80,14 +87,18 @@ class DemoModelShape:
     num_key_value_heads: int = 2
     vocab_size: int = 2048
     max_position_embeddings: int = 2048
-    # Large enough that logits are peaked: greedy decoding then does not hinge on rounding
-    # differences between engines' kernels.
+    # Large enough that random logits are peaked: greedy decoding then does not hinge on
+    # rounding differences between engines' kernels.
     initializer_range: float = 0.2
+    # Steps of pretraining on generated sentences; 0 keeps the random weights (the larger
+    # shapes that only measure speed).
+    pretrain_steps: int = 400
 
 
 def _corpus(seed: int, lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choices(_WORDS, k=rng.randint(4, 16))) + "." for _ in range(lines)]
+    return [" ".join(rng.choices(VOCABULARY_WORDS, k=rng.randint(4, 16))) + "."
+            for _ in range(lines)]
 
 
 def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
@@ -147,6 +158,8 @@ def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | Non
         )
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+        if shape.pretrain_steps:
+            _pretrained(model, tokenizer, seed, shape)
         model.generation_config.do_sample = False
         model.save_pretrained(staging, safe_serialization=True)
         _fsync_tree(staging)
@@ -156,6 +169,41 @@ def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | Non
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _pretrained(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int,
+                shape: DemoModelShape) -> None:
+    """Pretrain `model` in place, or load the weights an earlier build on this machine made
+    from the same seed, shape and code."""
+    from .demo_pretraining import PretrainingRecipe, pretrain
+
+    cached = _weights_cache() / f"{_cache_key(seed, shape)}.safetensors"
+    if cached.exists():
+        model.load_state_dict(load_file(cached))
+        return
+    pretrain(model, tokenizer, list(dict.fromkeys(VOCABULARY_WORDS)), seed=seed,
+             recipe=PretrainingRecipe(steps=shape.pretrain_steps))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.partial")
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+              partial)
+    os.replace(partial, cached)  # whole or absent, also for builds running side by side
+
+
+def _weights_cache() -> Path:
+    root = os.environ.get("LORALOOP_CACHE_DIR") or Path.home() / ".cache" / "loraloop"
+    return Path(root) / "demo-weights"
+
+
+def _cache_key(seed: int, shape: DemoModelShape) -> str:
+    """Everything the weights depend on, the code that makes them included: a change to the
+    corpus or the recipe makes new weights, never reuses stale ones."""
+    code = b"".join(Path(__file__).with_name(name).read_bytes()
+                    for name in ("demo_model.py", "demo_pretraining.py"))
+    facts = {"seed": seed, "shape": asdict(shape), "torch": torch.__version__,
+             "transformers": transformers.__version__,
+             "code": hashlib.sha256(code).hexdigest()}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _fsync_tree(root: Path) -> None:
@@ -182,6 +230,23 @@ def build_random_adapter(
     model's output, so tests can tell adapters apart.
     """
     return build_random_adapters(base_model_dir, {Path(target): seed}, rank=rank, scale=scale)[0]
+
+
+def build_fresh_adapter(base_model_dir: Path, target: Path, *, seed: int,
+                        rank: int = 8) -> Path:
+    """Write a LoRA adapter as PEFT initialises one for training: random A, zero B. It answers
+    exactly as the base model does, and learns from the first step (two near-zero factors
+    would leave each other's gradients near zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_peft_model(base, LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES),
+            lora_dropout=0.0, task_type="CAUSAL_LM"))
+    model.save_pretrained(target, safe_serialization=True)
+    return Path(target)
 
 
 def build_random_adapters(

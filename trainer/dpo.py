@@ -70,15 +70,17 @@ def train_dpo(
     output_dir: Path,
     *,
     on_progress: ProgressCallback | None = None,
+    target_modules: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Train from `parent_adapter` (or a fresh LoRA of rank policy.rank) on `pairs` and write
-    adapter_config.json and adapter_model.safetensors, nothing else, into `output_dir`."""
+    """Train from `parent_adapter` (or a fresh LoRA of rank policy.rank on `target_modules`,
+    by default the attention projections) on `pairs` and write adapter_config.json and
+    adapter_model.safetensors, nothing else, into `output_dir`."""
     if not pairs:
         raise ValueError("train_dpo needs at least one preference pair")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     with torch.random.fork_rng(devices=[]):  # seeds a fresh LoRA's lora_A, leaks nothing
         torch.manual_seed(policy.seed)
-        model = _load_policy(Path(base_model), parent_adapter, policy.rank)
+        model = _load_policy(Path(base_model), parent_adapter, policy.rank, target_modules)
     dataset = Dataset.from_list([
         {"prompt_ids": list(e.prompt), "chosen_ids": list(e.chosen),
          "rejected_ids": list(e.rejected)}
@@ -110,7 +112,11 @@ def _config(policy: TrainingPolicy, scratch: str) -> DPOConfig:
     )
 
 
-def _load_policy(base_model: Path, parent_adapter: Path | None, rank: int) -> PeftModel:
+def _load_policy(base_model: Path, parent_adapter: Path | None, rank: int,
+                 target_modules: Sequence[str] | None) -> PeftModel:
+    if parent_adapter is not None and target_modules is not None:
+        raise ValueError("a run from a parent adapter keeps its target modules; give "
+                         "target_modules only for a fresh LoRA")
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if parent_adapter is not None:
         # Without is_trainable the adapter loads frozen and nothing trains.
@@ -118,7 +124,8 @@ def _load_policy(base_model: Path, parent_adapter: Path | None, rank: int) -> Pe
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,
-        target_modules=attention_projections(base),
+        target_modules=(attention_projections(base) if target_modules is None
+                        else _present(base, target_modules)),
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
@@ -139,6 +146,18 @@ def attention_projections(model: torch.nn.Module) -> list[str]:
             "that names its target modules"
         )
     return sorted(names)
+
+
+def _present(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
+    """`names`, when each is a linear layer of the model: PEFT would quietly skip some
+    missing ones, and registration would then refuse the adapter."""
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+              if isinstance(module, torch.nn.Linear)}
+    missing = sorted(set(names) - linear)
+    if missing:
+        raise ValueError(f"the base model has no linear layer named {', '.join(missing)}; "
+                         f"its linear layers are {', '.join(sorted(linear))}")
+    return list(names)
 
 
 def _trainable_parameters(model: torch.nn.Module) -> int:

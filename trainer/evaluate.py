@@ -92,14 +92,20 @@ class Scorer:
         return math.fsum(per_prompt) / len(per_prompt)
 
     @torch.no_grad()
-    def answers(self, adapter: Path | None, prompts: Sequence[Prompt],
-                max_new_tokens: int = 32) -> list[str]:
-        """Each prompt's greedy answer, as the text a user would read."""
+    def answers(self, adapter: Path | None, prompts: Sequence[Prompt], max_new_tokens: int = 32,
+                *, temperature: float = 0.0, seed: int = 0) -> list[str]:
+        """Each prompt's answer, as the text a user would read: greedy, or sampled at
+        `temperature` from a generator seeded by (seed, the prompt's index), so that two
+        versions answering the same prompts draw the same random numbers."""
         answers = []
         with self._selected(adapter) as model:
-            for prompt in prompts:
-                tokens, _ = self._greedy(model, prompt_ids(self.tokenizer, prompt),
-                                         max_new_tokens)
+            for index, prompt in enumerate(prompts):
+                ids = prompt_ids(self.tokenizer, prompt)
+                if temperature > 0:
+                    generator = torch.Generator().manual_seed(seed * 100_003 + index)
+                    tokens = self._sampled(model, ids, max_new_tokens, temperature, generator)
+                else:
+                    tokens, _ = self._greedy(model, ids, max_new_tokens)
                 answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
         return answers
 
@@ -116,6 +122,19 @@ class Scorer:
                 break
             input_ids = torch.tensor([[tokens[-1]]])
         return tokens, torch.stack(logits)
+
+    def _sampled(self, model, prompt: list[int], max_new_tokens: int, temperature: float,
+                 generator: torch.Generator) -> list[int]:
+        input_ids, past, tokens = torch.tensor([prompt]), None, []
+        for _ in range(max_new_tokens):
+            out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            probabilities = (out.logits[0, -1].float() / temperature).softmax(-1)
+            tokens.append(int(torch.multinomial(probabilities, 1, generator=generator)))
+            if tokens[-1] in self._stop_ids:
+                break
+            input_ids = torch.tensor([[tokens[-1]]])
+        return tokens
 
     @contextlib.contextmanager
     def _selected(self, adapter: Path | None) -> Iterator[torch.nn.Module]:

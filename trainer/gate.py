@@ -33,7 +33,7 @@ class Check:
 class GateReport:
     checks: tuple[Check, ...]
     passed: bool  # every check passed: worth keeping as a candidate better than live
-    promote: bool  # passed, and the accuracy gain over live meets the auto-promote margin
+    promote: bool  # passed, and better than live by the judge or by promote_margin
     metrics: dict[str, float]  # every figure measured, flat, for the version's record
 
     def failures(self) -> str:
@@ -73,14 +73,17 @@ def evaluate_candidate(
     )
     metrics = _metrics(train, ours, theirs, gain, kl_live, kl_base)
     if judge is not None:
-        judged = judge_answers(scorer, judge, candidate, live, held_out)
+        judged = judge_answers(scorer, judge, candidate, live, held_out, policy)
         checks += _judged_checks(judged, gate.min_win_rate, gate.confidence_z, judge.name)
         metrics |= judged.metrics(gate.confidence_z)
     passed = all(check.passed for check in checks)
     return GateReport(
         checks=checks,
         passed=passed,
-        promote=passed and ours.accuracy >= theirs.accuracy + gate.promote_margin,
+        # With a judge, its significant win over live's answers is the margin: held-out
+        # accuracy on pairs the live version wrote itself is often at 1.0 for both already.
+        promote=passed and (judge is not None
+                            or ours.accuracy >= theirs.accuracy + gate.promote_margin),
         metrics=metrics,
     )
 
@@ -118,15 +121,33 @@ class JudgedAnswers:
 
 
 def judge_answers(scorer: Scorer, judge: Judge, candidate: Path, live: Path | None,
-                  held_out: Sequence[PreferencePair]) -> JudgedAnswers:
+                  held_out: Sequence[PreferencePair], policy: TrainingPolicy) -> JudgedAnswers:
+    """The candidate's answers against the live version's on each held-out prompt: the greedy
+    ones, and gate.judged_samples pairs sampled at the serving temperature (the two versions
+    draw the same random numbers, so a pair differs by what the versions learned)."""
     prompts = list(dict.fromkeys(pair.prompt for pair in held_out))  # each prompt once
-    ours, theirs = scorer.answers(candidate, prompts), scorer.answers(live, prompts)
+    temperature, max_tokens = serving_temperature(policy), answer_tokens(policy)
+    draws = [{"temperature": 0.0}, *({"temperature": temperature, "seed": policy.seed + draw}
+                                    for draw in range(policy.gate.judged_samples))]
     wins = losses = undecided = 0
-    for prompt, our, their in zip(prompts, ours, theirs, strict=True):
-        winner = None if our == their else judge.compare(prompt, our, their).winner
-        wins, losses = wins + (winner == 0), losses + (winner == 1)
-        undecided += winner is None
+    for draw in draws:
+        ours = scorer.answers(candidate, prompts, max_tokens, **draw)
+        theirs = scorer.answers(live, prompts, max_tokens, **draw)
+        for prompt, our, their in zip(prompts, ours, theirs, strict=True):
+            winner = None if our == their else judge.compare(prompt, our, their).winner
+            wins, losses = wins + (winner == 0), losses + (winner == 1)
+            undecided += winner is None
     return JudgedAnswers(wins, losses, undecided)
+
+
+def serving_temperature(policy: TrainingPolicy) -> float:
+    """The temperature users are served at, as far as the policy knows it."""
+    return policy.sampling.temperature if policy.sampling else 1.0
+
+
+def answer_tokens(policy: TrainingPolicy) -> int:
+    """The longest answer the gate generates: as long as sampling asks for, else 32 tokens."""
+    return policy.sampling.max_tokens if policy.sampling else 32
 
 
 def _judged_checks(judged: JudgedAnswers, min_win_rate: float, z: float,
@@ -135,8 +156,9 @@ def _judged_checks(judged: JudgedAnswers, min_win_rate: float, z: float,
     return (
         Check("judged_win_rate_min", judged.decided > 0 and judged.win_rate >= min_win_rate,
               judged.win_rate, min_win_rate,
-              f"{judge} preferred the candidate's greedy answer on {judged.wins} of "
-              f"{judged.decided} held-out prompts it decided ({judged.undecided} undecided)"),
+              f"{judge} preferred the candidate's answer in {judged.wins} of the "
+              f"{judged.decided} comparisons it decided on held-out prompts "
+              f"({judged.undecided} undecided)"),
         Check("judged_win_rate_significant", lower > 0.5, lower, 0.5,
               f"the win rate's lower bound at {z:g} standard errors (Wilson), above 0.5"),
     )

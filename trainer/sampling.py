@@ -9,6 +9,8 @@ name, so they show in `feedback stats` and are consumed by the run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +60,23 @@ class ServerSampler:
             response.raise_for_status()
             answers = [choice["message"]["content"] or "" for choice in response.json()["choices"]]
         return SampledAnswers(prompt, tuple(answers))
+
+
+@dataclass(frozen=True)
+class SamplingRound:
+    """What one run sampled and the judge made of it, for the lineage of its version (the
+    scores themselves are feedback rows, consumed by that version)."""
+
+    prompts: Sequence[StoredPrompt]
+    samples: int  # answers asked for per prompt
+    answers: int
+    scored: int
+
+    def lineage(self) -> dict[str, str | int]:
+        listed = json.dumps([prompt.to_json() for prompt in self.prompts], sort_keys=True)
+        return {"sampled_prompts": len(self.prompts), "samples": self.samples,
+                "sampled_answers": self.answers, "scored_answers": self.scored,
+                "sampled_prompts_sha256": hashlib.sha256(listed.encode()).hexdigest()[:16]}
 
 
 def prompts_to_sample(policy: SamplingPolicy, recorded: Sequence[StoredPrompt]

@@ -16,13 +16,14 @@ import shutil
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 
 from loraloop.adapters.errors import Conflict, RegistryUnavailable
 from loraloop.adapters.feedback import Submission
-from loraloop.adapters.names import ADAPTER_FILES
+from loraloop.adapters.names import ADAPTER_FILES, MAX_TAG_CHARS
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.registry import Registry
@@ -37,13 +38,17 @@ from .judges import Judge, judge_for
 from .lease import LeaseKeeper
 from .pairs import split_held_out
 from .pending import MIN_PAIRS_EVER, Triage, is_due, might_be_due, triage
-from .sampling import ServerSampler, judged_feedback, prompts_to_sample
+from .sampling import SamplingRound, ServerSampler, judged_feedback, prompts_to_sample
+from .search import SearchOutcome, search_dpo
 
 logger = logging.getLogger(__name__)
 
 # A failed run's adapter waits this long before another run: a failure that repeats (a broken
 # model directory, too little memory) must not start a new run at every poll.
 RETRY_AFTER_S = 60
+# How often the trainer looks for policies that sample on a schedule: their periods are a
+# minute or more, and the look reads every adapter's policy.
+SCHEDULE_EVERY_S = 30
 
 
 def _too_few_pairs(found: Triage) -> str:
@@ -62,6 +67,7 @@ class Trainer:
         self._scorer: Scorer | None = None
         self._resting: dict[str, float] = {}  # adapter -> monotonic time it may run again
         self._samplings: dict[str, int] = {}  # adapter -> on-policy samplings so far
+        self._next_schedule = 0.0  # monotonic time of the next look for scheduled runs
         self.store.staging.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -70,20 +76,21 @@ class Trainer:
             self._scorer = Scorer(self.base_model)
         return self._scorer
 
-    def _sample(self, adapter_id: str, policy: TrainingPolicy, judge: Judge) -> str | None:
+    def _sample(self, adapter_id: str, policy: TrainingPolicy, judge: Judge) -> SamplingRound:
         """Store the judged answers of the live version as score feedback, so that the run
-        about to start trains on them; a reason when it cannot."""
+        about to start trains on them; NotSampled with the reason when it cannot."""
         if self.sampler is None:
-            return "the policy samples, but the trainer has no server_url to sample from"
+            raise NotSampled("the policy samples, but the trainer has no server_url to "
+                             "sample from")
         live = self.adapters.get(adapter_id).live_version
         if live is None:
-            return "the policy samples the live version, and there is none"
+            raise NotSampled("the policy samples the live version, and there is none")
         sampling = policy.sampling
         recorded = (self.feedback.recorded_prompts(adapter_id, sampling.max_prompts)
                     if sampling.recorded else [])
         prompts = prompts_to_sample(sampling, recorded)
         if not prompts:
-            return "the policy samples, but has no prompts and none are recorded"
+            raise NotSampled("the policy samples, but has no prompts and none are recorded")
         # Seeded by the policy, the version and the round: a sequence of runs can be
         # repeated, and every round gets samples of its own.
         rounds = self._samplings[adapter_id] = self._samplings.get(adapter_id, 0) + 1
@@ -93,13 +100,14 @@ class Trainer:
                                            seed=base_seed + index * sampling.samples)
                        for index, prompt in enumerate(prompts)]
         except httpx.HTTPError as exc:
-            return f"sampling from the server failed: {exc}"
+            raise NotSampled(f"sampling from the server failed: {exc}") from exc
         feedback = judged_feedback(adapter_id, live, sampled, judge)
         self.feedback.submit_many([Submission(item) for item in feedback])
+        answers = sum(len(s.answers) for s in sampled)
         logger.info("%s@%d: %d answers to %d prompts sampled, %d judged by %s (%d abstained)",
-                    adapter_id, live, sum(len(s.answers) for s in sampled), len(prompts),
-                    len(feedback), judge.name, sum(judge.tally.abstained.values()))
-        return None
+                    adapter_id, live, answers, len(prompts), len(feedback), judge.name,
+                    sum(judge.tally.abstained.values()))
+        return SamplingRound(tuple(prompts), sampling.samples, answers, len(feedback))
 
     def _judge(self, policy: TrainingPolicy) -> Judge | None:
         # Built per run: a policy may change between runs, and an LLM judge's call budget
@@ -125,6 +133,10 @@ class Trainer:
 
     def run_once(self) -> bool:
         """Run the first due adapter's training; False when nothing was due."""
+        if time.monotonic() >= self._next_schedule:
+            self._next_schedule = time.monotonic() + SCHEDULE_EVERY_S
+            for adapter_id in self.training.queue_scheduled(actor=f"trainer:{self.worker}"):
+                logger.info("%s: a run queued, as its policy samples on a schedule", adapter_id)
         for work in self.training.pending_work():
             if not (work.policy.enabled or work.queued):
                 continue
@@ -137,10 +149,12 @@ class Trainer:
         # A run that samples uses one judge for its samples and its gate: the judge's
         # budget (calls, seconds) is the run's.
         judge = self._judge(policy) if work.queued and policy.sampling is not None else None
+        sampled = None
         try:
             if judge is not None:
-                refusal = self._sample(work.adapter_id, policy, judge)
-                if refusal:
+                try:
+                    sampled = self._sample(work.adapter_id, policy, judge)
+                except NotSampled as refusal:
                     self.training.refuse_queued(work.adapter_id,
                                                 reason=f"not started: {refusal}")
                     return False
@@ -158,22 +172,24 @@ class Trainer:
                 return False
             resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
             if work.queued or (is_due(found, policy, now) and not resting):
-                self.run(work.adapter_id, policy, judge)
+                self.run(work.adapter_id, policy, judge, sampled)
                 return True
             return False
         finally:
             if judge is not None:
                 judge.close()
 
-    def run(self, adapter_id: str, policy: TrainingPolicy, judge: Judge | None = None) -> None:
-        """`judge`: the one the run has used already (sampling); else the policy's, if any."""
+    def run(self, adapter_id: str, policy: TrainingPolicy, judge: Judge | None = None,
+            sampled: SamplingRound | None = None) -> None:
+        """`judge`: the one the run has used already (sampling what `sampled` says); else
+        the policy's, if any."""
         claim = self.training.claim(adapter_id, worker=self.worker, lease_s=self.lease_s)
         logger.info("run %d: %s, %d feedback rows, from version %s", claim.run_id, adapter_id,
                     len(claim.feedback), claim.parent_version)
         try:
             with LeaseKeeper(self.training, claim.run_id, worker=self.worker,
                              lease_s=self.lease_s) as lease:
-                self._train_and_decide(claim, policy, lease, judge)
+                self._train_and_decide(claim, policy, lease, judge, sampled)
         except LeaseLost:
             logger.error("run %d lost its lease; another run owns its feedback now", claim.run_id)
         except Exception as exc:
@@ -183,7 +199,7 @@ class Trainer:
                                  release=True)
 
     def _train_and_decide(self, claim: Claim, policy: TrainingPolicy, lease: LeaseKeeper,
-                          judge: Judge | None) -> None:
+                          judge: Judge | None, sampled: SamplingRound | None) -> None:
         found = triage(claim.feedback, policy, utcnow())
         self.training.set_aside(claim.run_id, worker=self.worker, unpaired=found.unpaired,
                                 waiting=found.waiting)
@@ -198,8 +214,11 @@ class Trainer:
         with tempfile.TemporaryDirectory(dir=self.store.staging,
                                          prefix="train-") as scratch:
             candidate = Path(scratch)
-            result = train_dpo(self.base_model, live, train, policy, candidate,
-                               on_progress=lease.report)
+            searched = None if policy.search is None else search_dpo(
+                self.scorer, self.base_model, live, train, policy, candidate,
+                on_progress=lease.report)
+            result = searched.result if searched else train_dpo(
+                self.base_model, live, train, policy, candidate, on_progress=lease.report)
             drift = [StoredPrompt.chat([("user", p)]) for p in policy.golden_prompts] or [
                 pair.prompt for pair in held_out]
             own = self._judge(policy) if judge is None else None
@@ -210,7 +229,12 @@ class Trainer:
             finally:
                 if own is not None:
                     own.close()
-            version, created = self._register(claim, candidate, report, len(pairs), policy)
+            judged_by, judge_metrics = _judge_record(judge or own, sampled)
+            # The run's record and the version's show the judge's work and the search.
+            report = replace(report, metrics=report.metrics | judge_metrics | (
+                searched.metrics if searched else {}))
+            version, created = self._register(claim, candidate, report, len(pairs), policy,
+                                              searched, judged_by)
         if created:
             self._decide(claim, version, report, policy)
         else:
@@ -222,19 +246,22 @@ class Trainer:
         return self.adapters.path_of(self.adapters.version(adapter_id, number))
 
     def _register(self, claim: Claim, candidate: Path, report: GateReport, pairs: int,
-                  policy: TrainingPolicy) -> tuple[VersionRecord, bool]:
+                  policy: TrainingPolicy, searched: SearchOutcome | None,
+                  judged_by: dict[str, str | int]) -> tuple[VersionRecord, bool]:
         """The registered version, and False when the registry already held these exact
         weights and returned that version instead of making one."""
         files = {name: candidate / name for name in ADAPTER_FILES}
         # Lineage: the run (whose feedback rows name this version once consumed), the data
-        # and the hyperparameters it was trained with.
+        # and the hyperparameters it was trained with (a search's best trial's, with the
+        # search's trial table), the judge and what it sampled.
+        trained = searched.policy if searched else policy
         lineage = {"run": claim.run_id, "pairs": pairs, "feedback": len(claim.feedback),
-                   "beta": policy.beta, "learning_rate": policy.learning_rate,
-                   "epochs": policy.epochs, "batch_size": policy.batch_size,
-                   "seed": policy.seed}
+                   "beta": trained.beta, "learning_rate": trained.learning_rate,
+                   "epochs": trained.epochs, "batch_size": trained.batch_size,
+                   "seed": trained.seed, **judged_by}
+        tags = {name: str(value) for name, value in lineage.items()}
         new = NewVersion(source="trainer", parent_version=claim.parent_version,
-                         metrics=report.metrics,
-                         tags={name: str(value) for name, value in lineage.items()},
+                         metrics=report.metrics, tags=tags | (searched.tags if searched else {}),
                          reason=f"training run {claim.run_id}")
 
         # Also when the weights turn out to be an existing version's: training is
@@ -285,6 +312,25 @@ class Trainer:
     def _finish(self, claim: Claim, status: str, report: GateReport, reason: str) -> None:
         logger.info("run %d: %s (%s)", claim.run_id, status, reason)
         self.training.finish(claim.run_id, status, reason=reason, metrics=report.metrics)
+
+
+class NotSampled(Exception):
+    """A queued run that samples cannot: the reason refuses the run."""
+
+
+def _judge_record(judge: Judge | None, sampled: SamplingRound | None
+                  ) -> tuple[dict[str, str | int], dict[str, float]]:
+    """Tags naming the judge of a run's answers and what it sampled, and metrics counting
+    what the judge did (an abstention is never an error, but many of them say something)."""
+    if judge is None:
+        return {}, {}
+    tags: dict[str, str | int] = {"judge": judge.name, **(sampled.lineage() if sampled else {})}
+    abstained = judge.tally.abstained
+    if abstained:
+        tags["judge_abstained"] = "; ".join(
+            f"{reason}: {count}" for reason, count in abstained.most_common())[:MAX_TAG_CHARS]
+    return tags, {"judge_judgements": float(judge.tally.judged),
+                  "judge_abstentions": float(sum(abstained.values()))}
 
 
 def _gate_summary(report: GateReport) -> str:

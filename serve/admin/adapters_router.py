@@ -1,4 +1,8 @@
-"""Admin routes for adapters and their versions; translation only."""
+"""Admin routes for adapters and their versions; translation only.
+
+Changes need the admin credential. Reads also answer a tenant signed in to the console, for
+its own adapters only (auth.adapter_reader).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, File, Path, Query, Response, UploadFile
 
-from ..auth import Admin, require_admin
+from ..auth import AdapterReader, AdaptersReader, Admin
 from ..state import ServerState, get_state
 from . import service
 from .protocol import (
@@ -23,8 +27,7 @@ from .protocol import (
 )
 
 PREFIX = "/admin/v1/adapters"
-router = APIRouter(prefix=PREFIX, tags=["admin"],
-                   dependencies=[Depends(require_admin)])
+router = APIRouter(prefix=PREFIX, tags=["admin"])
 StateDep = Annotated[ServerState, Depends(get_state)]
 ReasonDep = Annotated[ReasonBody | None, Body()]
 VersionPath = Annotated[int, Path(ge=1, le=10**9)]
@@ -46,13 +49,17 @@ async def create_adapter(body: AdapterCreate, state: StateDep, admin: Admin) -> 
 
 
 @router.get("")
-async def list_adapters(state: StateDep, tenant: str | None = None) -> list[AdapterPublic]:
-    adapters = await service.offload(state.registry.adapters.list, tenant)
+async def list_adapters(state: StateDep, reader: AdaptersReader,
+                        tenant: str | None = None) -> list[AdapterPublic]:
+    if reader.tenant is not None and tenant not in (None, reader.tenant):
+        return []  # another tenant's adapters: as for a tenant that does not exist
+    adapters = await service.offload(state.registry.adapters.list, reader.tenant or tenant)
     return [AdapterPublic.of(a) for a in adapters]
 
 
 @router.get(ONE)
-async def show_adapter(tenant: str, name: str, state: StateDep) -> AdapterPublic:
+async def show_adapter(tenant: str, name: str, state: StateDep,
+                       _: AdapterReader) -> AdapterPublic:
     return AdapterPublic.of(await service.offload(state.registry.adapters.get, f"{tenant}/{name}"))
 
 
@@ -71,14 +78,15 @@ async def register_version(tenant: str, name: str, state: StateDep, admin: Admin
 
 
 @router.get(VERSIONS)
-async def list_versions(tenant: str, name: str, state: StateDep) -> list[VersionPublic]:
+async def list_versions(tenant: str, name: str, state: StateDep,
+                        _: AdapterReader) -> list[VersionPublic]:
     return [VersionPublic.of(v)
             for v in await service.offload(state.registry.adapters.versions, f"{tenant}/{name}")]
 
 
 @router.get(VERSIONS + "/{version}")
-async def show_version(tenant: str, name: str, version: VersionPath,
-                       state: StateDep) -> VersionPublic:
+async def show_version(tenant: str, name: str, version: VersionPath, state: StateDep,
+                       _: AdapterReader) -> VersionPublic:
     return VersionPublic.of(
         await service.offload(state.registry.adapters.version, f"{tenant}/{name}", version))
 
@@ -134,7 +142,7 @@ async def retire(tenant: str, name: str, version: VersionPath, state: StateDep, 
 
 
 @router.get(ONE + "/history")
-async def history(tenant: str, name: str, state: StateDep,
+async def history(tenant: str, name: str, state: StateDep, _: AdapterReader,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventPublic]:
     events = await service.offload(state.registry.adapters.history, f"{tenant}/{name}", limit=limit)
     return [EventPublic.of(e) for e in events]

@@ -21,9 +21,12 @@ from pydantic import (
     field_validator,
 )
 
+from loraloop.adapters.activity import FeedbackActivity
+from loraloop.adapters.names import MAX_TAG_CHARS
 from loraloop.adapters.tenants import IssuedKey, KeyRecord, TenantRecord
 from loraloop.adapters.text import StoredText
 from loraloop.adapters.training import RunRecord
+from loraloop.adapters.usage import UsageRecord
 from loraloop.adapters.versions import AdapterRecord, EventRecord, VersionRecord
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
@@ -145,7 +148,7 @@ class VersionCreate(Strict):
         None, description="accept a different base_model_name_or_path, recording why"
     )
     metrics: dict[Label, float] = Field(default_factory=dict, max_length=MAX_ENTRIES)
-    tags: dict[Label, Annotated[StoredText, StringConstraints(max_length=256)]] = Field(
+    tags: dict[Label, Annotated[StoredText, StringConstraints(max_length=MAX_TAG_CHARS)]] = Field(
         default_factory=dict, max_length=MAX_ENTRIES
     )
 
@@ -240,3 +243,32 @@ class RunPublic(BaseModel):
     def of(cls, record: RunRecord) -> RunPublic:
         fields = vars(record).copy()
         return cls(adapter=fields.pop("adapter_id"), **fields)
+
+
+class HourCountPublic(BaseModel):
+    hour: datetime
+    count: int
+
+
+class FeedbackActivityPublic(BaseModel):
+    adapter: str
+    pending: int = Field(description="feedback waiting for a training run")
+    per_hour: list[HourCountPublic] = Field(description="oldest first; empty hours left out")
+
+    @classmethod
+    def of(cls, record: FeedbackActivity) -> FeedbackActivityPublic:
+        return cls(adapter=record.adapter_id, pending=record.pending,
+                   per_hour=[HourCountPublic(hour=h.hour, count=h.count)
+                             for h in record.per_hour])
+
+
+class UsagePublic(BaseModel):
+    hour: datetime = Field(description="the hour's start, UTC")
+    version: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def of(cls, record: UsageRecord) -> UsagePublic:
+        return cls(hour=record.hour, version=record.version, **vars(record.count))

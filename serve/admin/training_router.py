@@ -1,25 +1,27 @@
-"""Admin routes for an adapter's training policy and its training runs; translation only."""
+"""Admin routes for an adapter's training policy and its training runs; translation only.
+
+The runs can also be read by the adapter's own tenant signed in to the console.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from loraloop.adapters.policy import TrainingPolicy
 
-from ..auth import Admin, require_admin
+from ..auth import AdapterReader, Admin
 from ..state import ServerState, get_state
 from . import service
-from .protocol import RunPublic
+from .protocol import ReasonBody, RunPublic
 
-router = APIRouter(prefix="/admin/v1/adapters/{tenant}/{name}", tags=["admin"],
-                   dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin/v1/adapters/{tenant}/{name}", tags=["admin"])
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 @router.get("/policy")
-async def show_policy(tenant: str, name: str, state: StateDep) -> TrainingPolicy:
+async def show_policy(tenant: str, name: str, state: StateDep, _: Admin) -> TrainingPolicy:
     return await service.offload(state.registry.adapters.policy, f"{tenant}/{name}")
 
 
@@ -31,22 +33,23 @@ async def set_policy(tenant: str, name: str, body: TrainingPolicy, state: StateD
 
 
 @router.post("/training-runs", status_code=201)
-async def queue_run(tenant: str, name: str, state: StateDep, admin: Admin) -> RunPublic:
+async def queue_run(tenant: str, name: str, state: StateDep, admin: Admin,
+                    body: Annotated[ReasonBody | None, Body()] = None) -> RunPublic:
     """Ask the trainer to run for this adapter now, whatever its policy's thresholds."""
     record = await service.offload(state.registry.training.queue, f"{tenant}/{name}",
-                                   actor=admin.name)
+                                   actor=admin.name, reason=body.reason if body else None)
     return RunPublic.of(record)
 
 
 @router.get("/training-runs")
-async def list_runs(tenant: str, name: str, state: StateDep,
+async def list_runs(tenant: str, name: str, state: StateDep, _: AdapterReader,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[RunPublic]:
     runs = await service.offload(state.registry.training.runs, f"{tenant}/{name}", limit=limit)
     return [RunPublic.of(run) for run in runs]
 
 
 @router.get("/training-runs/{run_id}")
-async def show_run(tenant: str, name: str, state: StateDep,
+async def show_run(tenant: str, name: str, state: StateDep, _: AdapterReader,
                    run_id: Annotated[int, Path(ge=1, le=2**62)]) -> RunPublic:
     run = await service.offload(state.registry.training.run, f"{tenant}/{name}", run_id)
     return RunPublic.of(run)

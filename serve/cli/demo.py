@@ -198,7 +198,8 @@ def demo_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model (must not exist).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
 ) -> None:
-    """Build the tiny demo model (random weights, trained tokenizer, chat template), offline."""
+    """Build the tiny demo model (trained tokenizer, chat template, briefly pretrained weights),
+    offline."""
     from loraloop.trainer.demo_model import build_demo_model
 
     build_demo_model(directory, seed=seed)

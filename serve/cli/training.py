@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from loraloop.adapters.search_trials import SearchTrial, search_trials_from_tags
+
+from .client import AdminClient
 from .output import emit, print_table, when
 from .session import AdapterArg, session_of
 
@@ -75,13 +78,50 @@ def _runs_table(runs: list[dict]) -> None:
          r["reason"]) for r in runs))
 
 
+def _searches(client: AdminClient, adapter: str,
+              runs: list[dict]) -> dict[int, list[SearchTrial]]:
+    """Run id -> the trial table of each run that searched, from its version's tags (an
+    `identical` run's version holds another run's table, so it has none to show)."""
+    tables = {}
+    for run in runs:
+        if "search_trials" in run["metrics"] and run["candidate_version"] is not None:
+            tags = client.show_version(adapter, run["candidate_version"])["tags"]
+            if tags.get("run") == str(run["id"]):
+                tables[run["id"]] = search_trials_from_tags(tags)
+    return tables
+
+
+def _trials_table(run: dict, trials: list[SearchTrial]) -> None:
+    metrics = run["metrics"]
+    typer.echo(f"run {run['id']}: {len(trials)} trials on "
+               f"{metrics['search_validation_pairs']:.0f} validation pairs; trial "
+               f"{metrics['search_best_trial']:.0f} went to the gate")
+    print_table(("trial", "state", "beta", "learning rate", "epochs", "rank", "targets",
+                 "val accuracy", "val margin", "kl base", "kl live", "seconds"), (
+        (t.number, t.state, t.beta, t.learning_rate, t.epochs, t.rank or "parent's",
+         ",".join(t.target_modules) if t.target_modules else "parent's",
+         t.validation_accuracy, t.validation_margin, t.kl_from_base, t.kl_from_live,
+         t.seconds) for t in trials))
+
+
+def _runs_and_trials(runs: list[dict], searches: dict[int, list[SearchTrial]]) -> None:
+    _runs_table(runs)
+    for run in runs:
+        if run["id"] in searches:
+            _trials_table(run, searches[run["id"]])
+
+
 @app.command("runs")
 def runs(ctx: typer.Context,
          adapter: AdapterArg, limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
-    """The adapter's training runs, newest first, with their outcome and metrics."""
+    """The adapter's training runs, newest first, with their outcome and metrics, and the
+    trial table of each run that searched hyperparameters."""
     session = session_of(ctx)
     with session.client() as client:
-        emit(client.runs(adapter, limit), session.as_json, _runs_table)
+        found = client.runs(adapter, limit)
+        # --json gives the runs as the API does; their versions' tags hold the tables.
+        searches = {} if session.as_json else _searches(client, adapter, found)
+    emit(found, session.as_json, lambda r: _runs_and_trials(r, searches))
 
 
 app.add_typer(policy_app, name="policy")

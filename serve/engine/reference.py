@@ -138,12 +138,13 @@ class ReferenceEngine:
             generator = torch.Generator().manual_seed(sampling.seed or 0)
             text = IncrementalText(self._tokenizer, sampling.stop)
             input_ids, past, generated = torch.tensor([prompt_ids]), None, []
+            bias = _bias(sampling.logit_bias, model.config.vocab_size)
             for step in range(sampling.max_tokens):
                 if cancelled.is_set():
                     return
                 out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
-                logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                logprobs = torch.log_softmax(out.logits[0, -1].float() + bias, dim=-1)
                 token = _sample(logprobs, sampling, generator)
                 generated.append(token)
                 eos = token in self._eos_ids
@@ -187,7 +188,7 @@ class ReferenceEngine:
 # What the reference samples with; the rest of SamplingSpec is vLLM's alone, and refused.
 _SUPPORTED = SamplingSpec(max_tokens=1)
 _UNSUPPORTED = ("top_k", "min_p", "presence_penalty", "frequency_penalty",
-                "repetition_penalty", "logit_bias", "constraint")
+                "repetition_penalty", "constraint")
 
 
 def _check_supported(sampling: SamplingSpec) -> None:
@@ -198,6 +199,14 @@ def _check_supported(sampling: SamplingSpec) -> None:
         raise InvalidRequest(
             f"The reference engine does not implement {', '.join(used)}; the vLLM engine "
             "does.", param=param)
+
+
+def _bias(logit_bias: tuple[tuple[int, float], ...], vocab_size: int) -> torch.Tensor:
+    """What logit_bias adds to each token's logit (the request checks already bounded it)."""
+    bias = torch.zeros(vocab_size)
+    for token, value in logit_bias:
+        bias[token] += value
+    return bias
 
 
 def _sample(logprobs: torch.Tensor, sampling: SamplingSpec, generator) -> int:

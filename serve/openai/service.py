@@ -291,7 +291,7 @@ class GenerationService:
             events = self.metrics.observe_generation(
                 events, endpoint=ENDPOINTS[prefix], choices=len(streams), started=started,
                 adapter=adapter.adapter_id if adapter else self.routes.snapshot.base_model,
-                prompt_tokens=prompt_tokens)
+                version=adapter.version if adapter else None, prompt_tokens=prompt_tokens)
             if tenant is not None and self.admission.budget is not None:
                 events = _charged(events, self.admission.budget, tenant)
             events = releasing(events, ticket.release)

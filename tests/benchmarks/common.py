@@ -44,10 +44,11 @@ MODELS = {
                        "the demo model: 2 layers, hidden 256, 1.6M parameters"),
     # Llama layout at about 0.5B parameters (24 layers, hidden 1024, MLP 5632, GQA 16/4
     # heads) with the demo tokenizer's small vocabulary; bfloat16, as such a model is served
-    # (CPUs with AVX512-BF16 or AMX compute it natively).
+    # (CPUs with AVX512-BF16 or AMX compute it natively). Random weights: it measures speed
+    # only, and pretraining it on 2 cores would take hours.
     "0.5b": BenchModel(DemoModelShape(hidden_size=1024, intermediate_size=5632,
                                       num_hidden_layers=24, num_attention_heads=16,
-                                      num_key_value_heads=4), "bfloat16",
+                                      num_key_value_heads=4, pretrain_steps=0), "bfloat16",
                        "Llama layout, 24 layers, hidden 1024, MLP 5632, 16/4 heads: 0.48B"),
 }
 

@@ -18,16 +18,20 @@ LONG = {"model": "globex/chat", "messages": [{"role": "user", "content": "a long
 
 
 @pytest.fixture(scope="module")
-def long_request_runs_to_length(client):
-    """Precondition: undisturbed, every choice of this request runs to max_tokens."""
-    response = client.chat.completions.create(**LONG)
+def long_request(client, tokenizer) -> dict:
+    """LONG with the end of the turn ruled out (a -100 bias); precondition: undisturbed,
+    every choice of it runs to max_tokens."""
+    request = {**LONG, "logit_bias": {
+        str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}}
+    response = client.chat.completions.create(**request)
     assert {c.finish_reason for c in response.choices} == {"length"}
+    return request
 
 
-def test_stream_disconnect_aborts_every_choice(vllm_server, long_request_runs_to_length):
+def test_stream_disconnect_aborts_every_choice(vllm_server, long_request):
     aborted_before = read_metric(vllm_server.url, ABORTED)
     with httpx.stream("POST", f"{vllm_server.url}/v1/chat/completions",
-                      json={**LONG, "stream": True}, headers=ADMIN_HEADERS,
+                      json={**long_request, "stream": True}, headers=ADMIN_HEADERS,
                       timeout=30) as response:
         lines = response.iter_lines()
         for _ in range(8):  # a few chunks, then hang up
@@ -37,11 +41,11 @@ def test_stream_disconnect_aborts_every_choice(vllm_server, long_request_runs_to
     assert read_metric(vllm_server.url, IN_PROGRESS) == 0
 
 
-def test_non_streaming_disconnect_aborts_every_choice(vllm_server, long_request_runs_to_length):
+def test_non_streaming_disconnect_aborts_every_choice(vllm_server, long_request):
     aborted_before = read_metric(vllm_server.url, ABORTED)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{vllm_server.url}/v1/chat/completions", json=LONG, headers=ADMIN_HEADERS,
-                   timeout=0.3)
+        httpx.post(f"{vllm_server.url}/v1/chat/completions", json=long_request,
+                   headers=ADMIN_HEADERS, timeout=0.3)
     assert wait_for_metric(vllm_server.url, ACTIVE, 0, timeout_s=10) == 0
     assert read_metric(vllm_server.url, ABORTED) - aborted_before == LONG["n"]
     assert read_metric(vllm_server.url, IN_PROGRESS) == 0

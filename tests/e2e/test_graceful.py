@@ -28,11 +28,14 @@ def reference_server(demo_model, data_dir, log_dir, name: str):
 
 
 def test_sigterm_finishes_streams_in_flight_and_refuses_new_connections(
-        demo_model, tmp_path):
+        demo_model, tokenizer, tmp_path):
     server = reference_server(demo_model, tmp_path / "data", tmp_path, "drain")
     try:
+        # The answer runs to max_tokens (its end of turn is ruled out): the stream is
+        # certainly in flight when SIGTERM lands.
+        never_stop = {str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}
         body = {"model": "demo", "messages": MESSAGES, "max_tokens": 120, "stream": True,
-                "temperature": 0}
+                "temperature": 0, "logit_bias": never_stop}
         with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
                           headers={**ADMIN_HEADERS, "X-Request-Id": "drain-1"},
                           timeout=60) as response:

@@ -1,8 +1,9 @@
 """The LLM judge against a real OpenAI-compatible server: this server, serving the demo model.
 
-The demo model answers in noise, the hardest judge there is: without structured outputs its
-replies do not parse and every comparison is an abstention, counted, with no error; with
-them (response_format, as the judge asks by default) every reply parses.
+The demo model answers in short sentences of its own vocabulary and knows nothing of verdicts,
+the hardest judge there is: without structured outputs its replies do not parse and every
+comparison is an abstention, counted, with no error; with them (response_format, as the judge
+asks by default) every reply parses.
 """
 
 from __future__ import annotations

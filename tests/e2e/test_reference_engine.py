@@ -57,6 +57,17 @@ def test_reference_engine_stop_sequences_like_vllm(client, reference_client):
         assert (choice.message.content, choice.finish_reason) == (full[: full.index(stop)], "stop")
 
 
+def test_reference_engine_logit_bias_like_vllm(client, reference_client, tokenizer):
+    """-100 on the end of the turn: both engines answer to the token limit, the same way."""
+    never_stop = {str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}
+    args = dict(model="acme/support", messages=MESSAGES, max_tokens=40, temperature=0,
+                logit_bias=never_stop)
+    expected = client.chat.completions.create(**args).choices[0]
+    assert expected.finish_reason == "length"
+    got = reference_client.chat.completions.create(**args).choices[0]
+    assert (got.message.content, got.finish_reason) == (expected.message.content, "length")
+
+
 def test_full_queue_answers_503_with_retry_after(reference_server, reference_client):
     async def burst() -> list:
         async with async_client(reference_server) as client:

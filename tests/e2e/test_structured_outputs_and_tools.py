@@ -1,8 +1,9 @@
 """Structured outputs, tool calls, penalties and logit_bias through the official openai client.
 
-The demo model has random weights: whatever it says comes from the grammar the server puts
-around it, so a complete, valid answer at temperature 1 shows that the constraint is applied
-and that the model is not left to wander (no free whitespace, calls held to their schema).
+The demo model was pretrained on plain sentences and knows nothing of JSON or tools: whatever
+structure it produces comes from the grammar the server puts around it, so a complete, valid
+answer at temperature 1 shows that the constraint is applied and that the model is not left
+to wander (no free whitespace, calls held to their schema).
 """
 
 from __future__ import annotations

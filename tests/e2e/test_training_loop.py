@@ -24,8 +24,10 @@ from loraloop.adapters.training import LEASE_LOST
 from loraloop.adapters.versions import NewVersion
 from loraloop.serve.cli.client import AdminApiError, AdminClient
 from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, preference_feedback, user_messages
+from loraloop.trainer.demo_model import build_fresh_adapter
 
-from ..conftest import ADMIN_KEY
+from ..conftest import ADMIN_KEY, BASE_MODEL_NAME
+from ..oracle_tasks import AVOID_RULES, TASKS, questions
 from ..support import wait_until
 
 RUN_TIMEOUT_S = 240
@@ -231,12 +233,27 @@ def test_a_trainer_killed_mid_run_leaves_nothing_and_a_restart_completes(
     opened.db.dispose()
 
 
-# The rule of the on-policy test: answers that start with one of the first six letters.
-# The demo model's answers are noise, and about a third of them start that way. Answers are
-# kept to their first tokens, where the rule looks: random tails would only add noise.
-EARLY_LETTER = r"^\s*[a-fA-F]"
-ANSWER_TOKENS = 2
+# Learning without labels: the `avoid` tenant wants answers without some words; a rules
+# judge checks exactly that, and nobody posts any feedback.
 ROUNDS = 3
+SAMPLED, HELD_OUT = questions(48, seed=21), questions(16, seed=22,
+                                                       unlike=frozenset(questions(48, seed=21)))
+ANSWERS_PER_QUESTION = 8
+CLEAR_GAIN = 0.25  # in mean oracle reward over version 1, on held-out questions
+
+
+def mean_oracle_reward(server, model: str) -> float:
+    """The share of sampled answers (temperature 1, the serving default) to the held-out
+    questions that the `avoid` oracle rewards."""
+    client = openai.OpenAI(base_url=f"{server.url}/v1", max_retries=0,
+                           api_key=server.tenant_keys["loop"])
+    rewards = []
+    for index, asked in enumerate(HELD_OUT):
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": asked}], max_tokens=32,
+            temperature=1.0, n=ANSWERS_PER_QUESTION, seed=index)
+        rewards += [TASKS["avoid"].oracle(asked, c.message.content) for c in reply.choices]
+    return sum(rewards) / len(rewards)
 
 
 def next_run(admin: AdminClient, adapter_id: str, after: int) -> dict:
@@ -248,28 +265,76 @@ def next_run(admin: AdminClient, adapter_id: str, after: int) -> dict:
                  RUN_TIMEOUT_S, f"run {run_id}")
 
 
-def test_judged_samples_of_the_live_version_train_it_without_any_feedback(
-        vllm_server, trainer, admin, adapter_dirs):
+def test_judged_samples_raise_the_oracle_reward_without_any_feedback(
+        vllm_server, trainer, admin, demo_model, tmp_path):
     adapter = "loop/sampled"
-    new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=4,
-                judge={"kind": "rules", "required": [EARLY_LETTER]},
-                sampling={"prompts": user_messages(32, seed=11), "recorded": False,
-                          "max_prompts": 32, "samples": 4, "max_tokens": ANSWER_TOKENS},
-                golden_prompts=user_messages(4, seed=12))  # drift measured on these
-    runs, run_id = [], 0
-    for _ in range(2):
-        runs.append(next_run(admin, adapter, after=run_id))
-        run_id = runs[-1]["id"]
-    # No feedback was posted: each run sampled the live version, the judge scored the
-    # answers, and the run trained on pairs of them.
-    assert all(r["pairs"] > 0 and r["status"] in ("promoted", "rejected") for r in runs), runs
+    # Version 1 answers as the base model does: a fresh LoRA, as PEFT makes one to train.
+    v1 = build_fresh_adapter(demo_model, tmp_path / "v1", seed=3)
+    new_adapter(admin, adapter, v1, min_pairs=4, judge=AVOID_RULES, learning_rate=0.02,
+                epochs=3, batch_size=8,
+                sampling={"prompts": SAMPLED, "recorded": False, "max_prompts": len(SAMPLED),
+                          "samples": 4, "max_tokens": 32})
+    first_answers = greedy(vllm_server, f"{adapter}@1", HELD_OUT)
+    start = mean_oracle_reward(vllm_server, f"{adapter}@1")
+    runs, rewards = [], []
+    while len(runs) < ROUNDS and (not rewards or rewards[-1] - start < CLEAR_GAIN):
+        runs.append(next_run(admin, adapter, after=runs[-1]["id"] if runs else 0))
+        rewards.append(mean_oracle_reward(vllm_server, adapter))
+    summary = [(r["status"], r["pairs"], round(reward, 3))
+               for r, reward in zip(runs, rewards, strict=True)]
+    assert rewards[-1] - start >= CLEAR_GAIN, f"from {start:.3f}: {summary}"
+    assert any(r["status"] == "promoted" for r in runs), summary
+
+    # No feedback was posted: every run sampled the live version, the judge scored the
+    # answers, and the run trained on pairs of them, recorded with the version.
     stats = httpx.get(f"{vllm_server.url}/v1/feedback/stats", params={"adapter": adapter},
                       headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
-    assert set(stats["by_kind"]) == {"score"}, stats
-    assert stats["by_status"]["consumed"] > 0
-    # Each round drew samples of its own (the second round's are new rows, not repeats).
-    assert stats["total"] > 128
-    # The gate judged the candidate's answers, not only likelihoods, and recorded it.
+    assert set(stats["by_kind"]) == {"score"} and stats["by_status"]["consumed"] > 0, stats
     for run in runs:
         version = admin.show_version(adapter, run["candidate_version"])
         assert {"judged_win_rate", "judged_wins", "judged_undecided"} <= set(version["metrics"])
+        assert version["tags"]["judge"].startswith("rules:")
+        assert version["tags"]["sampled_prompts"] == str(len(SAMPLED))
+
+    admin.rollback(adapter, reason="back to version 1")
+    assert admin.show_adapter(adapter)["live_version"] == 1
+    assert greedy(vllm_server, adapter, HELD_OUT) == [
+        (adapter + "@1", answer) for _model, answer in first_answers]
+
+
+def test_a_judge_that_inverts_every_preference_promotes_nothing(
+        vllm_server, trainer, admin, adapter_dirs):
+    """Applications prefer answers that start with the marker; the judge checks answers
+    the other way round. The run learns what the feedback teaches, and the judge's gate
+    keeps it from users."""
+    adapter = "loop/inverted"
+    new_adapter(admin, adapter, adapter_dirs["acme/support"], min_pairs=48,
+                judge={"kind": "rules", "forbidden": [f"^\\s*{MARKER}"]})
+    send_batch(vllm_server, preference_feedback(adapter, user_messages(48, seed=7)))
+    run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] == "rejected", run
+    assert "judged_win_rate_min" in run["reason"], run["reason"]
+    assert admin.show_adapter(adapter)["live_version"] == 1
+    last = admin.history(adapter)[-1]
+    assert (last["kind"], last["from_version"]) == ("reject", run["candidate_version"])
+    assert "judged_win_rate" in last["reason"]
+
+
+def test_a_run_whose_llm_judge_never_answers_in_shape_ends_cleanly_and_counts_it(
+        vllm_server, trainer, admin, adapter_dirs):
+    """The judge is a model behind this very server, asked without structured outputs: its
+    replies never parse. Every comparison is an abstention, the run still ends, rejected by
+    the gate for want of a decided comparison, and the version records the count."""
+    adapter = "loop/llm-judged"
+    new_adapter(admin, adapter, adapter_dirs["acme/support"], min_pairs=48, judge={
+        "kind": "llm", "url": f"{vllm_server.url}/v1", "model": BASE_MODEL_NAME,
+        "rubric": "Prefer answers that start with the word refund.",
+        "api_key_env": "LORALOOP_ADMIN_KEY", "structured": False})
+    send_batch(vllm_server, preference_feedback(adapter, user_messages(48, seed=13)))
+    run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] == "rejected" and "judged_win_rate_min" in run["reason"], run
+    version = admin.show_version(adapter, run["candidate_version"])
+    assert version["metrics"]["judged_wins"] + version["metrics"]["judged_losses"] == 0
+    assert version["metrics"]["judge_abstentions"] == version["metrics"]["judge_judgements"] > 0
+    assert version["tags"]["judge_abstained"] == (
+        f"malformed reply: {int(version['metrics']['judge_abstentions'])}")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.db import Database
 from loraloop.adapters.feedback import FeedbackBook, NewFeedback
+from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.schema import utcnow
 from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook
 from loraloop.adapters.training import LEASE_LOST, LeaseLost, TrainingBook
@@ -80,3 +83,29 @@ def test_a_queued_run_is_pending_work_without_feedback(books):
     (work,) = training.pending_work()
     assert work.queued and work.pending == 0
     assert training.claim(ADAPTER, worker="b", lease_s=60).run_id == queued.id
+
+
+def test_a_policy_that_samples_on_a_schedule_queues_its_own_runs(books, tmp_path, demo_model):
+    training, _ = books
+    adapters = AdapterBook(training.db, WeightStore(tmp_path / "w"), RegistrationPolicy(
+        BaseModelInfo.load(demo_model), max_rank=64, max_bytes=1 << 30))
+    sampling = {"judge": {"kind": "rules", "max_tokens": 8},
+                "sampling": {"prompts": ["hi"], "every_s": 3600}}
+    adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(sampling), actor="t")
+    assert training.queue_scheduled(actor="trainer:a") == [ADAPTER]  # it never ran
+    (queued,) = training.runs(ADAPTER)
+    assert (queued.status, queued.requested_by) == ("queued", "trainer:a")
+    assert training.queue_scheduled(actor="trainer:a") == []  # one is waiting already
+
+    training.refuse_queued(ADAPTER, reason="no server")
+    later = utcnow() + timedelta(seconds=3599)
+    assert training.queue_scheduled(actor="trainer:a", now=later) == []
+    assert training.queue_scheduled(actor="trainer:a", now=later + timedelta(seconds=2)) == [
+        ADAPTER]
+    reasons = [e.reason for e in adapters.history(ADAPTER) if e.kind == "training_queued"]
+    assert reasons == ["the policy samples every 3600 s"] * 2
+
+    adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
+        {**sampling, "enabled": False}), actor="t")
+    training.refuse_queued(ADAPTER, reason="no server")
+    assert training.queue_scheduled(actor="trainer:a", now=later + timedelta(days=1)) == []

@@ -47,7 +47,6 @@ def test_incremental_text_withholds_a_trailing_half_character():
 
 
 @pytest.mark.parametrize(("fields", "param"), [
-    ({"logit_bias": ((5, 1.0),)}, "logit_bias"),
     ({"top_k": 3}, "top_k"),
     ({"presence_penalty": 1.0}, "presence_penalty"),
     ({"constraint": OutputConstraint("json_object")}, "response_format"),

@@ -355,18 +355,32 @@ def test_the_judge_backs_a_candidate_whose_answers_changed(
     judge = judge_for(policy.judge, scorer.tokenizer)
     report = gate_run(scorer, output, parent, held_out, result, policy, judge=judge)
     assert report.passed, report.failures()
+    assert report.promote  # the judge's significant win stands for promote_margin
     assert report.metrics["judged_win_rate"] >= 0.75
     assert report.metrics["judged_win_rate_lower_bound"] > 0.5
     assert report.metrics["judged_wins"] + report.metrics["judged_losses"] > 0
+    # Each held-out prompt: the greedy answers and judged_samples sampled pairs.
+    prompts = len({pair.prompt for pair in held_out})
+    compared = sum(report.metrics[f"judged_{n}"] for n in ("wins", "losses", "undecided"))
+    assert compared == prompts * (1 + policy.gate.judged_samples)
+
+
+def test_sampled_answers_repeat_with_their_seed_and_differ_across_seeds(scorer, parent):
+    prompts = [StoredPrompt.chat([("user", message)]) for message in user_messages(4, seed=5)]
+    first = scorer.answers(parent, prompts, 16, temperature=1.0, seed=1)
+    assert scorer.answers(parent, prompts, 16, temperature=1.0, seed=1) == first
+    assert scorer.answers(parent, prompts, 16, temperature=1.0, seed=2) != first
+    assert scorer.answers(parent, prompts, 16) == scorer.answers(parent, prompts, 16)
 
 
 def test_likelihoods_that_improve_without_the_answers_are_rejected(
         base_model, parent, scorer, marker_split, tmp_path):
     """A light touch of training on the marker pairs: held-out margins move the preferred
-    way, but not one greedy answer changes, so the judge finds nothing to prefer."""
+    way, but not one answer (greedy or sampled) starts with the marker, so the judge finds
+    nothing to prefer."""
     train, held_out = marker_split
     light = TrainingPolicy.model_validate(
-        {**DEMO_POLICY_FIELDS, "learning_rate": 2e-4, "epochs": 2, "judge": MARKER_FIRST})
+        {**DEMO_POLICY_FIELDS, "learning_rate": 1e-3, "epochs": 1, "judge": MARKER_FIRST})
     result = train_dpo(base_model, parent, train, light, tmp_path / "v2")
     unjudged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light)
     assert unjudged.metrics["heldout_margin"] > unjudged.metrics["heldout_margin_live"]
@@ -387,14 +401,15 @@ def test_a_hanging_judge_ends_the_gate_in_time_with_the_reason(
     with hanging_endpoint(2.0) as url:
         policy = TrainingPolicy.model_validate({**DEMO_POLICY_FIELDS, "judge": {
             "kind": "llm", "url": url, "model": "m", "rubric": "r", "timeout_s": 0.3,
-            "retries": 0, "max_seconds": 1.5}})
+            "retries": 0, "max_seconds": 1.5}, "gate": {**DEMO_POLICY_FIELDS["gate"],
+                                                       "judged_samples": 0}})
         judge = judge_for(policy.judge, scorer.tokenizer)
         started = time.monotonic()
         report = gate_run(scorer, output, parent, held_out, result, policy, judge=judge)
         judging_s = time.monotonic() - started
     assert not report.passed
     assert report.metrics["judged_wins"] + report.metrics["judged_losses"] == 0
-    assert "0 of 0 held-out prompts it decided" in report.failures()
+    assert "in 0 of the 0 comparisons it decided" in report.failures()
     assert judge.tally.judged == report.metrics["judged_undecided"] > 0
     assert set(judge.tally.abstained) <= {"unreachable (ReadTimeout)", "time budget spent"}
     assert judging_s < 30  # the likelihood checks, plus at most the judge's 1.5 s budget
