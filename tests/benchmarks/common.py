@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -93,16 +94,25 @@ def format_spread(mean: float, low: float, high: float) -> str:
     return f"{mean:.2f} ({low:.2f}-{high:.2f})"
 
 
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextmanager
 def scratch_dir(name: str) -> Iterator[Path]:
     """A temporary directory for the model, adapters, data and logs: removed after a run
-    that succeeds, kept (and named) after one that fails."""
+    that succeeds, kept (and named) after one that fails. SIGTERM ends the run as an error
+    does: the servers and trainers it started run in sessions of their own, so only the
+    benchmark's own clean-up (its `finally` blocks) stops them."""
     root = Path(tempfile.mkdtemp(prefix=f"loraloop-bench-{name}-"))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         yield root
     except BaseException:
         print(f"\n!!! benchmark failed; server and trainer logs kept in {root}", flush=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     shutil.rmtree(root, ignore_errors=True)
 
 
