@@ -116,12 +116,7 @@ class TrainingBook:
         """An operator's request for a run now; the history records who asked and why."""
         with self.db.transaction(routing_change=False) as session:
             adapter = adapter_row(adapter_id, session=session)
-            run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
-            session.add(run)
-            session.flush()
-            session.add(Event(kind="training_queued", actor=actor, tenant_id=adapter.tenant_id,
-                              adapter_id=adapter.id, reason=reason, detail={"run": run.id}))
-            return RunRecord.of(run, adapter_id)
+            return RunRecord.of(_queue_run(adapter, actor, reason, session=session), adapter_id)
 
     def queue_scheduled(self, *, actor: str, now: datetime | None = None) -> list[str]:
         """Queue a run for every adapter whose policy samples on a schedule (sampling.every_s)
@@ -144,13 +139,8 @@ class TrainingBook:
                 if last is not None and (last.status in ("queued", "running") or utc(
                         last.started_at or last.created_at) > now - timedelta(seconds=every_s)):
                     continue
-                run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
-                session.add(run)
-                session.flush()
-                session.add(Event(kind="training_queued", actor=actor,
-                                  tenant_id=adapter.tenant_id, adapter_id=adapter.id,
-                                  reason=f"the policy samples every {every_s} s",
-                                  detail={"run": run.id}))
+                _queue_run(adapter, actor, f"the policy samples every {every_s} s",
+                           session=session)
                 queued.append(f"{tenant}/{adapter.name}")
         return queued
 
@@ -302,3 +292,14 @@ class TrainingBook:
                 session.execute(update(Feedback).where(Feedback.run_id == run_id,
                                                        Feedback.status == "claimed")
                                 .values(status="pending", run_id=None, lease_expires_at=None))
+
+
+def _queue_run(adapter: Adapter, actor: str, reason: str | None, *,
+               session: Session) -> TrainingRun:
+    """A queued run, and the history event that says who asked for it and why."""
+    run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
+    session.add(run)
+    session.flush()
+    session.add(Event(kind="training_queued", actor=actor, tenant_id=adapter.tenant_id,
+                      adapter_id=adapter.id, reason=reason, detail={"run": run.id}))
+    return run

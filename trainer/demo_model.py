@@ -237,33 +237,29 @@ def build_fresh_adapter(base_model_dir: Path, target: Path, *, seed: int,
     """Write a LoRA adapter as PEFT initialises one for training: random A, zero B. It answers
     exactly as the base model does, and learns from the first step (two near-zero factors
     would leave each other's gradients near zero)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _with_lora(base_model_dir, rank)
+    model.save_pretrained(target, safe_serialization=True)
+    return Path(target)
+
+
+def _with_lora(base_model_dir: Path, rank: int):
+    """The base model with a LoRA of `rank` on the attention projections, as PEFT
+    initialises it (random A from torch's generator, zero B)."""
     from peft import LoraConfig, get_peft_model
 
     base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_peft_model(base, LoraConfig(
-            r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES),
-            lora_dropout=0.0, task_type="CAUSAL_LM"))
-    model.save_pretrained(target, safe_serialization=True)
-    return Path(target)
+    return get_peft_model(base, LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES), lora_dropout=0.0,
+        task_type="CAUSAL_LM"))
 
 
 def build_random_adapters(
     base_model_dir: Path, targets: dict[Path, int], *, rank: int = 8, scale: float = 0.5
 ) -> list[Path]:
     """`build_random_adapter` for many (directory -> seed) at once, loading the base once."""
-    from peft import LoraConfig, get_peft_model
-
-    base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=rank,
-        target_modules=list(LORA_TARGET_MODULES),
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(base, config)
+    model = _with_lora(base_model_dir, rank)
     lora_params = [(name, param) for name, param in model.named_parameters()
                    if "lora_A" in name or "lora_B" in name]
     for target, seed in targets.items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
 
 from .dpo import TrainResult
 from .evaluate import PreferenceScore, Scorer, weights_changed
@@ -138,6 +139,11 @@ def judge_answers(scorer: Scorer, judge: Judge, candidate: Path, live: Path | No
             wins, losses = wins + (winner == 0), losses + (winner == 1)
             undecided += winner is None
     return JudgedAnswers(wins, losses, undecided)
+
+
+def golden_prompts(policy: TrainingPolicy) -> list[Prompt]:
+    """The policy's golden user messages, as the prompts drift is measured on."""
+    return [StoredPrompt.chat([("user", text)]) for text in policy.golden_prompts]
 
 
 def serving_temperature(policy: TrainingPolicy) -> float:

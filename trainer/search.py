@@ -32,11 +32,11 @@ import optuna
 
 from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import SearchPolicy, TrainingPolicy
-from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.search_trials import SearchTrial, search_trial_tags
 
 from .dpo import ProgressCallback, TrainResult, train_dpo
 from .evaluate import PreferenceScore, Scorer
+from .gate import golden_prompts
 from .pairs import PreferencePair, Prompt, split_held_out
 
 logger = logging.getLogger(__name__)
@@ -98,15 +98,16 @@ def search_dpo(
                                Path(scratch), on_progress)
         study = _study(search, policy.seed)
         study.optimize(objective, n_trials=search.trials, timeout=search.max_seconds)
-        best = objective.trials[_best_number(study, objective)]
+        chosen = objective.done[_best_number(study, objective)]
         for name in ADAPTER_FILES:
-            (Path(scratch) / str(best.number) / name).rename(output_dir / name)
+            (Path(scratch) / str(chosen.row.number) / name).rename(output_dir / name)
+    best = chosen.row
     logger.info("search: trial %d of %d chosen (validation accuracy %.3g, margin %.3g)",
-                best.number, len(objective.trials), best.validation_accuracy,
+                best.number, len(objective.done), best.validation_accuracy,
                 best.validation_margin)
-    return SearchOutcome(objective.results[best.number], objective.policies[best.number],
-                         tuple(objective.trials.values()), best, len(validation),
-                         time.monotonic() - started)
+    return SearchOutcome(chosen.result, chosen.policy,
+                         tuple(done.row for done in objective.done.values()), best,
+                         len(validation), time.monotonic() - started)
 
 
 def _study(search: SearchPolicy, seed: int) -> optuna.Study:
@@ -121,7 +122,7 @@ def _best_number(study: optuna.Study, objective: _Objective) -> int:
     try:
         return study.best_trial.number  # feasible trials only
     except ValueError:  # every trial drifted too far
-        return min(objective.excess, key=lambda number: (objective.excess[number], number))
+        return min(objective.done, key=lambda number: (objective.done[number].excess, number))
 
 
 def objective_value(score: PreferenceScore) -> float:
@@ -129,6 +130,17 @@ def objective_value(score: PreferenceScore) -> float:
     margin is below 1 / (2n + 1) in size, less than half of one pair's 1 / n."""
     squashed = score.mean_margin / (1 + abs(score.mean_margin))
     return score.accuracy + squashed / (2 * len(score.margins) + 1)
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """One finished trial: its row of the table, its training, the policy it trained with,
+    and how many nats it drifted past the tighter bound (<= 0: within)."""
+
+    row: SearchTrial
+    result: TrainResult
+    policy: TrainingPolicy
+    excess: float
 
 
 class _Objective:
@@ -143,10 +155,7 @@ class _Objective:
         self.train, self.validation, self.policy = train, validation, policy
         self.scratch, self.on_progress = scratch, on_progress
         self.drift_prompts = _drift_prompts(policy, validation)
-        self.trials: dict[int, SearchTrial] = {}
-        self.results: dict[int, TrainResult] = {}
-        self.policies: dict[int, TrainingPolicy] = {}
-        self.excess: dict[int, float] = {}  # nats past the tighter drift bound (<= 0: within)
+        self.done: dict[int, _Trained] = {}  # by trial number
 
     def __call__(self, trial: optuna.Trial) -> float:
         settings = _suggest(trial, self.policy.search, first_version=self.parent is None)
@@ -165,8 +174,7 @@ class _Objective:
                           policy.learning_rate, policy.epochs, settings.get("rank"), modules,
                           score.accuracy, score.mean_margin, kl_base, kl_live,
                           time.monotonic() - started)
-        self.trials[row.number], self.results[row.number] = row, result
-        self.policies[row.number], self.excess[row.number] = policy, excess
+        self.done[row.number] = _Trained(row, result, policy, excess)
         self._report("done", {"trial": row.number, "state": row.state,
                               "validation_accuracy": row.validation_accuracy,
                               "validation_margin": row.validation_margin,
@@ -216,7 +224,6 @@ def _suggest(trial: optuna.Trial, search: SearchPolicy, *, first_version: bool) 
 def _drift_prompts(policy: TrainingPolicy, validation: Sequence[PreferencePair]) -> list[Prompt]:
     """The gate's drift prompts where the policy names them, else validation prompts: never
     the held-out ones."""
-    golden = [StoredPrompt.chat([("user", p)]) for p in policy.golden_prompts]
-    prompts = golden or list(dict.fromkeys(pair.prompt for pair in validation))
+    prompts = golden_prompts(policy) or list(dict.fromkeys(pair.prompt for pair in validation))
     return prompts[:MAX_DRIFT_PROMPTS]
 

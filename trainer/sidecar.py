@@ -25,7 +25,6 @@ from loraloop.adapters.errors import Conflict, RegistryUnavailable
 from loraloop.adapters.feedback import Submission
 from loraloop.adapters.names import ADAPTER_FILES, MAX_TAG_CHARS
 from loraloop.adapters.policy import TrainingPolicy
-from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.registry import Registry
 from loraloop.adapters.schema import utcnow
 from loraloop.adapters.training import Claim, LeaseLost, PendingWork
@@ -33,7 +32,7 @@ from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion, VersionRecor
 
 from .dpo import train_dpo
 from .evaluate import Scorer
-from .gate import GateReport, evaluate_candidate
+from .gate import GateReport, evaluate_candidate, golden_prompts
 from .judges import Judge, judge_for
 from .lease import LeaseKeeper
 from .pairs import split_held_out
@@ -219,8 +218,7 @@ class Trainer:
                 on_progress=lease.report)
             result = searched.result if searched else train_dpo(
                 self.base_model, live, train, policy, candidate, on_progress=lease.report)
-            drift = [StoredPrompt.chat([("user", p)]) for p in policy.golden_prompts] or [
-                pair.prompt for pair in held_out]
+            drift = golden_prompts(policy) or [pair.prompt for pair in held_out]
             own = self._judge(policy) if judge is None else None
             try:
                 report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
