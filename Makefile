@@ -34,8 +34,9 @@ test: install-test
 	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The CPU benchmark suite, one after another (each starts its own servers; about 13 min on
-# 2 CPU cores). Results: tests/benchmarks/results/; method and latest figures: BENCHMARKS.md.
+# The CPU benchmark suite, one after another (the serving ones start their own servers;
+# about 15 min on 2 CPU cores). Results: tests/benchmarks/results/; method and latest
+# figures: BENCHMARKS.md.
 BENCH_ARGS ?=
 bench: install-bench
 	bash tests/ensure-postgres.sh
@@ -44,6 +45,7 @@ bench: install-bench
 	$(BIN)/python -m tests.benchmarks.bench_control --model tiny --parts feedback,loop $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_control --model 0.5b --parts swap $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_adaptation $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_transfer $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests

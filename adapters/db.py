@@ -116,8 +116,9 @@ class Database:
         with self.reading() as session:
             return session.scalar(select(RegistryRevision.revision)) or 0
 
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration; safe to run from many processes at once."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration (or to `revision`); safe to run from many
+        processes at once."""
         config = Config()
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
@@ -125,7 +126,7 @@ class Database:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                                    {"key": _MIGRATION_LOCK_KEY})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     def dispose(self) -> None:
         self.engine.dispose()

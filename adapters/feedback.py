@@ -315,6 +315,18 @@ class FeedbackBook:
             prompts = dict.fromkeys(StoredPrompt.from_json(row) for row in rows)
         return list(prompts)[:limit]
 
+    def feedback_prompts(self, adapter_id: str, limit: int,
+                         scan: int = 2000) -> list[StoredPrompt]:
+        """Up to `limit` distinct prompts of the adapter's feedback, whatever its status
+        (pending, consumed, ...), newest first (looking at the newest `scan` rows only)."""
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rows = session.scalars(
+                select(Feedback.prompt).where(Feedback.adapter_id == adapter.id)
+                .order_by(Feedback.id.desc()).limit(scan))
+            prompts = dict.fromkeys(StoredPrompt.from_json(row) for row in rows)
+        return list(prompts)[:limit]
+
     def stats(self, adapter_id: str) -> FeedbackStats:
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)

@@ -33,6 +33,15 @@ def is_valid_name(name: str) -> bool:
     return re.fullmatch(_PART, name) is not None
 
 
+BASE_NAME_HELP = (f"a base name is {NAME_HELP}, as the trainers' transfer_targets name the "
+                  "base models adapters may be carried to")
+
+
+def is_valid_base_name(name: str) -> bool:
+    """The name of a base model adapters are carried to: a name, never a path."""
+    return is_valid_name(name)
+
+
 def is_valid_adapter_id(adapter_id: str) -> bool:
     return _ADAPTER_ID.fullmatch(adapter_id) is not None
 

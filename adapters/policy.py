@@ -24,7 +24,9 @@ from pydantic import (
 )
 
 from .names import MAX_TAG_CHARS
+from .rollout_policy import RolloutPolicy
 from .text import StoredText
+from .transfer_policy import TransferPolicy
 
 GoldenPrompt = Annotated[StoredText, StringConstraints(min_length=1, max_length=2000)]
 
@@ -272,11 +274,19 @@ class TrainingPolicy(BaseModel):
     search: SearchPolicy | None = Field(
         None, description="try several hyperparameter settings per run and keep the best; "
         "rank and target modules come from here for a first version")
+    rollout: RolloutPolicy | None = Field(
+        None, description="a new version, trained or uploaded, earns its traffic step by step "
+        "on judged live answers (needs judge) instead of going live at once")
+    transfer: TransferPolicy | None = Field(
+        None, description="how the adapter is carried to a new base model by distillation, "
+        "and the gate the carried version must pass (none: the defaults)")
 
     @model_validator(mode="after")
     def _sampling_has_a_judge(self) -> TrainingPolicy:
         if self.sampling is not None and self.judge is None:
             raise ValueError("sampling needs a judge to score the answers")
+        if self.rollout is not None and self.judge is None:
+            raise ValueError("a rollout needs a judge to compare the versions' answers")
         return self
 
     @classmethod

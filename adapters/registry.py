@@ -12,9 +12,11 @@ from pathlib import Path
 from .base_model import BaseModelInfo, local_model_dir
 from .db import Database, sqlite_url
 from .feedback import FeedbackBook
+from .rollouts import RolloutBook
 from .store import WeightStore
 from .tenants import TenantBook
 from .training import TrainingBook
+from .transfers import TransferBook
 from .versions import AdapterBook, RegistrationPolicy
 
 
@@ -26,6 +28,8 @@ class Registry:
     tenants: TenantBook  # tenants and their API keys
     feedback: FeedbackBook  # feedback and recorded completions
     training: TrainingBook  # training runs and their leases
+    rollouts: RolloutBook  # rollouts, their evidence and their drivers' leases
+    transfers: TransferBook  # versions carried to another base model, and their leases
 
 
 def open_registry(*, model: str, aliases: list[str], data_dir: Path, database_url: str | None,
@@ -37,5 +41,11 @@ def open_registry(*, model: str, aliases: list[str], data_dir: Path, database_ur
     db.upgrade()
     base = BaseModelInfo.load(local_model_dir(model), aliases=[model, *aliases], dtype=dtype)
     store = WeightStore(Path(data_dir) / "weights")
-    adapters = AdapterBook(db, store, RegistrationPolicy(base, max_rank, max_bytes))
-    return Registry(db, store, adapters, TenantBook(db), FeedbackBook(db), TrainingBook(db))
+    return registry_on(db, store, RegistrationPolicy(base, max_rank, max_bytes))
+
+
+def registry_on(db: Database, store: WeightStore, policy: RegistrationPolicy) -> Registry:
+    """The books on an open database and store, for processes of `policy`'s base model."""
+    base = policy.base.fingerprint
+    return Registry(db, store, AdapterBook(db, store, policy), TenantBook(db), FeedbackBook(db),
+                    TrainingBook(db, base), RolloutBook(db, base), TransferBook(db, base))

@@ -2,8 +2,9 @@
 Alembic migrations (adapters/migrations) create the tables; this module is the schema they
 must match (a test compares the two on SQLite and PostgreSQL).
 
-Pointers (`live`, `canary`) are columns on the adapter row, so promote is one conditional
-update of one row. Versions are never updated except for their status, never deleted.
+Pointers (`live`, `canary`) are kept per adapter and base model (live_pointers), so a fleet
+can serve an adapter on an old and a new base side by side; promote is one conditional
+update of one pointer row. Versions are never updated except for their status, never deleted.
 """
 
 from __future__ import annotations
@@ -87,12 +88,21 @@ class Adapter(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
-    # Version numbers (not row ids); None: no live version / no canary.
+    # The trainer's policy for this adapter (policy.py); None: the defaults.
+    policy: Mapped[dict | None] = mapped_column(JSON)
+
+
+class LivePointer(Base):
+    """Which versions serve an adapter on one base model (by its fingerprint): the live one
+    and a canary with its share. Version numbers, not row ids; None: none."""
+
+    __tablename__ = "live_pointers"
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True)
+    base_fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
     live_version: Mapped[int | None] = mapped_column(Integer)
     canary_version: Mapped[int | None] = mapped_column(Integer)
     canary_percent: Mapped[int | None] = mapped_column(Integer)
-    # The trainer's policy for this adapter (policy.py); None: the defaults.
-    policy: Mapped[dict | None] = mapped_column(JSON)
 
 
 class AdapterVersion(Base):
@@ -234,6 +244,99 @@ class UsageHour(Base):
     requests: Mapped[int] = mapped_column(BigInteger, nullable=False)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class Rollout(Base):
+    """One new version earning its traffic (adapters/rollouts.py): its step in the plan it
+    started with, the last decision with its figures, and the lease of the process driving
+    it. `status` moves active <-> paused, then completed, rolled_back, aborted or superseded
+    (an operator's own promote, rollback or canary change ended it)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False, index=True)
+    base_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # both versions'
+    candidate_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    baseline_version: Mapped[int] = mapped_column(Integer, nullable=False)  # live at the start
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)  # len(plan steps): the watch
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    plan: Mapped[dict] = mapped_column(JSON, nullable=False)
+    decision: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    driver: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ShadowComparison(Base):
+    """One live prompt answered by both versions of a rollout: the one the user saw and the
+    other, out of band. `verdict` is the judge's (candidate, baseline, tie, abstained), set
+    by the rollout's driver; None until then."""
+
+    __tablename__ = "shadow_comparisons"
+    __table_args__ = (
+        Index("ix_shadow_comparisons_rollout_step", "rollout_id", "step"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    served_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    prompt: Mapped[dict] = mapped_column(JSON, nullable=False)
+    candidate_answer: Mapped[str] = mapped_column(Text, nullable=False)
+    baseline_answer: Mapped[str] = mapped_column(Text, nullable=False)
+    verdict: Mapped[str | None] = mapped_column(String(16))
+    rationale: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RolloutCount(Base):
+    """A counter of one version's serving during one step of a rollout (requests, failed
+    requests, empty answers, time-per-token histogram buckets), summed over every server as
+    usage_hours is."""
+
+    __tablename__ = "rollout_counts"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class TransferJob(Base):
+    """One adapter version carried to another base model by distillation (adapters/
+    transfers.py): queued, running (claimed under a lease; a lapsed one is claimed again),
+    then passed (a version for the new base), rejected (a version failed the transfer gate
+    and was rejected) or failed (no version). The target base is a name the trainers know
+    (their transfer_targets), resolved to its fingerprint when a trainer starts the job."""
+
+    __tablename__ = "transfer_jobs"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False, index=True)
+    from_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    to_base: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
+    to_base_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    requested_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    result_version: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # -- Row lookups the books share; each takes the session as a keyword and never commits. --

@@ -11,30 +11,49 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from .db import Database
-from .schema import Adapter, AdapterVersion, ApiKey, RegistryRevision, Tenant
+from .rollouts import UNFINISHED_ROLLOUT, RolloutRecord
+from .schema import (
+    Adapter,
+    AdapterVersion,
+    ApiKey,
+    LivePointer,
+    RegistryRevision,
+    Rollout,
+    Tenant,
+)
 from .tenants import ActiveKey
 from .versions import AdapterRecord, VersionRecord
 
 
 @dataclass(frozen=True)
 class ServingView:
-    """Everything a server routes and authenticates by, read in one transaction."""
+    """Everything a server of one base model routes and authenticates by, read in one
+    transaction: the adapters' pointers on that base, and only versions made for it."""
 
     revision: int
     adapters: tuple[AdapterRecord, ...]
-    servable: tuple[VersionRecord, ...]  # every version a request may reach (not rejected)
+    servable: tuple[VersionRecord, ...]  # versions of this base a request may reach
     keys: Mapping[str, ActiveKey]  # key prefix -> unrevoked key
+    rollouts: tuple[RolloutRecord, ...] = ()  # active and paused ones on this base
+    # (adapter id, version) of versions made for another base: never routed here.
+    elsewhere: frozenset[tuple[str, int]] = frozenset()
 
 
-
-def read_serving_view(db: Database) -> ServingView:
+def read_serving_view(db: Database, base: str) -> ServingView:
+    """`base`: the fingerprint of the server's base model."""
     with db.reading() as session:
         revision = session.scalar(select(RegistryRevision.revision)) or 0
-        adapters = session.execute(select(Adapter, Tenant.name).join(Tenant)).all()
-        adapter_ids = {row.id: f"{tenant}/{row.name}" for row, tenant in adapters}
+        adapters = session.execute(
+            select(Adapter, Tenant.name, LivePointer).join(Tenant)
+            .outerjoin(LivePointer, (LivePointer.adapter_id == Adapter.id)
+                       & (LivePointer.base_fingerprint == base))).all()
+        adapter_ids = {row.id: f"{tenant}/{row.name}" for row, tenant, _ in adapters}
         versions = session.scalars(
             select(AdapterVersion).where(AdapterVersion.status != "rejected")
-        )
+        ).all()
+        rollouts = session.scalars(
+            select(Rollout).where(Rollout.status.in_(UNFINISHED_ROLLOUT),
+                                  Rollout.base_fingerprint == base).order_by(Rollout.id))
         keys = session.execute(
             select(ApiKey.prefix, ApiKey.key_hash, Tenant.name)
             .join(Tenant)
@@ -42,7 +61,12 @@ def read_serving_view(db: Database) -> ServingView:
         )
         return ServingView(
             revision=revision,
-            adapters=tuple(AdapterRecord.of(row, adapter_ids[row.id], None) for row, _ in adapters),
-            servable=tuple(VersionRecord.of(v, adapter_ids[v.adapter_id]) for v in versions),
+            adapters=tuple(AdapterRecord.of(row, adapter_ids[row.id], None, pointer)
+                           for row, _, pointer in adapters),
+            servable=tuple(VersionRecord.of(v, adapter_ids[v.adapter_id]) for v in versions
+                           if v.base_fingerprint == base),
             keys={prefix: ActiveKey(key_hash, tenant) for prefix, key_hash, tenant in keys},
+            rollouts=tuple(RolloutRecord.of(r, adapter_ids[r.adapter_id]) for r in rollouts),
+            elsewhere=frozenset((adapter_ids[v.adapter_id], v.number) for v in versions
+                                if v.base_fingerprint != base),
         )

@@ -25,7 +25,17 @@ from .db import Database
 from .errors import Conflict, NotFound
 from .policy import TrainingPolicy
 from .prompts import StoredPrompt
-from .schema import Adapter, Event, Feedback, Tenant, TrainingRun, adapter_row, utc, utcnow
+from .schema import (
+    Adapter,
+    Event,
+    Feedback,
+    LivePointer,
+    Tenant,
+    TrainingRun,
+    adapter_row,
+    utc,
+    utcnow,
+)
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
 IDS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
@@ -109,8 +119,11 @@ def _chunks(ids: Collection[int]) -> Iterator[list[int]]:
 
 
 class TrainingBook:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    """Training runs of one base model's trainers: a run trains from the live version on
+    that base."""
+
+    def __init__(self, db: Database, base: str) -> None:
+        self.db, self.base = db, base
 
     def queue(self, adapter_id: str, *, actor: str, reason: str | None = None) -> RunRecord:
         """An operator's request for a run now; the history records who asked and why."""
@@ -188,7 +201,9 @@ class TrainingBook:
                 TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
                 .order_by(TrainingRun.id).limit(1)) or TrainingRun(adapter_id=adapter.id)
             run.status, run.worker, run.lease_expires_at = "running", worker, lease
-            run.started_at, run.parent_version = now, adapter.live_version
+            pointer = session.get(LivePointer, (adapter.id, self.base))
+            live = pointer.live_version if pointer else None
+            run.started_at, run.parent_version = now, live
             session.add(run)
             session.flush()
             # SKIP LOCKED: on PostgreSQL a second trainer passes over rows being claimed now.
@@ -198,7 +213,7 @@ class TrainingBook:
             for row in rows:
                 row.status, row.run_id, row.lease_expires_at = "claimed", run.id, lease
             claimed = tuple(ClaimedFeedback.of(row) for row in rows)
-            return Claim(run.id, adapter_id, adapter.live_version, claimed)
+            return Claim(run.id, adapter_id, live, claimed)
 
     def claimable(self, adapter_id: str) -> tuple[ClaimedFeedback, ...]:
         """The rows a run would claim now, by id: what the trainer decides on before one."""

@@ -24,11 +24,14 @@ from .schema import (
     Adapter,
     AdapterVersion,
     Event,
+    LivePointer,
+    Rollout,
     Tenant,
     adapter_row,
     split_adapter_id,
     tenant_row,
     utc,
+    utcnow,
     version_row,
 )
 from .store import WeightStore
@@ -40,7 +43,10 @@ VersionStatus = Literal["candidate", "live", "retired", "rejected"]
 EventKind = Literal[
     "tenant_created", "key_issued", "key_revoked", "adapter_created", "register",
     "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire", "policy_set",
-    "training_queued",
+    "training_queued", "rollout_started", "rollout_advance", "rollout_rollback",
+    "rollout_paused", "rollout_resumed", "rollout_aborted", "rollout_completed",
+    "rollout_superseded", "transfer_queued", "transfer_started", "transfer_passed",
+    "transfer_rejected", "transfer_failed",
 ]
 
 
@@ -88,10 +94,14 @@ class AdapterRecord:
     records_completions: bool = False  # its training policy asks to keep completions
 
     @classmethod
-    def of(cls, row: schema.Adapter, adapter_id: str, latest: int | None) -> AdapterRecord:
+    def of(cls, row: schema.Adapter, adapter_id: str, latest: int | None,
+           pointer: LivePointer | None) -> AdapterRecord:
+        """`pointer`: the adapter's pointers on the reader's base model (None: none set)."""
         records = TrainingPolicy.stored(row.policy).record_completions
+        live, canary, percent = ((pointer.live_version, pointer.canary_version,
+                                  pointer.canary_percent) if pointer else (None, None, None))
         return cls(adapter_id, row.description, utc(row.created_at), row.created_by,
-                   row.live_version, row.canary_version, row.canary_percent, latest, records)
+                   live, canary, percent, latest, records)
 
 
 @dataclass(frozen=True)
@@ -141,44 +151,63 @@ def _latest_number(adapter: Adapter, *, session: Session) -> int | None:
     )
 
 
-def _record(adapter: Adapter, adapter_id: str, *, session: Session) -> AdapterRecord:
-    return AdapterRecord.of(adapter, adapter_id, _latest_number(adapter, session=session))
+def _record(adapter: Adapter, adapter_id: str, base: str, *, session: Session
+            ) -> AdapterRecord:
+    pointer = session.get(LivePointer, (adapter.id, base))
+    return AdapterRecord.of(adapter, adapter_id, _latest_number(adapter, session=session),
+                            pointer)
 
 
-def _log(kind: str, adapter: Adapter, actor: str, *, session: Session,
-         from_version: int | None = None, to_version: int | None = None,
-         reason: str | None = None, **detail) -> None:
+def pointer_row(adapter: Adapter, base: str, *, session: Session) -> LivePointer:
+    """The adapter's pointers on one base model, locked for the change about to be made
+    (made, empty, when none was set)."""
+    pointer = session.get(LivePointer, (adapter.id, base), with_for_update=True)
+    if pointer is None:
+        pointer = LivePointer(adapter_id=adapter.id, base_fingerprint=base)
+        session.add(pointer)
+    return pointer
+
+
+def log_event(kind: str, adapter: Adapter, actor: str, *, session: Session,
+              from_version: int | None = None, to_version: int | None = None,
+              reason: str | None = None, **detail) -> None:
     session.add(Event(kind=kind, actor=actor, tenant_id=adapter.tenant_id, adapter_id=adapter.id,
                       from_version=from_version, to_version=to_version, reason=reason,
                       detail=detail))
 
 
-def _clear_canary(adapter: Adapter, actor: str, reason: str, *, session: Session) -> None:
-    if adapter.canary_version is not None:
-        _log("canary_cleared", adapter, actor, session=session,
-             from_version=adapter.canary_version, reason=reason)
-        adapter.canary_version = adapter.canary_percent = None
+def clear_canary(adapter: Adapter, pointer: LivePointer, actor: str, reason: str, *,
+                 session: Session) -> None:
+    if pointer.canary_version is not None:
+        log_event("canary_cleared", adapter, actor, session=session,
+                  from_version=pointer.canary_version, reason=reason)
+        pointer.canary_version = pointer.canary_percent = None
 
 
-def _make_live(adapter: Adapter, adapter_id: str, target: AdapterVersion, actor: str, *,
-               kind: str, reason: str | None, session: Session) -> None:
-    previous = adapter.live_version
+def make_live(adapter: Adapter, pointer: LivePointer, adapter_id: str, target: AdapterVersion,
+              actor: str, *, kind: str, reason: str | None, session: Session) -> None:
+    previous = pointer.live_version
     if previous is not None:
         version_row(adapter, adapter_id, previous, session=session).status = "retired"
     target.status = "live"
-    adapter.live_version = target.number
-    if adapter.canary_version == target.number:
-        _clear_canary(adapter, actor, f"version {target.number} became live", session=session)
-    _log(kind, adapter, actor, session=session, from_version=previous,
-         to_version=target.number, reason=reason)
+    pointer.live_version = target.number
+    if pointer.canary_version == target.number:
+        clear_canary(adapter, pointer, actor, f"version {target.number} became live",
+                     session=session)
+    log_event(kind, adapter, actor, session=session, from_version=previous,
+              to_version=target.number, reason=reason)
 
 
-def _live_stack(adapter: Adapter, *, session: Session) -> list[int]:
-    """The versions that were live, oldest first, with rolled-back ones popped off."""
+def _live_stack(adapter: Adapter, base: str, *, session: Session) -> list[int]:
+    """The versions that were live on `base`, oldest first, with rolled-back ones popped
+    off."""
     stack: list[int] = []
     events = session.scalars(
         select(Event)
-        .where(Event.adapter_id == adapter.id, Event.kind.in_(("promote", "rollback")))
+        .join(AdapterVersion, (AdapterVersion.adapter_id == Event.adapter_id)
+              & (AdapterVersion.number == Event.to_version))
+        .where(Event.adapter_id == adapter.id, Event.kind.in_(("promote", "rollback")),
+               AdapterVersion.base_fingerprint == base)
         .order_by(Event.id)
     )
     for event in events:
@@ -190,9 +219,46 @@ def _live_stack(adapter: Adapter, *, session: Session) -> list[int]:
     return stack
 
 
+UNFINISHED_ROLLOUT = ("active", "paused")
+
+
+def _operator_change(what: str, actor: str, reason: str | None) -> str:
+    return f"{what} by {actor}" + (f": {reason}" if reason else "")
+
+
+def unfinished_rollout(adapter: Adapter, base: str, *, session: Session, lock: bool = False
+                       ) -> Rollout | None:
+    """The adapter's rollout under way on `base`, if any."""
+    query = select(Rollout).where(Rollout.adapter_id == adapter.id,
+                                  Rollout.base_fingerprint == base,
+                                  Rollout.status.in_(UNFINISHED_ROLLOUT))
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query.order_by(Rollout.id.desc()).limit(1))
+
+
+def end_unfinished_rollout(adapter: Adapter, pointer: LivePointer, actor: str, why: str, *,
+                           session: Session) -> None:
+    """An operator's change of the adapter's pointers ends its rollout on that base
+    (superseded), in the same transaction, so the driver's next step finds it over."""
+    rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session, lock=True)
+    if rollout is None:
+        return
+    rollout.status, rollout.finished_at, rollout.reason = "superseded", utcnow(), why
+    rollout.driver = rollout.lease_expires_at = None
+    if pointer.canary_version == rollout.candidate_version:
+        pointer.canary_version = pointer.canary_percent = None
+    log_event("rollout_superseded", adapter, actor, session=session,
+              to_version=rollout.candidate_version, reason=why, rollout=rollout.id)
+
+
 class AdapterBook:
+    """The registry's adapters as one base model's processes see them: pointers (live,
+    canary) read and set are this base's, unless a change names a version of another."""
+
     def __init__(self, db: Database, store: WeightStore, policy: RegistrationPolicy) -> None:
         self.db, self.store, self.registration_policy = db, store, policy
+        self.base = policy.base.fingerprint
 
     # -- reading -------------------------------------------------------------------------
 
@@ -201,12 +267,13 @@ class AdapterBook:
         if tenant is not None:
             query = query.where(Tenant.name == tenant)
         with self.db.reading() as session:
-            return [_record(row, f"{owner}/{row.name}", session=session)
+            return [_record(row, f"{owner}/{row.name}", self.base, session=session)
                     for row, owner in session.execute(query)]
 
     def get(self, adapter_id: str) -> AdapterRecord:
         with self.db.reading() as session:
-            return _record(adapter_row(adapter_id, session=session), adapter_id, session=session)
+            return _record(adapter_row(adapter_id, session=session), adapter_id, self.base,
+                           session=session)
 
     def versions(self, adapter_id: str) -> list[VersionRecord]:
         with self.db.reading() as session:
@@ -254,8 +321,8 @@ class AdapterBook:
                               created_by=actor)
             session.add(adapter)
             session.flush()
-            _log("adapter_created", adapter, actor, session=session)
-            return _record(adapter, adapter_id, session=session)
+            log_event("adapter_created", adapter, actor, session=session)
+            return _record(adapter, adapter_id, self.base, session=session)
 
     def register(self, adapter_id: str, files: Mapping[str, Path], new: NewVersion, *,
                  actor: str, within: Callable[[Session, VersionRecord], None] | None = None
@@ -296,8 +363,9 @@ class AdapterBook:
             )
             session.add(version)
             session.flush()
-            _log("register", adapter, actor, session=session, to_version=version.number,
-                 reason=new.reason, content_hash=stored.content_hash, source=new.source)
+            log_event("register", adapter, actor, session=session, to_version=version.number,
+                      reason=new.reason, content_hash=stored.content_hash, source=new.source,
+                      base=version.base_fingerprint)
             record = VersionRecord.of(version, adapter_id)
             if within is not None:
                 within(session, record)
@@ -314,7 +382,7 @@ class AdapterBook:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             adapter.policy = stored
-            _log("policy_set", adapter, actor, session=session, reason=reason, policy=stored)
+            log_event("policy_set", adapter, actor, session=session, reason=reason, policy=stored)
             return policy
 
     def promote(self, adapter_id: str, number: int, *, actor: str,
@@ -323,20 +391,25 @@ class AdapterBook:
         is still the live version: compare-and-swap for callers that decided on stale data."""
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            live = adapter.live_version or NO_LIVE_VERSION
+            target = version_row(adapter, adapter_id, number, session=session)
+            # Live on the version's own base: an operator may promote a version made for a
+            # new base model from any server.
+            pointer = pointer_row(adapter, target.base_fingerprint, session=session)
+            live = pointer.live_version or NO_LIVE_VERSION
             if expected_live is not None and expected_live != live:
                 raise Conflict(
                     f"The live version of '{adapter_id}' is {live or 'none'}, not "
                     f"{expected_live or 'none'}; re-read it and decide again."
                 )
-            target = version_row(adapter, adapter_id, number, session=session)
             if target.status == "rejected":
                 raise Conflict(f"Version {number} of '{adapter_id}' was rejected; it cannot "
                                "be promoted. Register a new version.")
-            if adapter.live_version != number:
-                _make_live(adapter, adapter_id, target, actor, kind="promote", reason=reason,
-                           session=session)
-            return _record(adapter, adapter_id, session=session)
+            if pointer.live_version != number:
+                end_unfinished_rollout(adapter, pointer, actor, _operator_change(
+                    f"promote of version {number}", actor, reason), session=session)
+                make_live(adapter, pointer, adapter_id, target, actor, kind="promote",
+                          reason=reason, session=session)
+            return _record(adapter, adapter_id, self.base, session=session)
 
     def rollback(self, adapter_id: str, *, actor: str, to_version: int | None = None,
                  reason: str | None = None) -> AdapterRecord:
@@ -344,26 +417,35 @@ class AdapterBook:
         `to_version`."""
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            if adapter.live_version is None:
+            base = self.base if to_version is None else version_row(
+                adapter, adapter_id, to_version, session=session).base_fingerprint
+            pointer = pointer_row(adapter, base, session=session)
+            if pointer.live_version is None:
                 raise Conflict(f"'{adapter_id}' has no live version to roll back from.")
-            number = to_version or self._previous_live(adapter, adapter_id, session=session)
-            if number == adapter.live_version:
+            number = to_version or self._previous_live(adapter, pointer, adapter_id,
+                                                       session=session)
+            if number == pointer.live_version:
                 raise Conflict(f"Version {number} of '{adapter_id}' is already live.")
             target = version_row(adapter, adapter_id, number, session=session)
             if target.status == "rejected":
                 raise Conflict(f"Version {number} of '{adapter_id}' was rejected; "
                                "roll back to another version.")
-            _make_live(adapter, adapter_id, target, actor, kind="rollback", reason=reason,
-                       session=session)
-            return _record(adapter, adapter_id, session=session)
+            end_unfinished_rollout(adapter, pointer, actor, _operator_change(
+                f"rollback to version {number}", actor, reason), session=session)
+            make_live(adapter, pointer, adapter_id, target, actor, kind="rollback",
+                      reason=reason, session=session)
+            return _record(adapter, adapter_id, self.base, session=session)
 
-    def _previous_live(self, adapter: Adapter, adapter_id: str, *, session: Session) -> int:
+    @staticmethod
+    def _previous_live(adapter: Adapter, pointer: LivePointer, adapter_id: str, *,
+                       session: Session) -> int:
         statuses = dict(session.execute(
             select(AdapterVersion.number, AdapterVersion.status)
             .where(AdapterVersion.adapter_id == adapter.id)
         ).all())
-        for number in reversed(_live_stack(adapter, session=session)[:-1]):
-            if number != adapter.live_version and statuses.get(number) != "rejected":
+        stack = _live_stack(adapter, pointer.base_fingerprint, session=session)
+        for number in reversed(stack[:-1]):
+            if number != pointer.live_version and statuses.get(number) != "rejected":
                 return number
         raise Conflict(f"'{adapter_id}' has no earlier live version; name one with to_version.")
 
@@ -374,24 +456,31 @@ class AdapterBook:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             target = version_row(adapter, adapter_id, number, session=session)
-            if adapter.live_version is None:
+            pointer = pointer_row(adapter, target.base_fingerprint, session=session)
+            if pointer.live_version is None:
                 raise Conflict(f"'{adapter_id}' has no live version; promote one before "
                                "setting a canary.")
-            if number == adapter.live_version or target.status == "rejected":
+            if number == pointer.live_version or target.status == "rejected":
                 raise Conflict(f"Version {number} of '{adapter_id}' is {target.status}; a "
                                "canary must be a candidate or retired version.")
-            _log("canary_set", adapter, actor, session=session,
-                 from_version=adapter.canary_version, to_version=number, reason=reason,
-                 percent=percent)
-            adapter.canary_version, adapter.canary_percent = number, percent
-            return _record(adapter, adapter_id, session=session)
+            end_unfinished_rollout(adapter, pointer, actor, _operator_change(
+                f"canary of version {number} at {percent}%", actor, reason), session=session)
+            log_event("canary_set", adapter, actor, session=session,
+                      from_version=pointer.canary_version, to_version=number, reason=reason,
+                      percent=percent)
+            pointer.canary_version, pointer.canary_percent = number, percent
+            return _record(adapter, adapter_id, self.base, session=session)
 
     def clear_canary(self, adapter_id: str, *, actor: str,
                      reason: str | None = None) -> AdapterRecord:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            _clear_canary(adapter, actor, reason or "cleared", session=session)
-            return _record(adapter, adapter_id, session=session)
+            pointer = pointer_row(adapter, self.base, session=session)
+            if pointer.canary_version is not None:
+                end_unfinished_rollout(adapter, pointer, actor, _operator_change(
+                    "canary cleared", actor, reason), session=session)
+            clear_canary(adapter, pointer, actor, reason or "cleared", session=session)
+            return _record(adapter, adapter_id, self.base, session=session)
 
     def reject(self, adapter_id: str, number: int, *, actor: str,
                reason: str | None = None) -> VersionRecord:
@@ -406,14 +495,21 @@ class AdapterBook:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             version = version_row(adapter, adapter_id, number, session=session)
-            if number == adapter.live_version:
+            pointer = pointer_row(adapter, version.base_fingerprint, session=session)
+            if number == pointer.live_version:
                 raise Conflict(f"Version {number} of '{adapter_id}' is live; promote or roll "
                                f"back to another version before you {kind} it.")
             if version.status == "rejected" and status == "retired":
                 raise Conflict(f"Version {number} of '{adapter_id}' was rejected already.")
             if version.status != status:
+                rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session)
+                if rollout is not None and rollout.candidate_version == number:
+                    end_unfinished_rollout(adapter, pointer, actor, _operator_change(
+                        f"{kind} of version {number}", actor, reason), session=session)
                 version.status = status
-                if adapter.canary_version == number:
-                    _clear_canary(adapter, actor, f"version {number} {status}", session=session)
-                _log(kind, adapter, actor, session=session, from_version=number, reason=reason)
+                if pointer.canary_version == number:
+                    clear_canary(adapter, pointer, actor, f"version {number} {status}",
+                                 session=session)
+                log_event(kind, adapter, actor, session=session, from_version=number,
+                          reason=reason)
             return VersionRecord.of(version, adapter_id)

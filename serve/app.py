@@ -1,8 +1,8 @@
 """The FastAPI application: wiring of settings, registry, engine, routing and routes.
 
 The engine starts in the background so /health answers at once while the model loads;
-/ready turns 200 once the engine is up and every live and canary version is warm. From then
-on the routing snapshot follows the registry.
+/ready turns 200 once the engine is up and every live and canary version (and both versions
+of a rollout) is warm. From then on the routing snapshot follows the registry.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from loraloop.adapters.prompts import PromptRenderer
-from loraloop.adapters.registry import open_registry
+from loraloop.adapters.registry import Registry, open_registry
 from loraloop.adapters.serving_view import read_serving_view
 from loraloop.adapters.usage import UsageBook
 
@@ -34,9 +34,14 @@ from .middleware import BodyLimit, ErrorBoundary, RequestMetrics
 from .openai import router as openai_router
 from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
+from .rollout_counts import RolloutCountRecorder
+from .rollout_metrics import RolloutGauges
+from .rollout_traffic import RolloutTraffic
 from .routing import CurrentRoutes, RoutingSnapshot
 from .sessions import SessionSigner
 from .settings import ServeSettings
+from .shadow import ShadowRunner
+from .shadow_pairs import ShadowPairWriter
 from .state import ServerState
 from .token_budget import TokenBudget
 from .usage import UsageRecorder
@@ -53,8 +58,9 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
         max_bytes=settings.max_adapter_bytes, dtype=settings.dtype,
     )
     db = registry.db
+    view = read_serving_view(db, registry.adapters.base)
     routes = CurrentRoutes(RoutingSnapshot.from_view(
-        settings.base_model_name, read_serving_view(db), registry.store.path_of
+        settings.base_model_name, view, registry.store.path_of
     ))
     renderer = PromptRenderer.load(settings.model, settings.max_model_len)
     budget = (TokenBudget(settings.tenant_tokens_per_minute)
@@ -63,12 +69,26 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
                               budget)
     metrics = ServeMetrics(admission, engine, routes, db, UsageRecorder(UsageBook(db)))
     warmer = AdapterWarmer(engine, metrics)
-    watcher = RegistryWatcher(db, registry.store, routes, warmer, poll_s=settings.registry_poll_s)
+    gauges = RolloutGauges(registry.rollouts)
+    gauges.show(view.rollouts)
+    metrics.registry.register(gauges)
+    watcher = RegistryWatcher(db, registry.store, routes, warmer, base=registry.adapters.base,
+                              poll_s=settings.registry_poll_s, rollout_gauges=gauges)
+    rollouts = _rollout_traffic(settings, engine, registry, warmer, metrics)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
-                                registry.feedback, metrics, _tool_format(settings, renderer))
+                                registry.feedback, metrics, _tool_format(settings, renderer),
+                                rollouts)
     return ServerState(settings, engine, registry,
                        FeedbackService(registry.feedback, routes, metrics), routes, watcher,
-                       warmer, service, metrics, _session_signer(settings))
+                       warmer, service, metrics, _session_signer(settings), rollouts)
+
+
+def _rollout_traffic(settings: ServeSettings, engine: Engine, registry: Registry,
+                     warmer: AdapterWarmer, metrics: ServeMetrics) -> RolloutTraffic:
+    shadows = ShadowRunner(engine, warmer, ShadowPairWriter(registry.rollouts),
+                           metrics.shadow_requests, settings.shadow)
+    return RolloutTraffic(RolloutCountRecorder(registry.rollouts), shadows,
+                          metrics.rollout_requests)
 
 
 def _session_signer(settings: ServeSettings) -> SessionSigner:
@@ -119,13 +139,17 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         running = asyncio.create_task(_start_engine(state))
         watching = asyncio.create_task(_watch_engine(state))
         counting = asyncio.create_task(state.metrics.usage.run())
+        rollouts = state.rollouts
+        shadowing = asyncio.create_task(rollouts.shadows.run())
+        writing = [asyncio.create_task(rollouts.shadows.writer.run()),
+                   asyncio.create_task(rollouts.counts.run())]
         try:
             yield
         finally:
-            running.cancel()
-            watching.cancel()
-            counting.cancel()
-            await asyncio.gather(counting, return_exceptions=True)  # its last flush
+            for task in (running, watching, shadowing, counting, *writing):
+                task.cancel()
+            # Shadows in flight are abandoned; every writer flushes once more.
+            await asyncio.gather(shadowing, counting, *writing, return_exceptions=True)
             await state.feedback.writer.close()  # what is queued is stored before exit
             await state.engine.shutdown()
             state.registry.db.dispose()

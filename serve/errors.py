@@ -48,10 +48,11 @@ class AdapterNotFound(LoraloopError):
     error_type = "invalid_request_error"
     code = "model_not_found"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, why: str | None = None) -> None:
+        """`why`: what only an operator may be told (a tenant learns nothing more)."""
         super().__init__(
-            f"The model '{model}' does not exist or you do not have access to it. "
-            "GET /v1/models lists the models you can use.",
+            f"The model '{model}' does not exist or you do not have access to it"
+            + (f": {why}. " if why else ". ") + "GET /v1/models lists the models you can use.",
             param="model",
         )
 

@@ -117,6 +117,14 @@ class ServeMetrics:
                                      ["result"], registry=registry)
         self.feedback = Counter("loraloop_feedback", "Feedback stored, by kind.", ["kind"],
                                 registry=registry)
+        self.rollout_requests = Counter(
+            "loraloop_rollout_requests", "Requests served by a version of an unfinished "
+            "rollout (its candidate or baseline), by the rollout's stage.",
+            ["adapter", "version", "stage"], registry=registry)
+        self.shadow_requests = Counter(
+            "loraloop_shadow_requests", "Shadow answers for rollouts: answered, dropped_full "
+            "(queue full), dropped_busy (engine busy) or failed.", ["adapter", "result"],
+            registry=registry)
 
     async def observe_generation(
         self, events: AsyncIterator[tuple[int, GenerationDelta]], *, endpoint: str,

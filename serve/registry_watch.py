@@ -5,6 +5,7 @@ answers); writes by other processes (other replicas, the trainer) are seen by po
 revision, one cheap query every `poll_s`. Versions that unpinned requests will reach are
 loaded into the engine before the new snapshot is swapped in, so the first request after a
 promote does not pay the load and requests in flight finish on the version they started on.
+The rollout gauges are fed from every read, since a driver's figures move no revision.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import time
 
 from loraloop.adapters.db import Database
 from loraloop.adapters.errors import RegistryUnavailable
-from loraloop.adapters.serving_view import read_serving_view
+from loraloop.adapters.serving_view import ServingView, read_serving_view
 from loraloop.adapters.store import WeightStore
 
+from .rollout_metrics import RolloutGauges
 from .routing import CurrentRoutes, RoutingSnapshot
 from .warmup import AdapterWarmer
 
@@ -26,15 +28,18 @@ logger = logging.getLogger(__name__)
 
 class RegistryWatcher:
     def __init__(self, db: Database, store: WeightStore, routes: CurrentRoutes,
-                 warmer: AdapterWarmer, *, poll_s: float) -> None:
+                 warmer: AdapterWarmer, *, base: str, poll_s: float,
+                 rollout_gauges: RolloutGauges | None = None) -> None:
         self.db, self.store, self.routes, self.warmer = db, store, routes, warmer
-        self.poll_s = poll_s
+        self.base, self.poll_s = base, poll_s  # base: the fingerprint of the served model
+        self.rollout_gauges = rollout_gauges
         self.warming = False  # set once the engine runs; before that nothing can be loaded
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
         async with self._lock:
-            view = await asyncio.to_thread(read_serving_view, self.db)
+            view = await asyncio.to_thread(read_serving_view, self.db, self.base)
+            await self._show_rollouts(view)
             if view.revision == self.routes.snapshot.revision:
                 return
             snapshot = RoutingSnapshot.from_view(
@@ -46,6 +51,14 @@ class RegistryWatcher:
             if self.warming:
                 await self.warmer.keep_only(snapshot.versions.values())
             logger.info("routing follows registry revision %d", view.revision)
+
+    async def _show_rollouts(self, view: ServingView) -> None:
+        gauges = self.rollout_gauges
+        if gauges is None:
+            return
+        gauges.show(view.rollouts)
+        if gauges.rollbacks_revision != view.revision:  # a rollback moves the revision
+            await asyncio.to_thread(gauges.read_rollbacks, view.revision)
 
     async def start_warming(self) -> None:
         """The engine is up: load what the current snapshot routes to, and keep doing so."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraloop.adapters.names import ModelRef, parse_model_ref
+from loraloop.adapters.rollouts import RolloutRecord
 from loraloop.adapters.serving_view import ServingView
 from loraloop.adapters.tenants import ActiveKey
 
@@ -36,6 +37,9 @@ class RoutingSnapshot:
     keys: Mapping[str, ActiveKey] = field(default_factory=dict)  # tenant keys by prefix
     known_adapters: frozenset[str] = frozenset()  # every registered adapter id
     recording: frozenset[str] = frozenset()  # adapters whose completions are kept
+    rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)  # unfinished ones
+    # Versions made for another base model: never routed here (operators are told why).
+    elsewhere: frozenset[tuple[str, int]] = frozenset()
 
     @classmethod
     def from_view(cls, base_model: str, view: ServingView,
@@ -52,6 +56,8 @@ class RoutingSnapshot:
             keys=view.keys,
             known_adapters=frozenset(a.adapter_id for a in view.adapters),
             recording=frozenset(a.adapter_id for a in view.adapters if a.records_completions),
+            rollouts={r.adapter_id: r for r in view.rollouts},
+            elsewhere=view.elsewhere,
         )
 
     def resolve(self, model: str, tenant: str | None = None,
@@ -64,6 +70,9 @@ class RoutingSnapshot:
         version = ref.version or self._unpinned_version(ref.adapter_id, draw)
         adapter = self.versions.get((ref.adapter_id, version)) if version else None
         if adapter is None:
+            if tenant is None and (ref.adapter_id, version) in self.elsewhere:
+                raise AdapterNotFound(model, why=f"version {version} of '{ref.adapter_id}' "
+                                      "was made for another base model than this server's")
             raise AdapterNotFound(model)
         return adapter
 
@@ -96,9 +105,19 @@ class RoutingSnapshot:
                 if tenant is None or adapter_id.split("/", 1)[0] == tenant]
 
     def routed_adapters(self) -> list[AdapterRef]:
-        """Versions unpinned requests can reach: what must be warm before a switch."""
+        """Versions unpinned requests can reach, and both versions of every rollout (each
+        answers the other's shadows): what must be warm before a switch."""
         canaries = [self.versions[(a, c.version)] for a, c in sorted(self.canaries.items())]
-        return self.live_adapters() + canaries
+        rollouts = [self.versions[key] for a, r in sorted(self.rollouts.items())
+                    for key in ((a, r.candidate), (a, r.baseline)) if key in self.versions]
+        return list(dict.fromkeys(self.live_adapters() + canaries + rollouts))
+
+    def rollout_of(self, adapter: AdapterRef | None) -> RolloutRecord | None:
+        """The unfinished rollout whose candidate or baseline `adapter` is, if any."""
+        rollout = self.rollouts.get(adapter.adapter_id) if adapter else None
+        if rollout is None or adapter.version not in (rollout.candidate, rollout.baseline):
+            return None
+        return rollout
 
 
 class CurrentRoutes:

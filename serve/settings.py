@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -45,6 +45,21 @@ class RequestLimits(BaseModel):
                 f"limits.max_tokens ({self.max_tokens}); lower the default or raise the bound"
             )
         return self
+
+
+class ShadowSettings(BaseModel):
+    """What shadow answers may cost. During a rollout the other version answers a sample of
+    finished requests again, out of band, for the judge; these never wait for a place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_size: int = Field(
+        64, ge=1, le=10_000, description="finished requests waiting for their shadow answer; "
+        "beyond it new ones are dropped")
+    max_active_requests: int = Field(
+        8, ge=0, le=10_000, description="a shadow starts only while the engine generates at "
+        "most this many sequences; otherwise it is dropped")
+    concurrency: int = Field(1, ge=1, le=8, description="shadow answers generated at once")
 
 
 class ServeSettings(BaseSettings):
@@ -108,6 +123,7 @@ class ServeSettings(BaseSettings):
         16 << 20, ge=1 << 10, description="largest request body (uploads: max_adapter_bytes)"
     )
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @property
     def base_model_name(self) -> str:

@@ -14,6 +14,7 @@ from loraloop.adapters.registry import Registry
 from .engine.protocol import Engine
 from .metrics import ServeMetrics
 from .registry_watch import RegistryWatcher
+from .rollout_traffic import RolloutTraffic
 from .routing import CurrentRoutes
 from .sessions import SessionSigner
 from .settings import ServeSettings
@@ -36,6 +37,7 @@ class ServerState:
     service: GenerationService
     metrics: ServeMetrics
     sessions: SessionSigner
+    rollouts: RolloutTraffic  # rollout counts and shadow answers, with their writers
     started_at: int = field(default_factory=lambda: int(time.time()))
     start_failed: bool = False
     # Called once when the engine is lost; the command line sets it to stop the server.

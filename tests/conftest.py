@@ -13,8 +13,16 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.prompts import StoredPrompt
 from loraloop.serve.cli.client import AdminClient
-from loraloop.trainer.demo_model import build_demo_model, build_random_adapter
+from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, user_messages
+from loraloop.trainer.demo_model import (
+    SUCCESSOR_SHAPE,
+    build_demo_model,
+    build_random_adapter,
+)
+from loraloop.trainer.pairs import PreferencePair
 
 from .support import BACKENDS, ServerProcess, database_url
 
@@ -38,6 +46,29 @@ LORA_CACHE_ARGS = ["--max-loras", "2", "--max-cpu-loras", "4"]
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("model") / "demo")
+
+
+@pytest.fixture(scope="session")
+def successor_model(tmp_path_factory) -> Path:
+    """A second demo base: the demo model's tokenizer, another shape, other weights."""
+    return build_demo_model(tmp_path_factory.mktemp("model") / "successor", seed=1,
+                            shape=SUCCESSOR_SHAPE)
+
+
+@pytest.fixture(scope="session")
+def marker_teacher(demo_model, tmp_path_factory) -> Path:
+    """A first adapter on the demo base whose answers begin with MARKER (taught by DPO on 48
+    chat pairs): the version rollouts and transfers carry around."""
+    from loraloop.trainer.dpo import train_dpo  # TRL loads slowly; only tests that need it
+
+    messages, texts = user_messages(48, seed=7), answers(48, seed=7)
+    pairs = [PreferencePair(StoredPrompt.chat([("user", message)]), f"{MARKER} {text}", text)
+             for message, text in zip(messages, texts, strict=True)]
+    output = tmp_path_factory.mktemp("teacher") / "marker"
+    # A gentler rate than the DPO tests' keeps the answers after the marker in words.
+    train_dpo(demo_model, None, pairs,
+              TrainingPolicy.model_validate({**DEMO_POLICY, "learning_rate": 0.005}), output)
+    return output
 
 
 @pytest.fixture(scope="session")

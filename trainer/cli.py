@@ -38,6 +38,9 @@ def trainer(
     server_url: Annotated[str | None, typer.Option(
         help="A server of the registry's, for policies that sample the live version "
         "(LORALOOP_ADMIN_KEY is its credential).")] = None,
+    transfer_target: Annotated[list[str] | None, typer.Option(
+        help="NAME=MODEL: a base model adapters may be carried to, by that name (repeatable; "
+        "also LORALOOP_TRANSFER_TARGETS, pairs separated by commas).")] = None,
     once: Annotated[bool, typer.Option(help="Do at most one run, then exit.")] = False,
 ) -> None:
     """Run the trainer sidecar: pending feedback becomes new, gated adapter versions."""
@@ -47,7 +50,8 @@ def trainer(
     from .settings import TrainerSettings
 
     options = dict(model=model, data_dir=data_dir, database_url=database_url,
-                   trainer_poll_s=poll_s, trainer_lease_s=lease_s, server_url=server_url)
+                   trainer_poll_s=poll_s, trainer_lease_s=lease_s, server_url=server_url,
+                   transfer_targets=transfer_target or None)
     overrides = {name: value for name, value in options.items() if value is not None}
     configure_logging(os.environ.get("LORALOOP_LOG_FORMAT", "text"))
     run_trainer(TrainerSettings(**demo_model_unless_given(overrides)), once=once)

@@ -95,13 +95,25 @@ class DemoModelShape:
     pretrain_steps: int = 400
 
 
+# A second base of the demo family: the default's tokenizer (the same vocabulary size makes the
+# same one), another shape and, built with another seed, other weights. What an adapter is
+# carried to when its base model is replaced (trainer/transfer.py); a shorter pretraining
+# still makes it answer in words.
+SUCCESSOR_SHAPE = DemoModelShape(hidden_size=192, intermediate_size=384, num_hidden_layers=3,
+                                 num_attention_heads=6, num_key_value_heads=2,
+                                 pretrain_steps=300)
+# The corpus the tokenizer learns from does not vary with the model's seed: every demo base of
+# one vocabulary size shares its tokenizer, as the models of a real family do.
+TOKENIZER_CORPUS_SEED = 0
+
+
 def _corpus(seed: int, lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choices(VOCABULARY_WORDS, k=rng.randint(4, 16))) + "."
             for _ in range(lines)]
 
 
-def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -111,7 +123,7 @@ def build_tokenizer(vocab_size: int, seed: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(_corpus(TOKENIZER_CORPUS_SEED), trainer=trainer)
     # Prepend BOS to plain prompts the way Llama tokenizers do.
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
@@ -139,7 +151,7 @@ def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | Non
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=target.parent))
     try:
-        tokenizer = build_tokenizer(shape.vocab_size, seed)
+        tokenizer = build_tokenizer(shape.vocab_size)
         tokenizer.save_pretrained(staging)
         config = LlamaConfig(
             vocab_size=len(tokenizer),

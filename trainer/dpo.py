@@ -11,23 +11,21 @@ CPU; the same inputs and seed give the same bytes.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
-from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import TrainingPolicy
 
+from .lora import ProgressCallback, fresh_lora, save_adapter, trainable_parameters
 from .pairs import PreferencePair
 from .rendering import encode_pair
-
-ProgressCallback = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,9 @@ def train_dpo(
             train_dataset=dataset, processing_class=tokenizer, callbacks=[progress],
         )
         trainer.train()
-    _save_adapter(model, Path(base_model), Path(output_dir))
+    save_adapter(model, Path(base_model), Path(output_dir))
     last = progress.last
-    return TrainResult(_trainable_parameters(model), trainer.state.global_step,
+    return TrainResult(trainable_parameters(model), trainer.state.global_step,
                        last.get("loss", float("nan")), last.get("reward_accuracy"))
 
 
@@ -121,57 +119,4 @@ def _load_policy(base_model: Path, parent_adapter: Path | None, rank: int,
     if parent_adapter is not None:
         # Without is_trainable the adapter loads frozen and nothing trains.
         return PeftModel.from_pretrained(base, parent_adapter, is_trainable=True)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=rank,
-        target_modules=(attention_projections(base) if target_modules is None
-                        else _present(base, target_modules)),
-        lora_dropout=0.0,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, config)
-
-
-def attention_projections(model: torch.nn.Module) -> list[str]:
-    """Names of the linear layers inside attention blocks, e.g. q_proj, k_proj, v_proj,
-    o_proj for Llama-style models: what every LoRA-serving engine supports."""
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and ".self_attn." in name
-    }
-    if not names:
-        raise ValueError(
-            "found no linear layers under a 'self_attn' module; train from a parent adapter "
-            "that names its target modules"
-        )
-    return sorted(names)
-
-
-def _present(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
-    """`names`, when each is a linear layer of the model: PEFT would quietly skip some
-    missing ones, and registration would then refuse the adapter."""
-    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear)}
-    missing = sorted(set(names) - linear)
-    if missing:
-        raise ValueError(f"the base model has no linear layer named {', '.join(missing)}; "
-                         f"its linear layers are {', '.join(sorted(linear))}")
-    return list(names)
-
-
-def _trainable_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _save_adapter(model: PeftModel, base_model: Path, output_dir: Path) -> None:
-    """Exactly the two adapter files; the config names the base model as it was given."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if any(output_dir.iterdir()):
-        raise FileExistsError(f"{output_dir} is not empty; give train_dpo a new directory")
-    model.peft_config[model.active_adapter].base_model_name_or_path = str(base_model)
-    with tempfile.TemporaryDirectory(dir=output_dir.parent) as staging:
-        # save_pretrained also writes a README.md model card: only the adapter files move on.
-        model.save_pretrained(staging, safe_serialization=True)
-        for name in ADAPTER_FILES:
-            (Path(staging) / name).rename(output_dir / name)
+    return fresh_lora(base, rank, target_modules)

@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Protocol
 
 from loraloop.adapters.errors import RegistryUnavailable
-from loraloop.adapters.training import LeaseLost, TrainingBook
+from loraloop.adapters.training import LeaseLost
 
 logger = logging.getLogger(__name__)
 
 MAX_RENEWAL_INTERVAL_S = 2.0  # also how fresh the run's progress is in the admin API
 
 
+class Leases(Protocol):
+    """A book whose work is held under a renewed lease: training runs, transfer jobs."""
+
+    def renew(self, work_id: int, /, *, worker: str, lease_s: float, progress: dict) -> None:
+        ...
+
+
 class LeaseKeeper:
-    def __init__(self, training: TrainingBook, run_id: int, *, worker: str,
-                 lease_s: float) -> None:
+    def __init__(self, training: Leases, run_id: int, *, worker: str,
+                 lease_s: float, what: str = "run") -> None:
         self.training, self.run_id, self.worker, self.lease_s = training, run_id, worker, lease_s
+        self.what = what  # how the log names the work: "run 7", "transfer job 3"
         self.progress: dict = {}
         self.lost = threading.Event()
         self._stop = threading.Event()
@@ -40,7 +49,7 @@ class LeaseKeeper:
     def report(self, progress: dict) -> None:
         """Training progress: logged now, written to the run with the next renewal."""
         self.progress = progress
-        logger.info("run %d: %s", self.run_id, " ".join(
+        logger.info("%s %d: %s", self.what, self.run_id, " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()))
 
     def _renew_until_stopped(self) -> None:
@@ -50,11 +59,11 @@ class LeaseKeeper:
                 self.training.renew(self.run_id, worker=self.worker, lease_s=self.lease_s,
                                     progress=dict(self.progress))
             except LeaseLost:
-                logger.error("run %d lost its lease", self.run_id)
+                logger.error("%s %d lost its lease", self.what, self.run_id)
                 self.lost.set()
                 return
             except RegistryUnavailable as exc:  # the next renewal may well succeed
-                logger.warning("could not renew the lease of run %d: %s", self.run_id,
-                               exc.message)
+                logger.warning("could not renew the lease of %s %d: %s", self.what,
+                               self.run_id, exc.message)
             except Exception:
-                logger.exception("could not renew the lease of run %d", self.run_id)
+                logger.exception("could not renew the lease of %s %d", self.what, self.run_id)

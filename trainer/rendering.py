@@ -54,14 +54,14 @@ def encode_pair(tokenizer, pair: PreferencePair) -> EncodedPair:
 
 def answer_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]):
     """Sum of log p(answer token | everything before it) for each (prompt, answer): [N]."""
-    input_ids, attention, is_answer = _right_padded(sequences)  # each [N, T]
+    input_ids, attention, is_answer = right_padded(sequences)  # each [N, T]
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     targets = input_ids[:, 1:]  # position t predicts token t + 1
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     return (token_logps * is_answer[:, 1:]).sum(-1)
 
 
-def _right_padded(sequences):
+def right_padded(sequences):
     # Right padding leaves every real token at the position it has in an unpadded request;
     # padding is masked out of attention and of the sum, so its id (0) does not matter.
     length = max(len(prompt) + len(answer) for prompt, answer in sequences)

@@ -34,9 +34,10 @@ from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import SearchPolicy, TrainingPolicy
 from loraloop.adapters.search_trials import SearchTrial, search_trial_tags
 
-from .dpo import ProgressCallback, TrainResult, train_dpo
+from .dpo import TrainResult, train_dpo
 from .evaluate import PreferenceScore, Scorer
 from .gate import golden_prompts
+from .lora import ProgressCallback
 from .pairs import PreferencePair, Prompt, split_held_out
 
 logger = logging.getLogger(__name__)

@@ -3,12 +3,16 @@ the servers (same variable names, so one ConfigMap serves both) and its own loop
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from loraloop.adapters.names import BASE_NAME_HELP, is_valid_base_name
 
 
 class TrainerSettings(BaseSettings):
@@ -25,6 +29,11 @@ class TrainerSettings(BaseSettings):
         60.0, ge=2, description="a run's claim on its feedback lapses this long after the "
         "trainer last renewed it (a killed trainer's work is picked up after this)"
     )
+    rollout_poll_s: float = Field(2.0, gt=0, le=300, description="how often the rollout "
+                                  "driver judges new shadow pairs and decides")
+    rollout_lease_s: float = Field(
+        30.0, ge=2, le=3600, description="a rollout's driver lapses this long after it last "
+        "looked (another trainer then drives it)")
     server_url: str | None = Field(
         None, description="a server of the registry's, for on-policy sampling (policies with "
         "`sampling`): in Kubernetes the server container beside, http://127.0.0.1:8000"
@@ -32,10 +41,44 @@ class TrainerSettings(BaseSettings):
     admin_key: SecretStr | None = Field(
         None, description="the operators' credential, to sample any tenant's adapter"
     )
+    transfer_targets: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="the base models adapters may be carried to, by "
+        "name: NAME=MODEL pairs separated by commas (MODEL a directory or hub id), e.g. "
+        "successor=/models/next; transfer jobs name the target, never a path")
+    transfer_lease_s: float = Field(
+        60.0, ge=2, le=3600, description="a transfer job's lease lapses this long after the "
+        "trainer last renewed it (another trainer then starts it again)")
     trainer_worker: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"[:128],
         description="this trainer's name in runs and the audit trail",
     )
+
+    @field_validator("transfer_targets", mode="before")
+    @classmethod
+    def _targets(cls, value: object) -> object:
+        """NAME=MODEL pairs from the environment or repeated flags; a JSON object too."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            value = [pair for pair in text.split(",") if pair.strip()]
+        if isinstance(value, list):
+            pairs = {}
+            for pair in value:
+                name, sep, model = str(pair).partition("=")
+                if not sep or not model.strip():
+                    raise ValueError(f"'{pair}' is not NAME=MODEL, e.g. successor=/models/next")
+                pairs[name.strip()] = model.strip()
+            return pairs
+        return value
+
+    @field_validator("transfer_targets")
+    @classmethod
+    def _target_names(cls, targets: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in targets if not is_valid_base_name(name)]
+        if bad:
+            raise ValueError(f"{', '.join(map(repr, bad))}: {BASE_NAME_HELP}")
+        return targets
 
     @property
     def base_model_name(self) -> str:

@@ -5,8 +5,10 @@ says which rows count). One run: claim the adapter's pending feedback (under a l
 while training), set aside the rows that make no pair, build DPO pairs, train from the live
 version, evaluate the candidate against it, register it with its lineage and metrics (the
 feedback becomes consumed in that same transaction), then promote it if the gate passed and
-the policy allows, or reject it with the failing checks as the reason. Killed at any point,
-it leaves no version half-made and no feedback lost.
+the policy allows (or, when the policy has a rollout plan, start its rollout), or reject it
+with the failing checks as the reason. Killed at any point, it leaves no version half-made
+and no feedback lost. When no training is due, the trainer runs a transfer job, if it has
+one (trainer/transfer_job.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .pairs import split_held_out
 from .pending import MIN_PAIRS_EVER, Triage, is_due, might_be_due, triage
 from .sampling import SamplingRound, ServerSampler, judged_feedback, prompts_to_sample
 from .search import SearchOutcome, search_dpo
+from .transfer_job import TransferRunner
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +60,14 @@ def _too_few_pairs(found: Triage) -> str:
 
 class Trainer:
     def __init__(self, registry: Registry, base_model: Path, *, worker: str,
-                 lease_s: float, sampler: ServerSampler | None = None) -> None:
+                 lease_s: float, sampler: ServerSampler | None = None,
+                 transfers: TransferRunner | None = None) -> None:
         self.adapters, self.training, self.store = (registry.adapters, registry.training,
                                                     registry.store)
-        self.feedback = registry.feedback
+        self.feedback, self.rollouts = registry.feedback, registry.rollouts
         self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
         self.sampler = sampler  # on-policy sampling: a server to ask, when one is set
+        self.transfers = transfers  # transfer jobs, run when no training is due
         self._scorer: Scorer | None = None
         self._resting: dict[str, float] = {}  # adapter -> monotonic time it may run again
         self._samplings: dict[str, int] = {}  # adapter -> on-policy samplings so far
@@ -131,7 +136,8 @@ class Trainer:
         logger.info("trainer %s stopped", self.worker)
 
     def run_once(self) -> bool:
-        """Run the first due adapter's training; False when nothing was due."""
+        """Run the first due adapter's training, else a transfer job; False when nothing
+        was due."""
         if time.monotonic() >= self._next_schedule:
             self._next_schedule = time.monotonic() + SCHEDULE_EVERY_S
             for adapter_id in self.training.queue_scheduled(actor=f"trainer:{self.worker}"):
@@ -141,7 +147,7 @@ class Trainer:
                 continue
             if self._look_at(work, work.policy):
                 return True
-        return False
+        return self.transfers is not None and self.transfers.run_once()
 
     def _look_at(self, work: PendingWork, policy: TrainingPolicy) -> bool:
         """Mark the adapter's rows past pairing, then run if it is due; True when it ran."""
@@ -294,8 +300,23 @@ class Trainer:
             self._finish(claim, "rejected", report, f"gate failed: {why}")
         elif not policy.auto_promote:
             self._finish(claim, "candidate", report, "gate passed; auto-promote is off")
+        elif policy.rollout is not None and claim.parent_version is not None:
+            self._roll_out(claim, version, report, policy)
         else:
             self._promote(claim, version, report)
+
+    def _roll_out(self, claim: Claim, version: VersionRecord, report: GateReport,
+                  policy: TrainingPolicy) -> None:
+        """The version earns live traffic step by step (trainer/rollout.py drives it)."""
+        try:
+            rollout = self.rollouts.start(
+                claim.adapter_id, version.number, policy.rollout,
+                actor=f"trainer:{self.worker}", reason=_gate_summary(report))
+        except Conflict as exc:  # someone promoted or rolled back while this run trained
+            self._finish(claim, "candidate", report, f"not rolled out: {exc.message}")
+            return
+        self._finish(claim, "candidate", report,
+                     f"gate passed; rollout {rollout.id} started ({_gate_summary(report)})")
 
     def _promote(self, claim: Claim, version: VersionRecord, report: GateReport) -> None:
         try:

@@ -23,9 +23,11 @@ from pydantic import (
 
 from loraloop.adapters.activity import FeedbackActivity
 from loraloop.adapters.names import MAX_TAG_CHARS
+from loraloop.adapters.rollouts import RolloutRecord
 from loraloop.adapters.tenants import IssuedKey, KeyRecord, TenantRecord
 from loraloop.adapters.text import StoredText
 from loraloop.adapters.training import RunRecord
+from loraloop.adapters.transfers import TransferRecord
 from loraloop.adapters.usage import UsageRecord
 from loraloop.adapters.versions import AdapterRecord, EventRecord, VersionRecord
 
@@ -33,6 +35,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 AdapterId = Annotated[
     str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}/[a-z0-9][a-z0-9._-]{0,62}$")
 ]
+BaseName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 Reason = Annotated[StoredText, StringConstraints(max_length=1000)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 VersionNumber = Annotated[int, Field(ge=1, le=10**9)]
@@ -245,6 +248,45 @@ class RunPublic(BaseModel):
         return cls(adapter=fields.pop("adapter_id"), **fields)
 
 
+class RolloutStart(Strict):
+    version: int = Field(ge=1, le=10**9)
+    reason: Reason | None = None
+
+
+class RolloutPublic(BaseModel):
+    id: int
+    adapter: str
+    candidate_version: int
+    baseline_version: int
+    status: str
+    stage: str = Field(description="shadow, canary N%, watch, or where it ended")
+    step: int
+    stages: list[str] = Field(description="the plan's steps in order, then live and watch")
+    step_started_at: datetime
+    plan: dict[str, Any]
+    decision: dict[str, Any] = Field(description="the last analysis, with its figures")
+    driver: str | None
+    lease_expires_at: datetime | None
+    reason: str | None
+    created_at: datetime
+    created_by: str
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: RolloutRecord) -> RolloutPublic:
+        plan = record.plan
+        stages = ["shadow" if s.percent == 0 else f"canary {s.percent}%" for s in plan.steps]
+        return cls(
+            id=record.id, adapter=record.adapter_id, candidate_version=record.candidate,
+            baseline_version=record.baseline, status=record.status, stage=record.stage,
+            step=record.step, stages=[*stages, "watch" if plan.watch else "live"],
+            step_started_at=record.step_started_at, plan=plan.model_dump(mode="json"),
+            decision=dict(record.decision), driver=record.driver,
+            lease_expires_at=record.lease_expires_at, reason=record.reason,
+            created_at=record.created_at, created_by=record.created_by,
+            finished_at=record.finished_at)
+
+
 class HourCountPublic(BaseModel):
     hour: datetime
     count: int
@@ -272,3 +314,49 @@ class UsagePublic(BaseModel):
     @classmethod
     def of(cls, record: UsageRecord) -> UsagePublic:
         return cls(hour=record.hour, version=record.version, **vars(record.count))
+
+
+class TransferCreate(Strict):
+    to_base: BaseName = Field(description="the base model to carry the version to, by the "
+                              "name the trainers' transfer_targets give it")
+    version: VersionNumber | None = Field(
+        None, description="the version to carry over; default: the one live on this "
+        "server's base model")
+    reason: Reason | None = None
+
+
+class MigrationCreate(Strict):
+    to_base: BaseName = Field(description="the new base model, by the name the trainers' "
+                              "transfer_targets give it")
+    reason: Reason | None = None
+
+
+class TransferPublic(BaseModel):
+    id: int
+    adapter: str
+    from_version: int
+    to_base: str
+    to_base_fingerprint: str | None = Field(description="once a trainer resolved the name")
+    status: str = Field(description="queued, running, passed, rejected or failed")
+    requested_by: str
+    worker: str | None
+    attempts: int = Field(description="times a trainer started it (more: a lease lapsed)")
+    result_version: int | None = Field(description="the version made for the new base")
+    progress: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="the transfer gate's figures")
+    reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: TransferRecord) -> TransferPublic:
+        fields = vars(record).copy()
+        return cls(adapter=fields.pop("adapter_id"), **fields)
+
+
+class MigrationPublic(BaseModel):
+    to_base: str
+    queued: list[int] = Field(description="ids of the jobs this request queued; the others "
+                              "were queued, running or passed already")
+    jobs: list[TransferPublic] = Field(description="one per adapter live on this server's base")

@@ -3,10 +3,19 @@ tenant's key); a tenant signed in to the console may also read its own adapters.
 
 from fastapi import APIRouter
 
-from . import activity_router, adapters_router, tenants_router, training_router
+from . import (
+    activity_router,
+    adapters_router,
+    rollouts_router,
+    tenants_router,
+    training_router,
+    transfers_router,
+)
 
 router = APIRouter()
 router.include_router(tenants_router.router)
 router.include_router(adapters_router.router)
 router.include_router(training_router.router)
 router.include_router(activity_router.router)
+router.include_router(rollouts_router.router)
+router.include_router(transfers_router.router)

@@ -71,7 +71,14 @@ async def register_version(state: ServerState, adapter_id: str, form: VersionCre
     if form.path is not None:
         roots = state.settings.allowed_adapter_roots
         files = await offload(files_in_allowed_dir, form.path, roots)
-        return await write(state, registry.register, adapter_id, files, new, actor=actor)
-    with state.registry.store.staged() as staging:
-        files = await _stage(uploads, staging, state.settings.max_adapter_bytes)
-        return await write(state, registry.register, adapter_id, files, new, actor=actor)
+        registered = await write(state, registry.register, adapter_id, files, new, actor=actor)
+    else:
+        with state.registry.store.staged() as staging:
+            files = await _stage(uploads, staging, state.settings.max_adapter_bytes)
+            registered = await write(state, registry.register, adapter_id, files, new,
+                                     actor=actor)
+    record, created = registered
+    if created:  # an uploaded version earns its traffic as a trained one does
+        await write(state, state.registry.rollouts.start_planned, adapter_id, record.number,
+                    actor=actor, reason="uploaded; the policy plans a rollout")
+    return registered

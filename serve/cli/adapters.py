@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from . import rollouts
 from .output import emit, print_table, size, when
 from .session import AdapterArg, ReasonOpt, VersionArg, session_of
 
@@ -181,3 +182,4 @@ def history(ctx: typer.Context, adapter: AdapterArg,
 
 
 app.add_typer(canary_app, name="canary")
+app.add_typer(rollouts.app, name="rollout")

@@ -18,6 +18,7 @@ from loraloop.adapters.names import ADAPTER_FILES
 from ..headers import ACTOR_HEADER
 
 UPLOAD_TIMEOUT_S = 600
+MAX_IDS_PER_CALL = 500  # the server's bound on ids in one GET /transfers
 
 
 class AdminApiError(Exception):
@@ -143,6 +144,20 @@ class AdminClient:
     def history(self, adapter_id: str, limit: int = 100) -> list[dict]:
         return self._call("GET", f"/adapters/{adapter_id}/history", params={"limit": limit})
 
+    # -- rollouts ------------------------------------------------------------------------
+
+    def rollout(self, adapter_id: str) -> dict:
+        return self._call("GET", f"/adapters/{adapter_id}/rollout")
+
+    def start_rollout(self, adapter_id: str, version: int, reason: str | None = None) -> dict:
+        return self._call("POST", f"/adapters/{adapter_id}/rollout",
+                          json={"version": version, "reason": reason})
+
+    def change_rollout(self, adapter_id: str, action: str, reason: str | None = None) -> dict:
+        """`action`: pause, resume or abort."""
+        return self._call("POST", f"/adapters/{adapter_id}/rollout/{action}",
+                          json={"reason": reason})
+
     # -- training ------------------------------------------------------------------------
 
     def policy(self, adapter_id: str) -> dict:
@@ -160,6 +175,34 @@ class AdminClient:
 
     def run(self, adapter_id: str, run_id: int) -> dict:
         return self._call("GET", f"/adapters/{adapter_id}/training-runs/{run_id}")
+
+    # -- transfers to another base model -------------------------------------------------
+
+    def queue_transfer(self, adapter_id: str, to_base: str, *, version: int | None = None,
+                       reason: str | None = None) -> tuple[dict, bool]:
+        """The job, and whether this call queued it (False: it was standing already)."""
+        response = self._http.post(f"/adapters/{adapter_id}/transfers", json={
+            "to_base": to_base, "version": version, "reason": reason})
+        _raise_for_error(response)
+        return response.json(), response.status_code == 201
+
+    def transfers(self, adapter_id: str, limit: int = 50) -> list[dict]:
+        return self._call("GET", f"/adapters/{adapter_id}/transfers", params={"limit": limit})
+
+    def transfer(self, adapter_id: str, job_id: int) -> dict:
+        return self._call("GET", f"/adapters/{adapter_id}/transfers/{job_id}")
+
+    def migrate(self, to_base: str, reason: str | None = None) -> dict:
+        return self._call("POST", "/base-migrations", json={"to_base": to_base,
+                                                            "reason": reason})
+
+    def find_transfers(self, ids: list[int]) -> list[dict]:
+        """The jobs of these ids, newest first (any number: asked for in pages)."""
+        found = []
+        for start in range(0, len(ids), MAX_IDS_PER_CALL):
+            page = ids[start:start + MAX_IDS_PER_CALL]
+            found += self._call("GET", "/transfers", params={"id": page, "limit": len(page)})
+        return sorted(found, key=lambda job: -job["id"])
 
 
 def _form_fields(fields: Mapping[str, Any], server_path: str | None) -> dict[str, str]:

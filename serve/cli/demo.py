@@ -197,12 +197,15 @@ def demo(
 def demo_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model (must not exist).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    successor: Annotated[bool, typer.Option(
+        help="Build the demo base's successor instead: its tokenizer, another shape and "
+        "(with another seed) other weights, a base to carry adapters to.")] = False,
 ) -> None:
     """Build the tiny demo model (trained tokenizer, chat template, briefly pretrained weights),
     offline."""
-    from loraloop.trainer.demo_model import build_demo_model
+    from loraloop.trainer.demo_model import SUCCESSOR_SHAPE, build_demo_model
 
-    build_demo_model(directory, seed=seed)
+    build_demo_model(directory, seed=seed, shape=SUCCESSOR_SHAPE if successor else None)
     typer.echo(f"demo model written to {directory}")
 
 

@@ -6,7 +6,7 @@ import typer
 
 from loraloop.trainer.cli import trainer
 
-from . import adapters, demo, registering, tenants, training
+from . import adapters, demo, registering, tenants, training, transfers
 from .serving import serve
 from .session import admin_options
 
@@ -22,11 +22,15 @@ tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=Tr
 tenants_app.add_typer(tenants.app)
 adapters_app = typer.Typer(help="Adapters, their versions, and which version serves.",
                            no_args_is_help=True, callback=admin_options)
-for commands in (adapters.app, registering.app, training.app):
+for commands in (adapters.app, registering.app, training.app, transfers.app):
     adapters_app.add_typer(commands)
+base_app = typer.Typer(help="The base model: carry every adapter to a new one.",
+                       no_args_is_help=True, callback=admin_options)
+base_app.add_typer(transfers.base_app)
 
 app.command()(serve)
 app.command()(trainer)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(base_app, name="base")
 app.add_typer(demo.app)

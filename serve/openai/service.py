@@ -27,6 +27,7 @@ from ..admission import AdmissionGate
 from ..engine.protocol import AdapterRef, Engine, GenerationDelta, SamplingSpec, TokenLogprob
 from ..errors import EngineUnavailable, InvalidRequest
 from ..metrics import ServeMetrics
+from ..rollout_traffic import RolloutTraffic, ShadowSource
 from ..routing import CurrentRoutes
 from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
@@ -98,11 +99,13 @@ class GenerationService:
         feedback: FeedbackBook,
         metrics: ServeMetrics,
         tool_format: ToolCallFormat | None = None,
+        rollouts: RolloutTraffic | None = None,
     ) -> None:
         self.engine, self.renderer, self.warmer = engine, renderer, warmer
         self.admission, self.limits, self.routes = admission, limits, routes
         self.feedback, self.metrics = feedback, metrics
         self.tool_format = tool_format
+        self.rollouts = rollouts  # counts and shadows requests of rollouts' versions
         self.ready = False
         self.cache_salts = CacheSalts()
 
@@ -123,9 +126,8 @@ class GenerationService:
                                skip_special_tokens=tools.skip_special_tokens)
         prompt = self.renderer.render(stored)
         sampling = self._fit(sampling, request, prompt, "messages")
-        records = [stored] if self._records(adapter) else None
         generation = await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n,
-                                       tenant, records)
+                                       tenant, [stored])
         if tools is not None:
             generation.tool_reader = lambda: tools.reader(prompt)
         return generation
@@ -156,11 +158,11 @@ class GenerationService:
         sampling = self._sampling(request, logprobs=logprobs)
         token_lists = self._completion_prompts(request.prompt)
         prompts = [(ids, self._fit(sampling, request, ids, "prompt")) for ids in token_lists]
-        records = None
-        if self._records(adapter):
-            records = [StoredPrompt(text=self.renderer.tokenizer.decode(ids))
-                       for ids in token_lists]
-        return await self._start("cmpl", adapter, prompts, request.n, tenant, records)
+        stored = None
+        if self._records(adapter) or self.routes.snapshot.rollout_of(adapter):
+            stored = [StoredPrompt(text=self.renderer.tokenizer.decode(ids))
+                      for ids in token_lists]
+        return await self._start("cmpl", adapter, prompts, request.n, tenant, stored)
 
     def _records(self, adapter: AdapterRef | None) -> bool:
         return adapter is not None and adapter.adapter_id in self.routes.snapshot.recording
@@ -267,14 +269,17 @@ class GenerationService:
 
     async def _start(self, prefix: str, adapter: AdapterRef | None,
                      prompts: list[tuple[list[int], SamplingSpec]], n: int, tenant: str | None,
-                     records: list[StoredPrompt] | None = None) -> Generation:
-        """`records`: each prompt as feedback will name it, when completions are kept."""
+                     stored: list[StoredPrompt] | None = None) -> Generation:
+        """`stored`: each prompt as feedback names it, kept with the completions of adapters
+        that record them and paired with shadow answers during a rollout."""
         if not self.ready:
             raise EngineUnavailable("The model is still loading; retry shortly.")
         generation_id = f"{prefix}-{uuid.uuid4().hex}"
         started = time.perf_counter()
         prompt_tokens = sum(len(ids) for ids, _ in prompts)
+        records = stored if self._records(adapter) else None
         ticket = self.admission.admit(tenant)
+        served = self.rollouts.serve(adapter, self.routes.snapshot) if self.rollouts else None
         cache_salt = self.cache_salts.of(tenant)
         try:
             if adapter is not None:
@@ -295,9 +300,14 @@ class GenerationService:
             if tenant is not None and self.admission.budget is not None:
                 events = _charged(events, self.admission.budget, tenant)
             events = releasing(events, ticket.release)
+            if served is not None:  # outermost: a shadow is queued once all else is done
+                events = served.watch(events, choices=len(streams), shadow=ShadowSource.of(
+                    prompts, n, stored, cache_salt))
             first = await anext(events)
-        except BaseException:
+        except BaseException as error:
             ticket.release()
+            if served is not None:
+                served.failed(error)
             raise
         return Generation(
             id=generation_id,

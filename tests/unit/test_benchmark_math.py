@@ -6,12 +6,17 @@ measurements is checked here, on made-up figures, so a wrong ratio cannot hide i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from ..benchmarks import bench_adapters, common
+from loraloop.trainer.transfer import TransferFigures, TransferResult
+
+from ..benchmarks import bench_adapters, bench_transfer, common
 from ..benchmarks.bench_adapters import WORKLOADS, Workload
 
 
@@ -84,3 +89,89 @@ def test_cli_flags_follow_the_settings():
     assert common.cli_flags(settings) == [
         "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
         "--kv-cache-gib", "1.0", "--max-loras", "8"]
+
+
+# --- Carrying adapters to a new base (bench_transfer) ----------------------------------------
+
+
+class _TableModel(torch.nn.Module):
+    """Logits looked up by the current token: row t of `table` after token t ([V, V + extra])."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_transfer_figures_follow_the_teacher_along_its_continuations():
+    vocab = 4
+    # The teacher is sure of token t + 1 after t; two columns past the vocabulary are larger
+    # still and must be ignored. The student is uniform over the vocabulary.
+    teacher = torch.full((vocab, vocab + 2), 0.0)
+    teacher[torch.arange(vocab), (torch.arange(vocab) + 1) % vocab] = 3.0
+    teacher[:, vocab:] = 9.0
+    student = torch.zeros((vocab, vocab + 2))
+    rows = [((0, 1), (2, 3)), ((3,), (0,)), ((1,), (2, 3, 0))]  # 6 continuation positions
+
+    same = bench_transfer.figures(_TableModel(teacher), _TableModel(teacher), rows, vocab)
+    assert (same.mean_kl, same.agreement, same.positions) == (pytest.approx(0.0), 1.0, 6)
+
+    uniform = bench_transfer.figures(_TableModel(teacher), _TableModel(student), rows, vocab)
+    p = teacher[0, :vocab].softmax(-1)
+    assert uniform.mean_kl == pytest.approx(float((p * p.log()).sum()) + math.log(vocab))
+    # The uniform student's top token is 0, the teacher's after token 3 (the positions
+    # predicting 0: after the prompt (3,) and after 3 in the last row).
+    assert uniform.agreement == pytest.approx(2 / 6)
+
+
+def test_continuations_end_after_the_first_stop_token():
+    assert bench_transfer.until_stop([5, 7, 2, 9, 2], stop=2) == (5, 7, 2)
+    assert bench_transfer.until_stop([5, 7], stop=2) == (5, 7)
+
+
+def _transfer_result(steps: int, seconds: float) -> TransferResult:
+    figures = TransferFigures(0.0, 0.0, 1)  # distill's own split: not what the rows report
+    return TransferResult(figures, figures, train_prompts=8, held_out_prompts=1, steps=steps,
+                          final_loss=0.5, seconds=seconds)
+
+
+def test_transfer_rows_compare_the_student_with_the_successor_base():
+    base = TransferFigures(mean_kl=4.0, agreement=0.25, positions=100)
+    student = TransferFigures(mean_kl=1.0, agreement=0.75, positions=100)
+    firsts = {"teacher": [7, 7, 7, 7], "student": [7, 7, 7, 3], "base": [3, 7, 3, 3]}
+
+    row = bench_transfer.count_row(8, _transfer_result(18, 3.0), student, base, firsts)
+
+    assert row["kl_ratio"] == 0.25 and row["agreement_gain"] == 0.5
+    assert (row["first_token"], row["first_token_base"]) == (0.75, 0.25)
+    assert (row["prompts"], row["steps"], row["seconds"]) == (8, 18, 3.0)
+
+
+def test_transfer_summary_spreads_each_arm_and_count_over_the_teachers():
+    rows = [{"arm": arm, "prompts": count, "kl": kl, "kl_ratio": kl / 4, "agreement": 0.5,
+             "agreement_gain": gain, "first_token": 1.0, "first_token_base": 0.0,
+             "seconds": 2.0, "cpu_seconds": 3.0}
+            for arm, count, kl, gain in (("recipe", 8, 2.0, 0.1), ("recipe", 16, 0.5, 0.4),
+                                         ("equal steps", 8, 0.7, 0.2), ("recipe", 8, 1.0, 0.3))]
+
+    summary = bench_transfer.by_count(rows)
+
+    assert list(summary) == [("recipe", 8), ("recipe", 16), ("equal steps", 8)]
+    assert summary["recipe", 8]["kl"] == (1.5, 1.0, 2.0)
+    assert summary["recipe", 8]["agreement_gain"] == pytest.approx((0.2, 0.1, 0.3))
+    assert summary["recipe", 16]["kl_ratio"] == (0.125, 0.125, 0.125)
+    assert summary["equal steps", 8]["kl"] == (0.7, 0.7, 0.7)
+    assert "| recipe | 8 | 0.38 (0.25-0.50) | 0.50 (0.50-0.50) | 0.20 (0.10-0.30) |" in (
+        bench_transfer.summary_table(summary))
+
+
+def test_equal_steps_give_every_count_the_largest_counts_steps():
+    settings = bench_transfer.SETTINGS  # 6 epochs, 5 continuations a prompt, batches of 16
+    assert bench_transfer.arm_settings("recipe", 8, 64) == settings
+    for count, epochs in ((8, 40), (16, 24), (32, 12), (64, 6)):
+        equal = bench_transfer.arm_settings("equal steps", count, 64)
+        assert equal.epochs == epochs
+        assert equal.epochs * -(-count * 5 // 16) == 120  # 64 prompts: 20 steps an epoch
+        assert equal == dataclasses.replace(settings, epochs=epochs)

@@ -50,10 +50,13 @@ COUNTERS = {
     "loraloop_generation_tokens_total", "loraloop_requests_rejected_total",
     "loraloop_adapter_loads_total", "loraloop_adapter_cache_lookups_total",
     "loraloop_feedback_total", "loraloop_registry_events_total",
+    "loraloop_rollout_requests_total", "loraloop_shadow_requests_total",
 }
 GAUGES = {
     "loraloop_requests_in_progress", "loraloop_engine_requests_active",
     "loraloop_adapter_live_version", "loraloop_training_runs",
+    "loraloop_rollout_step", "loraloop_rollout_win_rate", "loraloop_rollout_comparisons",
+    "loraloop_rollout_decision", "loraloop_rollout_rollbacks",
 }
 HISTOGRAMS = {
     "loraloop_time_to_first_token_seconds", "loraloop_time_per_output_token_seconds",

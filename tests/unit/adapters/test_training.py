@@ -33,7 +33,7 @@ def books(database, tmp_path, demo_model):
     for i in range(6):
         feedback.submit(NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"a{i}",
                                     rejected=f"b{i}"))
-    yield TrainingBook(db), feedback
+    yield TrainingBook(db, policy.base.fingerprint), feedback
     db.dispose()
 
 

@@ -5,63 +5,20 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select
 
-from loraloop.adapters.base_model import BaseModelInfo
-from loraloop.adapters.db import Database
 from loraloop.adapters.errors import AdapterInvalid, Conflict, InvalidArgument, NotFound
-from loraloop.adapters.feedback import FeedbackBook
-from loraloop.adapters.registry import Registry
 from loraloop.adapters.schema import ApiKey, Base
 from loraloop.adapters.serving_view import read_serving_view
-from loraloop.adapters.store import WeightStore
-from loraloop.adapters.tenants import TenantBook, hash_key
-from loraloop.adapters.training import TrainingBook
+from loraloop.adapters.tenants import hash_key
 from loraloop.adapters.validation import ADAPTER_FILES
-from loraloop.adapters.versions import NO_LIVE_VERSION, AdapterBook, NewVersion, RegistrationPolicy
+from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion
 
 ADAPTER = "acme/support"
-
-
-def adapter_files(directory: Path) -> dict[str, Path]:
-    return {name: directory / name for name in ADAPTER_FILES}
-
-
-@pytest.fixture(scope="module")
-def base(demo_model) -> BaseModelInfo:
-    return BaseModelInfo.load(demo_model, aliases=["demo"])
-
-
-@pytest.fixture
-def registry(database, tmp_path, base):
-    db = Database(database)
-    db.upgrade()
-    store = WeightStore(tmp_path / "weights")
-    policy = RegistrationPolicy(base, max_rank=64, max_bytes=1 << 30)
-    yield Registry(db, store, AdapterBook(db, store, policy), TenantBook(db), FeedbackBook(db),
-                   TrainingBook(db))
-    db.dispose()
-
-
-@pytest.fixture
-def files(adapter_dirs) -> list[dict[str, Path]]:
-    """Three different adapters' files, to register as versions 1, 2, 3."""
-    names = ["acme/support", "acme/sales", "acme/legal"]
-    return [adapter_files(adapter_dirs[name]) for name in names]
-
-
-@pytest.fixture
-def three_versions(registry, files) -> AdapterBook:
-    registry.tenants.create("acme", actor="test")
-    registry.adapters.create(ADAPTER, actor="test")
-    for version_files in files:
-        registry.adapters.register(ADAPTER, version_files, NewVersion(), actor="test")
-    return registry.adapters
 
 
 def test_migrations_build_exactly_the_declared_schema(registry):
@@ -273,10 +230,10 @@ def test_keys_are_stored_hashed_and_revocable(registry):
     with registry.db.reading() as session:
         row = session.scalar(select(ApiKey))
         assert row.key_hash == hash_key(issued.key) and issued.key not in vars(row).values()
-    state = read_serving_view(registry.db)
+    state = read_serving_view(registry.db, registry.adapters.base)
     assert state.keys[issued.record.prefix].tenant == "acme"
     registry.tenants.revoke_key("acme", issued.record.prefix, actor="admin", reason="leaked")
-    assert issued.record.prefix not in read_serving_view(registry.db).keys
+    assert issued.record.prefix not in read_serving_view(registry.db, registry.adapters.base).keys
     assert registry.tenants.list_keys("acme")[0].revoked_at is not None
 
 
@@ -285,7 +242,7 @@ def test_every_write_moves_the_revision_and_the_serving_view_follows(three_versi
     three_versions.promote(ADAPTER, 1, actor="a")
     three_versions.set_canary(ADAPTER, 2, 25, actor="a")
     three_versions.reject(ADAPTER, 3, actor="a")
-    state = read_serving_view(registry.db)
+    state = read_serving_view(registry.db, registry.adapters.base)
     assert state.revision == before + 3
     (adapter,) = state.adapters
     assert (adapter.live_version, adapter.canary_version, adapter.canary_percent) == (1, 2, 25)

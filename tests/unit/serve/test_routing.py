@@ -6,6 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from loraloop.adapters.rollout_policy import RolloutPolicy
+from loraloop.adapters.rollouts import RolloutRecord
 from loraloop.adapters.serving_view import ServingView
 from loraloop.adapters.versions import AdapterRecord, VersionRecord
 from loraloop.serve.errors import AdapterNotFound
@@ -14,7 +16,7 @@ from loraloop.serve.routing import RoutingSnapshot
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
-def _serving_view(**pointers) -> ServingView:
+def _serving_view(rollouts=(), **pointers) -> ServingView:
     """a/one: v1 live (v2 canary when asked); b/two: v1 live; lora ids 1, 2, 3."""
     versions = [("a/one", 1), ("a/one", 2), ("b/two", 1)]
     servable = tuple(
@@ -27,7 +29,7 @@ def _serving_view(**pointers) -> ServingView:
                       pointers.get("percent"), 2),
         AdapterRecord("b/two", None, NOW, "t", 1, None, None, 1),
     )
-    return ServingView(7, adapters, servable, {})
+    return ServingView(7, adapters, servable, {}, tuple(rollouts))
 
 
 def test_routing_resolves_base_live_and_pinned(tmp_path):
@@ -62,3 +64,39 @@ def test_routing_sends_the_canary_its_share(tmp_path):
     assert snapshot.resolve("a/one@1", draw=lambda: 0.0).version == 1  # pinned: never diverted
     assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1",
                                                                     "a/one@2"]
+
+
+def _rollout(candidate: int, baseline: int) -> RolloutRecord:
+    return RolloutRecord(1, "a/one", candidate, baseline, "active", 0, NOW, RolloutPolicy(), {},
+                         None, None, None, NOW, "t", None)
+
+
+def test_routing_keeps_both_versions_of_a_rollout_warm(tmp_path):
+    view = _serving_view(rollouts=[_rollout(candidate=2, baseline=1)])  # in shadow: no canary
+    snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
+    assert snapshot.resolve("a/one", draw=lambda: 0.0).version == 1  # shadow: live answers
+    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1",
+                                                                    "a/one@2"]
+    rollout = snapshot.rollouts["a/one"]
+    assert snapshot.rollout_of(snapshot.resolve("a/one@2")) is rollout
+    assert snapshot.rollout_of(snapshot.resolve("a/one@1")) is rollout
+    assert snapshot.rollout_of(snapshot.resolve("b/two")) is None
+    assert snapshot.rollout_of(None) is None  # the base model
+
+
+def test_a_rollouts_version_that_cannot_be_served_is_not_warmed(tmp_path):
+    view = _serving_view(rollouts=[_rollout(candidate=3, baseline=1)])  # 3: not servable
+    snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
+    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1"]
+
+
+def test_a_version_of_another_base_is_never_routed_and_operators_learn_why(tmp_path):
+    view = _serving_view()
+    view = ServingView(view.revision, view.adapters, view.servable, {}, (),
+                       elsewhere=frozenset({("a/one", 3)}))
+    snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
+    with pytest.raises(AdapterNotFound, match="made for another base model"):
+        snapshot.resolve("a/one@3")  # an operator's request
+    with pytest.raises(AdapterNotFound) as tenant:
+        snapshot.resolve("a/one@3", tenant="a")
+    assert "base model" not in tenant.value.message

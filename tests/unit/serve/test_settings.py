@@ -43,3 +43,13 @@ def test_tool_call_parser_must_be_one_of_vllms():
     with pytest.raises(ValidationError, match=r"not one of vLLM's: .*hermes"):
         ServeSettings(model="m", auth=False, tool_call_parser="nope")
     assert ServeSettings(model="m", auth=False, tool_call_parser="hermes").tool_call_parser
+
+
+def test_shadow_settings_are_bounded(monkeypatch):
+    monkeypatch.setenv("LORALOOP_SHADOW__QUEUE_SIZE", "5")
+    shadow = ServeSettings(model="m", auth=False).shadow
+    assert (shadow.queue_size, shadow.max_active_requests, shadow.concurrency) == (5, 8, 1)
+    for refused in ({"queue_size": 0}, {"concurrency": 9}, {"max_active_requests": -1},
+                    {"queue_sise": 5}):
+        with pytest.raises(ValidationError, match="shadow"):
+            ServeSettings(model="m", auth=False, shadow=refused)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -21,6 +22,7 @@ from loraloop.trainer.demo_pretraining import question
 from loraloop.trainer.evaluate import weights_changed
 
 FILES = ("model.safetensors", "tokenizer.json", "config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(demo_model, tmp_path):
@@ -47,11 +49,13 @@ def test_pretraining_is_deterministic_and_the_cache_gives_the_same_bytes(tmp_pat
             != (built[0] / "model.safetensors").read_bytes())
 
 
-def test_answers_in_words_and_ends_its_turn(demo_model):
+@pytest.mark.parametrize("base", ["demo_model", "successor_model"])
+def test_answers_in_words_and_ends_its_turn(base, request):
     """Greedy and sampled answers to chat questions are sentences of vocabulary words that
     end the assistant turn, not byte noise running to the token limit."""
-    tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    model = AutoModelForCausalLM.from_pretrained(demo_model)
+    model_dir = request.getfixturevalue(base)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     rng, words = random.Random(7), set(VOCABULARY_WORDS)
     lengths = set()
     for _ in range(4):
@@ -69,6 +73,15 @@ def test_answers_in_words_and_ends_its_turn(demo_model):
             assert set(text.split()) <= words, answer
             lengths.add(len(text.split()))
     assert len(lengths) >= 3  # sampled answers vary in length
+
+
+def test_a_successor_base_shares_the_tokenizer_and_nothing_else(demo_model, successor_model):
+    for name in TOKENIZER_FILES:
+        assert (successor_model / name).read_bytes() == (demo_model / name).read_bytes()
+    config, other = (json.loads((model / "config.json").read_text())
+                     for model in (demo_model, successor_model))
+    for dimension in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        assert config[dimension] != other[dimension]
 
 
 def test_loads_and_generates_with_chat_template(demo_model):

@@ -14,15 +14,15 @@ import pytest
 
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.db import Database, sqlite_url
-from loraloop.adapters.feedback import FeedbackBook, NewFeedback
+from loraloop.adapters.feedback import NewFeedback
 from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
-from loraloop.adapters.registry import Registry
+from loraloop.adapters.registry import registry_on
 from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.training import ClaimedFeedback, LeaseLost, TrainingBook
-from loraloop.adapters.versions import AdapterBook, NewVersion, RegistrationPolicy
+from loraloop.adapters.training import ClaimedFeedback, LeaseLost
+from loraloop.adapters.versions import NewVersion, RegistrationPolicy
 from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, preference_feedback, user_messages
 from loraloop.trainer.pending import is_due, triage
 from loraloop.trainer.sidecar import Trainer
@@ -59,10 +59,10 @@ class Loop:
         rules = RegistrationPolicy(BaseModelInfo.load(demo_model), max_rank=64,
                                    max_bytes=1 << 30)
         store = WeightStore(tmp_path / "weights")
-        registry = Registry(self.db, store, AdapterBook(self.db, store, rules),
-                            TenantBook(self.db), FeedbackBook(self.db), TrainingBook(self.db))
+        registry = registry_on(self.db, store, rules)
         self.adapters, self.training, self.feedback = (registry.adapters, registry.training,
                                                        registry.feedback)
+        self.rollouts = registry.rollouts
         self.adapters.create(ADAPTER, actor="t")
         self.adapters.register(ADAPTER, {name: v1 / name for name in ADAPTER_FILES},
                                NewVersion(), actor="t")
@@ -275,3 +275,17 @@ def expect_identical_run(loop: Loop, messages: list[str], *, consumed: int):
     assert loop.trainer.run_once() is False
     return run
 
+
+
+def test_with_a_rollout_plan_a_passing_candidate_starts_its_rollout(open_loop):
+    loop = open_loop(min_pairs=16, gate=LENIENT_GATE,
+                     judge={"kind": "rules", "required": [f"^{MARKER}"]},
+                     rollout={"steps": [{"percent": 0}, {"percent": 25}]})
+    loop.submit(preferences(user_messages(16, seed=7)))
+    assert loop.trainer.run_once() is True
+    (run,) = loop.training.runs(ADAPTER)
+    assert run.status == "candidate" and "rollout 1 started" in run.reason, run
+    assert loop.adapters.get(ADAPTER).live_version == 1  # it earns live traffic first
+    rollout = loop.rollouts.current(ADAPTER)
+    assert (rollout.candidate, rollout.baseline, rollout.stage) == (2, 1, "shadow")
+    assert rollout.created_by == "trainer:w"

@@ -1,0 +1,485 @@
+"""Rollouts: a new version earning its traffic step by step (shadow, canary steps, live, a
+watch window), its evidence, and the lease of the one process that drives it.
+
+The state lives here, not in any process: a restarted server or a second replica routes by
+the same step, and whichever driver holds the lease goes on deciding. Each change of step is
+one transaction with its history row (rollout_advance, rollout_rollback, ...) carrying the
+figures it was decided on. A driver's change checks, inside its transaction, that the
+rollout is still active and still its own, so an operator's promote or rollback (which ends
+the rollout, see versions.end_rollout) always wins and nothing is promoted twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .errors import Conflict, NotFound
+from .feedback import AdapterIds
+from .policy import TrainingPolicy
+from .prompts import StoredPrompt
+from .rollout_policy import RolloutPolicy
+from .schema import (
+    Adapter,
+    Feedback,
+    LivePointer,
+    Rollout,
+    RolloutCount,
+    ShadowComparison,
+    Tenant,
+    adapter_row,
+    adapter_row_id_to_name,
+    utc,
+    utcnow,
+    version_row,
+)
+from .versions import (
+    NO_LIVE_VERSION,
+    UNFINISHED_ROLLOUT,
+    clear_canary,
+    end_unfinished_rollout,
+    log_event,
+    make_live,
+    pointer_row,
+    unfinished_rollout,
+)
+
+RolloutStatus = Literal["active", "paused", "completed", "rolled_back", "aborted", "superseded"]
+Verdict = Literal["candidate", "baseline", "tie", "abstained"]
+
+
+class RolloutLost(Conflict):
+    """The rollout ended or another driver holds it: the caller's decision is void."""
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    id: int
+    adapter_id: str
+    candidate: int
+    baseline: int
+    status: RolloutStatus
+    step: int  # index into plan.steps; len(plan.steps): the watch window
+    step_started_at: datetime
+    plan: RolloutPolicy
+    decision: Mapping[str, object]  # the last evaluation: action, cause, figures, at
+    driver: str | None
+    lease_expires_at: datetime | None
+    reason: str | None
+    created_at: datetime
+    created_by: str
+    finished_at: datetime | None
+    base: str = ""  # the fingerprint of the base model both versions are for
+
+    @classmethod
+    def of(cls, row: Rollout, adapter_id: str) -> RolloutRecord:
+        def maybe_utc(moment):
+            return utc(moment) if moment else None
+
+        return cls(row.id, adapter_id, row.candidate_version, row.baseline_version, row.status,
+                   row.step, utc(row.step_started_at), RolloutPolicy.model_validate(row.plan),
+                   dict(row.decision), row.driver, maybe_utc(row.lease_expires_at), row.reason,
+                   utc(row.created_at), row.created_by, maybe_utc(row.finished_at),
+                   row.base_fingerprint)
+
+    @property
+    def watching(self) -> bool:
+        return self.step >= len(self.plan.steps)
+
+    @property
+    def stage(self) -> str:
+        """shadow, canary 10%, watch: what the step is, in words."""
+        if self.watching:
+            return "watch" if self.plan.watch else "live"
+        percent = self.plan.steps[self.step].percent
+        return "shadow" if percent == 0 else f"canary {percent}%"
+
+    @property
+    def canary_percent(self) -> int:
+        return 0 if self.watching else self.plan.steps[self.step].percent
+
+
+@dataclass(frozen=True)
+class ShadowPair:
+    """A live prompt both versions answered, as a server hands it in."""
+
+    rollout_id: int
+    step: int
+    served_version: int
+    prompt: StoredPrompt
+    candidate_answer: str
+    baseline_answer: str
+
+
+@dataclass(frozen=True)
+class PairToJudge:
+    id: int
+    prompt: StoredPrompt
+    candidate_answer: str
+    baseline_answer: str
+
+
+@dataclass(frozen=True)
+class StepEvidence:
+    """What the registry holds about one step of a rollout."""
+
+    verdicts: Mapping[str, int]  # candidate / baseline / tie / abstained -> count
+    unjudged: int
+    counts: Mapping[int, Mapping[str, int]]  # version -> counter name -> value
+    scores: Mapping[int, tuple[float, ...]]  # version -> application scores since `since`
+
+
+CountKey = tuple[int, int, int, str]  # rollout id, step, version, counter name
+
+
+def _upsert_count(connection, values: dict):
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(RolloutCount).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=["rollout_id", "step", "version", "name"],
+        set_={"value": RolloutCount.__table__.c.value + statement.excluded.value})
+
+
+class RolloutBook:
+    """Rollouts as one base model's processes see them: an operator's status, pause, resume
+    and abort are of the rollout on this base; drivers and servers' evidence name theirs."""
+
+    def __init__(self, db: Database, base: str) -> None:
+        self.db, self.base = db, base
+        self.adapter_ids = AdapterIds()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def current(self, adapter_id: str) -> RolloutRecord:
+        """The adapter's unfinished rollout, else its latest one."""
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            row = unfinished_rollout(adapter, self.base, session=session) or session.scalar(
+                select(Rollout).where(Rollout.adapter_id == adapter.id,
+                                      Rollout.base_fingerprint == self.base)
+                .order_by(Rollout.id.desc()).limit(1))
+            if row is None:
+                raise NotFound(f"'{adapter_id}' has had no rollout.")
+            return RolloutRecord.of(row, adapter_id)
+
+    def unfinished(self) -> list[RolloutRecord]:
+        """Every active or paused rollout: what servers route by and drivers look at."""
+        with self.db.reading() as session:
+            rows = session.execute(
+                select(Rollout, Tenant.name, Adapter.name)
+                .join(Adapter, Rollout.adapter_id == Adapter.id)
+                .join(Tenant, Adapter.tenant_id == Tenant.id)
+                .where(Rollout.status.in_(UNFINISHED_ROLLOUT)).order_by(Rollout.id)).all()
+            return [RolloutRecord.of(row, f"{tenant}/{name}") for row, tenant, name in rows]
+
+    def evidence(self, rollout: RolloutRecord) -> StepEvidence:
+        step = rollout.step
+        with self.db.reading() as session:
+            verdicts: dict[str, int] = defaultdict(int)
+            unjudged = 0
+            for (verdict,) in session.execute(
+                    select(ShadowComparison.verdict).where(
+                        ShadowComparison.rollout_id == rollout.id,
+                        ShadowComparison.step == step)):
+                if verdict is None:
+                    unjudged += 1
+                else:
+                    verdicts[verdict] += 1
+            counts: dict[int, dict[str, int]] = defaultdict(dict)
+            for version, name, value in session.execute(
+                    select(RolloutCount.version, RolloutCount.name, RolloutCount.value).where(
+                        RolloutCount.rollout_id == rollout.id, RolloutCount.step == step)):
+                counts[version][name] = value
+            scores = self._scores(rollout, session=session)
+        return StepEvidence(dict(verdicts), unjudged, dict(counts), scores)
+
+    def _scores(self, rollout: RolloutRecord, *, session: Session
+                ) -> dict[int, tuple[float, ...]]:
+        """Scores applications posted for either version's completions: during the step; in
+        the watch, the previous version's from its last window (the rollout until then)."""
+        adapter = adapter_row(rollout.adapter_id, session=session)
+        since = rollout.created_at if rollout.watching else rollout.step_started_at
+        found: dict[int, list[float]] = defaultdict(list)
+        for version, score in session.execute(
+                select(Feedback.version, Feedback.score).where(
+                    Feedback.adapter_id == adapter.id, Feedback.kind == "score",
+                    Feedback.judge.is_(None),  # the application's, not a trainer judge's
+                    Feedback.version.in_((rollout.candidate, rollout.baseline)),
+                    Feedback.created_at >= since)):
+            found[version].append(score)
+        if rollout.watching:  # the previous version's window ended where the watch began
+            found[rollout.baseline] = self._scores_before(adapter, rollout, session=session)
+        return {version: tuple(values) for version, values in found.items()}
+
+    @staticmethod
+    def _scores_before(adapter: Adapter, rollout: RolloutRecord, *, session: Session
+                       ) -> list[float]:
+        return list(session.scalars(select(Feedback.score).where(
+            Feedback.adapter_id == adapter.id, Feedback.kind == "score",
+            Feedback.judge.is_(None), Feedback.version == rollout.baseline,
+            Feedback.created_at >= rollout.created_at,
+            Feedback.created_at < rollout.step_started_at)))
+
+    def to_judge(self, rollout: RolloutRecord, *, limit: int) -> list[PairToJudge]:
+        with self.db.reading() as session:
+            rows = session.scalars(
+                select(ShadowComparison).where(
+                    ShadowComparison.rollout_id == rollout.id,
+                    ShadowComparison.step == rollout.step, ShadowComparison.verdict.is_(None))
+                .order_by(ShadowComparison.id).limit(limit))
+            return [PairToJudge(row.id, StoredPrompt.from_json(row.prompt),
+                                row.candidate_answer, row.baseline_answer) for row in rows]
+
+    # -- what servers add ----------------------------------------------------------------
+
+    def add_pairs(self, pairs: Iterable[ShadowPair]) -> None:
+        rows = [{"rollout_id": p.rollout_id, "step": p.step, "served_version": p.served_version,
+                 "prompt": p.prompt.to_json(), "candidate_answer": p.candidate_answer,
+                 "baseline_answer": p.baseline_answer, "created_at": utcnow()} for p in pairs]
+        if rows:
+            with self.db.writing_rows() as connection:
+                connection.execute(ShadowComparison.__table__.insert(), rows)
+
+    def add_counts(self, counts: Mapping[CountKey, int]) -> None:
+        with self.db.writing_rows() as connection:
+            for (rollout_id, step, version, name), value in counts.items():
+                connection.execute(_upsert_count(connection, {
+                    "rollout_id": rollout_id, "step": step, "version": version, "name": name,
+                    "value": value}))
+
+    # -- what a driver does --------------------------------------------------------------
+
+    def acquire(self, rollout_id: int, *, worker: str, lease_s: float) -> bool:
+        """Take or keep the lease on an active rollout; False: another driver holds it."""
+        now = utcnow()
+        with self.db.transaction(routing_change=False) as session:
+            taken = session.execute(
+                update(Rollout).where(
+                    Rollout.id == rollout_id, Rollout.status == "active",
+                    or_(Rollout.driver.is_(None), Rollout.driver == worker,
+                        Rollout.lease_expires_at < now))
+                .values(driver=worker, lease_expires_at=now + timedelta(seconds=lease_s)))
+            return taken.rowcount == 1
+
+    def set_verdicts(self, verdicts: Mapping[int, tuple[Verdict, str]]) -> None:
+        with self.db.writing_rows() as connection:
+            for pair_id, (verdict, rationale) in verdicts.items():
+                connection.execute(
+                    update(ShadowComparison).where(ShadowComparison.id == pair_id,
+                                                   ShadowComparison.verdict.is_(None))
+                    .values(verdict=verdict, rationale=rationale[:500]))
+
+    def note_decision(self, rollout_id: int, *, worker: str, decision: dict) -> None:
+        """A `wait` decision: kept with the rollout (the latest only), no history row."""
+        with self.db.transaction(routing_change=False) as session:
+            self._held(rollout_id, worker, session=session).decision = decision
+
+    def advance(self, rollout_id: int, *, worker: str, decision: dict, reason: str
+                ) -> RolloutRecord:
+        """On to the next step: a bigger canary share, live after the last step (a compare-
+        and-swap from the version that was live when the rollout began), then the watch;
+        from the watch, completed."""
+        with self.db.transaction() as session:
+            rollout = self._held(rollout_id, worker, session=session)
+            adapter = session.get(Adapter, rollout.adapter_id)
+            adapter_id = adapter_row_id_to_name(adapter.id, session=session)
+            plan = RolloutPolicy.model_validate(rollout.plan)
+            actor = f"rollout:{worker}"
+            rollout.decision = decision
+            if rollout.step >= len(plan.steps):
+                self._finish(rollout, adapter, "completed", actor, reason, session=session)
+                return RolloutRecord.of(rollout, adapter_id)
+            following = rollout.step + 1
+            pointer = pointer_row(adapter, rollout.base_fingerprint, session=session)
+            log_event("rollout_advance", adapter, actor, session=session,
+                      from_version=rollout.baseline_version,
+                      to_version=rollout.candidate_version, reason=reason, decision=decision,
+                      step=following)
+            if following < len(plan.steps):
+                percent = plan.steps[following].percent
+                pointer.canary_version = rollout.candidate_version if percent else None
+                pointer.canary_percent = percent or None
+            else:
+                if (pointer.live_version or NO_LIVE_VERSION) != rollout.baseline_version:
+                    raise RolloutLost(f"the live version of '{adapter_id}' is no longer "
+                                      f"{rollout.baseline_version}")
+                target = version_row(adapter, adapter_id, rollout.candidate_version,
+                                     session=session)
+                make_live(adapter, pointer, adapter_id, target, actor, kind="promote",
+                          reason=f"rollout {rollout.id}: {reason}", session=session)
+            rollout.step, rollout.step_started_at = following, utcnow()
+            if following == len(plan.steps) and plan.watch is None:
+                self._finish(rollout, adapter, "completed", actor, "live; the plan has no "
+                             "watch window", session=session)
+            return RolloutRecord.of(rollout, adapter_id)
+
+    def roll_back(self, rollout_id: int, *, worker: str, decision: dict, reason: str
+                  ) -> RolloutRecord:
+        """The candidate loses: its canary share goes, or (in the watch) the previous version
+        is live again; either way the candidate is rejected, so it cannot come back by
+        accident."""
+        with self.db.transaction() as session:
+            rollout = self._held(rollout_id, worker, session=session)
+            adapter = session.get(Adapter, rollout.adapter_id)
+            adapter_id = adapter_row_id_to_name(adapter.id, session=session)
+            actor = f"rollout:{worker}"
+            candidate = version_row(adapter, adapter_id, rollout.candidate_version,
+                                    session=session)
+            log_event("rollout_rollback", adapter, actor, session=session,
+                      from_version=rollout.candidate_version,
+                      to_version=rollout.baseline_version, reason=reason, decision=decision,
+                      step=rollout.step)
+            pointer = pointer_row(adapter, rollout.base_fingerprint, session=session)
+            if pointer.live_version == rollout.candidate_version:
+                baseline = version_row(adapter, adapter_id, rollout.baseline_version,
+                                       session=session)
+                make_live(adapter, pointer, adapter_id, baseline, actor, kind="rollback",
+                          reason=f"rollout {rollout.id}: {reason}", session=session)
+            elif pointer.canary_version == rollout.candidate_version:
+                clear_canary(adapter, pointer, actor, f"rollout {rollout.id} rolled back",
+                             session=session)
+            candidate.status = "rejected"
+            rollout.decision = decision
+            self._finish(rollout, adapter, "rolled_back", actor, reason, log=False,
+                         session=session)
+            return RolloutRecord.of(rollout, adapter_id)
+
+    # -- what an operator does -----------------------------------------------------------
+
+    def start(self, adapter_id: str, version: int, plan: RolloutPolicy, *, actor: str,
+              reason: str | None = None) -> RolloutRecord:
+        """Begin a rollout of `version` against the live version; an unfinished rollout of
+        the adapter is superseded by it."""
+        with self.db.transaction() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            target = version_row(adapter, adapter_id, version, session=session)
+            pointer = pointer_row(adapter, target.base_fingerprint, session=session)
+            if pointer.live_version is None:
+                raise Conflict(f"'{adapter_id}' has no live version to roll out against; "
+                               "promote the first version directly.")
+            if version == pointer.live_version or target.status == "rejected":
+                raise Conflict(f"Version {version} of '{adapter_id}' is {target.status}; a "
+                               "rollout needs a candidate or retired version.")
+            end_unfinished_rollout(adapter, pointer, actor,
+                                   f"superseded by a rollout of version {version}",
+                                   session=session)
+            now = utcnow()
+            rollout = Rollout(adapter_id=adapter.id, base_fingerprint=target.base_fingerprint,
+                              candidate_version=version,
+                              baseline_version=pointer.live_version, status="active", step=0,
+                              step_started_at=now, plan=plan.model_dump(mode="json"),
+                              decision={}, reason=reason, created_at=now, created_by=actor)
+            session.add(rollout)
+            first = plan.steps[0].percent
+            if first:
+                pointer.canary_version, pointer.canary_percent = version, first
+            session.flush()
+            log_event("rollout_started", adapter, actor, session=session,
+                      from_version=pointer.live_version, to_version=version, reason=reason,
+                      rollout=rollout.id, plan=rollout.plan)
+            return RolloutRecord.of(rollout, adapter_id)
+
+    def start_planned(self, adapter_id: str, version: int, *, actor: str,
+                      reason: str | None = None) -> RolloutRecord | None:
+        """Start the rollout the adapter's policy plans for a new version; None when it plans
+        none, or there is no live version to earn traffic from (the first goes live as
+        before)."""
+        policy, live = self._policy_and_live(adapter_id, version)
+        if policy.rollout is None or live is None or live == version:
+            return None
+        return self.start(adapter_id, version, policy.rollout, actor=actor, reason=reason)
+
+    def _policy_and_live(self, adapter_id: str, version: int
+                         ) -> tuple[TrainingPolicy, int | None]:
+        """The adapter's policy, and the live version on `version`'s base."""
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            base = version_row(adapter, adapter_id, version, session=session).base_fingerprint
+            pointer = session.get(LivePointer, (adapter.id, base))
+            return (TrainingPolicy.stored(adapter.policy),
+                    pointer.live_version if pointer else None)
+
+    def pause(self, adapter_id: str, *, actor: str, reason: str | None = None
+              ) -> RolloutRecord:
+        """No decisions until resumed; the traffic stays as it is."""
+        return self._operate(adapter_id, "active", "paused", "rollout_paused", actor, reason)
+
+    def resume(self, adapter_id: str, *, actor: str, reason: str | None = None
+               ) -> RolloutRecord:
+        """Decisions again; the step's clock starts over (a pause is no evidence)."""
+        return self._operate(adapter_id, "paused", "active", "rollout_resumed", actor, reason)
+
+    def abort(self, adapter_id: str, *, actor: str, reason: str | None = None
+              ) -> RolloutRecord:
+        """Stop it where it is: a canary share goes; a version already live stays live."""
+        with self.db.transaction() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rollout = unfinished_rollout(adapter, self.base, session=session, lock=True)
+            if rollout is None:
+                raise Conflict(f"'{adapter_id}' has no rollout under way.")
+            pointer = pointer_row(adapter, self.base, session=session)
+            if pointer.canary_version == rollout.candidate_version:
+                clear_canary(adapter, pointer, actor, f"rollout {rollout.id} aborted",
+                             session=session)
+            self._finish(rollout, adapter, "aborted", actor, reason, session=session)
+            return RolloutRecord.of(rollout, adapter_id)
+
+    def _operate(self, adapter_id: str, from_status: str, to_status: str, kind: str,
+                 actor: str, reason: str | None) -> RolloutRecord:
+        with self.db.transaction() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rollout = unfinished_rollout(adapter, self.base, session=session, lock=True)
+            if rollout is None or rollout.status != from_status:
+                state = rollout.status if rollout else "not under way"
+                raise Conflict(f"The rollout of '{adapter_id}' is {state}; only a "
+                               f"{from_status} one can be {to_status}.")
+            rollout.status = to_status
+            if to_status == "active":
+                rollout.step_started_at = utcnow()
+            rollout.driver = rollout.lease_expires_at = None
+            log_event(kind, adapter, actor, session=session,
+                      to_version=rollout.candidate_version, reason=reason, rollout=rollout.id)
+            return RolloutRecord.of(rollout, adapter_id)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _held(rollout_id: int, worker: str, *, session: Session) -> Rollout:
+        rollout = session.scalar(select(Rollout).where(Rollout.id == rollout_id)
+                                 .with_for_update())
+        if rollout is None or rollout.status != "active" or rollout.driver != worker or (
+                rollout.lease_expires_at is None or utc(rollout.lease_expires_at) < utcnow()):
+            raise RolloutLost(f"rollout {rollout_id} is no longer {worker}'s to drive")
+        return rollout
+
+    @staticmethod
+    def _finish(rollout: Rollout, adapter: Adapter, status: str, actor: str,
+                reason: str | None, *, session: Session, log: bool = True) -> None:
+        rollout.status, rollout.finished_at, rollout.reason = status, utcnow(), reason
+        rollout.driver = rollout.lease_expires_at = None
+        if log:
+            kind = {"completed": "rollout_completed", "aborted": "rollout_aborted"}[status]
+            log_event(kind, adapter, actor, session=session,
+                      to_version=rollout.candidate_version, reason=reason, rollout=rollout.id)
+
+    # -- what servers report -------------------------------------------------------------
+
+    def rollbacks_by_cause(self) -> dict[tuple[str, str], int]:
+        """(adapter id, the cause its last decision names) -> rolled-back rollouts; the
+        cause is "unknown" where the decision names none."""
+        found: dict[tuple[str, str], int] = defaultdict(int)
+        with self.db.reading() as session:
+            for decision, tenant, name in session.execute(
+                    select(Rollout.decision, Tenant.name, Adapter.name).select_from(Rollout)
+                    .join(Adapter).join(Tenant).where(Rollout.status == "rolled_back")):
+                cause = (decision or {}).get("cause") or "unknown"
+                found[(f"{tenant}/{name}", str(cause))] += 1
+        return dict(found)

@@ -1,0 +1,118 @@
+"""The rollout driver: judges each rollout's shadow pairs and acts on the analysis.
+
+It runs in every trainer, in a thread of its own (a training run takes minutes; a rollout
+step must not wait for it). Each pass takes or keeps the lease of every active rollout no
+other driver holds, so exactly one process drives a rollout at a time; a killed driver's
+lease lapses and another trainer (or the same one restarted) goes on from the registry.
+Every decision is written with its figures: `wait` on the rollout, advance and rollback as
+history events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from loraloop.adapters.errors import RegistryUnavailable
+from loraloop.adapters.registry import Registry
+from loraloop.adapters.rollouts import PairToJudge, RolloutLost, RolloutRecord, Verdict
+from loraloop.adapters.schema import utcnow
+
+from .judges import Judge, judge_for
+from .rollout_analysis import decide
+
+logger = logging.getLogger(__name__)
+
+JUDGED_PER_PASS = 32  # bounds a pass's time (an LLM judge takes seconds a comparison)
+
+
+def judge_pair(judge: Judge, pair: PairToJudge) -> tuple[Verdict, str]:
+    """The judge's verdict on one shadow pair. Alternate pairs put the candidate first or
+    second, so a judge that favours a position favours neither version."""
+    if pair.candidate_answer == pair.baseline_answer:
+        return "tie", "identical answers"
+    candidate_first = pair.id % 2 == 0
+    first, second = ((pair.candidate_answer, pair.baseline_answer) if candidate_first
+                     else (pair.baseline_answer, pair.candidate_answer))
+    comparison = judge.compare(pair.prompt, first, second)
+    if comparison.winner is None:
+        return ("tie" if comparison.rationale == "tie" else "abstained"), comparison.rationale
+    candidate_won = (comparison.winner == 0) == candidate_first
+    return ("candidate" if candidate_won else "baseline"), comparison.rationale
+
+
+class RolloutDriver:
+    def __init__(self, registry: Registry, base_model: Path, *, worker: str,
+                 lease_s: float) -> None:
+        self.rollouts, self.adapters = registry.rollouts, registry.adapters
+        self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:  # a rules judge counts tokens; the model is not needed
+            self._tokenizer = AutoTokenizer.from_pretrained(self.base_model)
+        return self._tokenizer
+
+    def run_forever(self, poll_s: float, stopping: threading.Event) -> None:
+        while not stopping.wait(poll_s):
+            try:
+                self.drive_once()
+            except RegistryUnavailable as exc:
+                logger.warning("rollouts: the registry is unavailable: %s", exc.message)
+            except Exception:
+                logger.exception("rollouts: a pass failed")
+
+    def drive_once(self) -> list[str]:
+        """One pass over the active rollouts; the decisions taken (besides waits)."""
+        taken = []
+        for rollout in self.rollouts.unfinished():
+            if rollout.status != "active" or not self.rollouts.acquire(
+                    rollout.id, worker=self.worker, lease_s=self.lease_s):
+                continue
+            try:
+                action = self._drive(rollout)
+            except RolloutLost as exc:  # an operator ended it, or the lease went meanwhile
+                logger.info("rollout %d of %s: %s", rollout.id, rollout.adapter_id, exc.message)
+                continue
+            if action != "wait":
+                taken.append(f"{rollout.adapter_id}: {action}")
+        return taken
+
+    def _drive(self, rollout: RolloutRecord) -> str:
+        self._judge_pending(rollout)
+        decision = decide(rollout, self.rollouts.evidence(rollout), utcnow())
+        record = decision.record()
+        if decision.action == "wait":
+            self.rollouts.note_decision(rollout.id, worker=self.worker, decision=record)
+        elif decision.action == "advance":
+            after = self.rollouts.advance(rollout.id, worker=self.worker, decision=record,
+                                          reason=decision.reason)
+            logger.info("rollout %d of %s: %s -> %s (%s)", rollout.id, rollout.adapter_id,
+                        rollout.stage, after.stage if after.status != "completed"
+                        else "completed", decision.reason)
+        else:
+            self.rollouts.roll_back(rollout.id, worker=self.worker, decision=record,
+                                    reason=decision.reason)
+            logger.warning("rollout %d of %s rolled back at %s: %s", rollout.id,
+                           rollout.adapter_id, rollout.stage, decision.reason)
+        return decision.action
+
+    def _judge_pending(self, rollout: RolloutRecord) -> None:
+        pairs = self.rollouts.to_judge(rollout, limit=JUDGED_PER_PASS)
+        if not pairs:
+            return
+        policy = self.adapters.policy(rollout.adapter_id)
+        if policy.judge is None:  # the policy changed since the rollout began
+            verdicts = {pair.id: ("abstained", "the adapter's policy names no judge")
+                        for pair in pairs}
+        else:
+            judge = judge_for(policy.judge, self.tokenizer)
+            try:
+                verdicts = {pair.id: judge_pair(judge, pair) for pair in pairs}
+            finally:
+                judge.close()
+        self.rollouts.set_verdicts(verdicts)
