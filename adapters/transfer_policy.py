@@ -40,6 +40,9 @@ class TransferPolicy(BaseModel):
         4, ge=0, le=32, description="sampled teacher continuations per prompt, besides the "
         "greedy one")
     epochs: int = Field(6, ge=0, le=100)
+    min_steps: int = Field(
+        100, ge=0, le=100_000, description="train more epochs than `epochs` until this many "
+        "steps: an adapter with few prompts makes few steps an epoch")
     learning_rate: float = Field(5e-3, gt=0, le=1)
     batch_size: int = Field(16, ge=1, le=512, description="continuations per step")
     held_out_fraction: float = Field(

@@ -9,6 +9,11 @@ The continuations are the teacher's own, sampled at temperature 1 plus its greed
 answers its users see. Prompts go through the renderer the server uses (rendering.py), so
 both models see the ids a request produces. Runs in float32 on the CPU; the same inputs and
 seed give the same bytes.
+
+`distill` measures with two public functions, so that whoever measures a student elsewhere
+(the benchmark, on its own held-out prompts) uses the same definitions:
+`teacher_continuations` samples the teacher's continuations of given prompts, and `measure`
+compares a student with the teacher along them.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class TransferSettings:
     continuation_tokens: int = 32  # the most tokens of each teacher continuation
     samples_per_prompt: int = 4  # sampled continuations per prompt, besides the greedy one
     epochs: int = 6
+    # A tenant with few prompts makes few batches an epoch: more epochs, until this many steps
+    # (a habit taught on 8 prompts carries as well as on 64 given as many steps).
+    min_steps: int = 100
     learning_rate: float = 5e-3
     batch_size: int = 16  # continuations per step
     rank: int = 8
@@ -60,6 +68,7 @@ class TransferSettings:
                 ("continuation_tokens", "at least 1", self.continuation_tokens >= 1),
                 ("samples_per_prompt", "at least 0", self.samples_per_prompt >= 0),
                 ("epochs", "at least 0", self.epochs >= 0),
+                ("min_steps", "at least 0", self.min_steps >= 0),
                 ("learning_rate", "above 0", self.learning_rate > 0),
                 ("batch_size", "at least 1", self.batch_size >= 1),
                 ("rank", "at least 1", self.rank >= 1),
@@ -158,12 +167,15 @@ def distill(
     with torch.random.fork_rng(devices=[]):  # seeds the LoRA's A factors, leaks nothing
         torch.manual_seed(settings.seed)
         student = fresh_lora(_load(student_base), settings.rank)
-    models = _TeacherAndStudent(teacher, student, vocab=len(tokenizer))
-    train_rows = _continuations(teacher, tokenizer, train, settings, first_index=0)
-    held_rows = _continuations(teacher, tokenizer, held_out, settings, first_index=len(train))
-    untrained = models.figures(held_rows, settings.batch_size)
-    steps, loss = _train(models, train_rows, settings, progress)
-    transferred = models.figures(held_rows, settings.batch_size)
+    vocab = len(tokenizer)
+    train_rows = teacher_continuations(teacher, tokenizer, train, settings)
+    held_rows = teacher_continuations(teacher, tokenizer, held_out, settings,
+                                      first_index=len(train))
+    untrained = measure(teacher, student, held_rows, vocab=vocab, batch_size=settings.batch_size)
+    steps, loss = _train(_TeacherAndStudent(teacher, student, vocab), train_rows, settings,
+                         progress)
+    transferred = measure(teacher, student, held_rows, vocab=vocab,
+                          batch_size=settings.batch_size)
     save_adapter(student, Path(student_base), Path(out_dir))
     return TransferResult(transferred, untrained, len(train), len(held_out), steps, loss,
                           time.monotonic() - started)
@@ -194,10 +206,14 @@ def _split(prompts: list[StoredPrompt], settings: TransferSettings):
 
 
 @torch.no_grad()
-def _continuations(teacher, tokenizer, prompts: list[StoredPrompt],
-                   settings: TransferSettings, first_index: int) -> list[Continuation]:
-    """Per prompt the greedy and `samples_per_prompt` sampled continuations; each prompt's
-    draws come from a generator seeded by (seed, its index), independent of the others."""
+def teacher_continuations(teacher: torch.nn.Module, tokenizer,
+                          prompts: Sequence[StoredPrompt], settings: TransferSettings,
+                          first_index: int = 0) -> list[Continuation]:
+    """Per prompt, rendered as the server renders it, the teacher's greedy continuation and
+    `settings.samples_per_prompt` sampled at temperature 1, each of up to
+    `settings.continuation_tokens` tokens: 1 + samples_per_prompt rows a prompt, in order.
+    Prompt i's draws come from a generator seeded by (settings.seed, first_index + i),
+    independent of the other prompts'."""
     eos = teacher.generation_config.eos_token_id
     stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
     rows = []
@@ -246,7 +262,7 @@ def _next_tokens(logits: torch.Tensor, generator: torch.Generator) -> torch.Tens
 @dataclass(frozen=True)
 class _TeacherAndStudent:
     teacher: torch.nn.Module
-    student: PeftModel
+    student: torch.nn.Module  # a PeftModel while training
     # Logits past the tokenizer's length belong to no token (bases of one family may pad
     # their embeddings to different sizes): both models are compared on the tokenizer's ids.
     vocab: int
@@ -267,16 +283,22 @@ class _TeacherAndStudent:
         student = (self.logits(self.student, batch) / temperature).log_softmax(-1)
         return _kl_sum(target, student) / len(target) * temperature**2
 
-    @torch.no_grad()
-    def figures(self, rows: list[Continuation], batch_size: int) -> TransferFigures:
-        kl, agreed, positions = 0.0, 0, 0
-        for batch in _batches(rows, batch_size):
-            target = self.logits(self.teacher, batch).log_softmax(-1)
-            student = self.logits(self.student, batch).log_softmax(-1)
-            kl += float(_kl_sum(target, student))
-            agreed += int((target.argmax(-1) == student.argmax(-1)).sum())
-            positions += len(target)
-        return TransferFigures(kl / positions, agreed / positions, positions)
+
+@torch.no_grad()
+def measure(teacher: torch.nn.Module, student: torch.nn.Module, rows: list[Continuation], *,
+            vocab: int, batch_size: int) -> TransferFigures:
+    """The student against the teacher at every continuation position of `rows` (from
+    `teacher_continuations`), at temperature 1, on the first `vocab` logits (the tokenizer's
+    ids), `batch_size` rows a forward pass."""
+    models = _TeacherAndStudent(teacher, student, vocab)
+    kl, agreed, positions = 0.0, 0, 0
+    for batch in _batches(rows, batch_size):
+        target = models.logits(teacher, batch).log_softmax(-1)
+        ours = models.logits(student, batch).log_softmax(-1)
+        kl += float(_kl_sum(target, ours))
+        agreed += int((target.argmax(-1) == ours.argmax(-1)).sum())
+        positions += len(target)
+    return TransferFigures(kl / positions, agreed / positions, positions)
 
 
 def _kl_sum(target_logp: torch.Tensor, student_logp: torch.Tensor) -> torch.Tensor:
@@ -289,12 +311,13 @@ def _train(models: _TeacherAndStudent, rows: list[Continuation], settings: Trans
     """AdamW with a linear decay to zero over all steps; (steps, the last step's loss)."""
     trainable = [p for p in models.student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=0.0)
+    epochs = epochs_to_train(len(rows), settings)
     # At least 1: LambdaLR evaluates the factor once as it is made, with 0 epochs too.
-    total = max(1, settings.epochs * -(-len(rows) // settings.batch_size))
+    total = max(1, epochs * -(-len(rows) // settings.batch_size))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
     rng, step, loss = random.Random(settings.seed), 0, float("nan")
     models.student.train()
-    for epoch in range(settings.epochs):
+    for epoch in range(epochs):
         order = list(rows)
         rng.shuffle(order)
         for batch in _batches(order, settings.batch_size):
@@ -309,6 +332,14 @@ def _train(models: _TeacherAndStudent, rows: list[Continuation], settings: Trans
                 progress({"step": step, "loss": loss, "epoch": epoch + 1})
     models.student.eval()
     return step, loss
+
+
+def epochs_to_train(rows: int, settings: TransferSettings) -> int:
+    """The settings' epochs, or more to make `min_steps` (none when epochs is 0)."""
+    if settings.epochs == 0:
+        return 0
+    per_epoch = -(-rows // settings.batch_size)
+    return max(settings.epochs, -(-settings.min_steps // per_epoch))
 
 
 def _batches(rows: list[Continuation], size: int):

@@ -150,6 +150,7 @@ def settings_for(policy: TrainingPolicy, transfer: TransferPolicy, rank: int
     return TransferSettings(
         temperature=transfer.temperature, continuation_tokens=transfer.continuation_tokens,
         samples_per_prompt=transfer.samples_per_prompt, epochs=transfer.epochs,
+        min_steps=transfer.min_steps,
         learning_rate=transfer.learning_rate, batch_size=transfer.batch_size, rank=rank,
         seed=policy.seed, held_out_fraction=transfer.held_out_fraction)
 

@@ -14,9 +14,10 @@ it differs by its prompts alone.
 
 Per teacher, arm and prompt count, on the held-out prompts: the mean per-token KL(teacher ||
 student) and the share of positions where both models' greedy next token is the same, along
-the teacher's own continuations (greedy and sampled, as distill measures); the share of
-prompts whose greedy answer begins with the teacher's first token; the same for the
-successor base; and the seconds distill took (loading, the teacher's sampling, training).
+the teacher's own continuations (greedy and sampled), drawn and measured by distill's own
+`teacher_continuations` and `measure`; the share of prompts whose greedy answer begins with
+the teacher's first token; the same for the successor base; and the seconds distill took
+(loading, the teacher's sampling, training).
 
     python -m tests.benchmarks.bench_transfer [--counts 8,16,32,64] [--teachers refund,ticket]
                                               [--quick]
@@ -32,7 +33,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -48,12 +48,15 @@ from loraloop.trainer.demo_model import (
 )
 from loraloop.trainer.dpo import train_dpo
 from loraloop.trainer.pairs import PreferencePair
-from loraloop.trainer.rendering import MAX_PROMPT_TOKENS, prompt_ids, right_padded
+from loraloop.trainer.rendering import MAX_PROMPT_TOKENS, prompt_ids
 from loraloop.trainer.transfer import (
+    Continuation,
     TransferFigures,
     TransferResult,
     TransferSettings,
     distill,
+    measure,
+    teacher_continuations,
 )
 
 from ..oracle_tasks import questions
@@ -153,63 +156,9 @@ def train_teacher(base: Path, marker: str, seed: int, output: Path) -> Path:
 
 # --- Measuring on the held-out prompts ----------------------------------------------------
 # distill measures its student on prompts it splits off those it is given; the benchmark
-# measures every student on one held-out set, with distill's definitions: KL(teacher ||
-# student) and top-token agreement at each position of the teacher's continuations.
-
-Continuation = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt ids, continuation ids)
-
-
-@torch.no_grad()
-def continuations(teacher: torch.nn.Module, tokenizer, prompts: list[StoredPrompt],
-                  seed: int) -> list[Continuation]:
-    """Per prompt the teacher's greedy continuation and `SETTINGS.samples_per_prompt`
-    sampled at temperature 1, as distill draws them, from one seeded generator."""
-    generator, rows = torch.Generator().manual_seed(seed), []
-    for prompt in prompts:
-        ids = tuple(prompt_ids(tokenizer, prompt)[-MAX_PROMPT_TOKENS:])
-        rows += [(ids, tokens) for tokens in decode(teacher, ids, generator,
-                                                     tokenizer.eos_token_id)]
-    return rows
-
-
-def decode(model: torch.nn.Module, prompt: tuple[int, ...], generator: torch.Generator,
-           stop: int) -> list[tuple[int, ...]]:
-    """Continuations side by side, row 0 greedy, each cut after its first stop token."""
-    sequences = torch.tensor([prompt] * (1 + SETTINGS.samples_per_prompt))  # [rows, T]
-    for _ in range(SETTINGS.continuation_tokens):  # no cache: a tiny model, 32 tokens at most
-        logits = model(input_ids=sequences).logits[:, -1].float()  # [rows, vocab]
-        sampled = torch.multinomial(logits[1:].softmax(-1), 1, generator=generator)
-        chosen = torch.cat([logits[:1].argmax(-1, keepdim=True), sampled])  # [rows, 1]
-        sequences = torch.cat([sequences, chosen], dim=1)
-    return [until_stop(row[len(prompt):].tolist(), stop) for row in sequences]
-
-
-def until_stop(tokens: list[int], stop: int) -> tuple[int, ...]:
-    return tuple(tokens[: tokens.index(stop) + 1] if stop in tokens else tokens)
-
-
-@torch.no_grad()
-def figures(teacher: torch.nn.Module, student: torch.nn.Module, rows: list[Continuation],
-            vocab: int) -> TransferFigures:
-    kl, agreed, positions = 0.0, 0, 0
-    for start in range(0, len(rows), SETTINGS.batch_size):
-        batch = rows[start : start + SETTINGS.batch_size]
-        target = answer_logits(teacher, batch, vocab).log_softmax(-1)  # [positions, vocab]
-        ours = answer_logits(student, batch, vocab).log_softmax(-1)
-        kl += float(F.kl_div(ours, target, log_target=True, reduction="sum"))
-        agreed += int((target.argmax(-1) == ours.argmax(-1)).sum())
-        positions += len(target)
-    return TransferFigures(kl / positions, agreed / positions, positions)
-
-
-def answer_logits(model: torch.nn.Module, batch: list[Continuation],
-                  vocab: int) -> torch.Tensor:
-    """The logits that predict each continuation token, rows one after another:
-    [positions, vocab]. Logits past the tokenizer's length belong to no token."""
-    input_ids, attention, is_answer = right_padded(batch)  # each [N, T]
-    logits = model(input_ids=input_ids, attention_mask=attention).logits
-    # Position t predicts token t + 1: those before a continuation token.
-    return logits[:, :-1, :vocab].float()[is_answer[:, 1:].bool()]
+# measures every student on one held-out set, with distill's functions: the teacher's
+# continuations (`teacher_continuations`), and KL(teacher || student) and top-token agreement
+# at each of their positions (`measure`).
 
 
 @torch.no_grad()
@@ -225,9 +174,10 @@ def first_tokens(model: torch.nn.Module, tokenizer, prompts: list[StoredPrompt])
 
 
 def arm_settings(arm: str, count: int, largest: int) -> TransferSettings:
-    """`recipe`: the product's epochs at every count, so fewer prompts also train fewer
-    steps. `equal steps`: as many epochs as give the largest count's steps (its last batch
-    may be short), so that a count differs from the largest by its prompts alone."""
+    """`recipe`: the product's settings at every count (6 epochs, and more up to 100 steps
+    for few prompts). `equal steps`: as many epochs as give the largest count's steps (its
+    last batch may be short), so that a count differs from the largest by its prompts
+    alone."""
     if arm == "recipe":
         return SETTINGS
     rows_of = 1 + SETTINGS.samples_per_prompt  # continuations per prompt
@@ -256,11 +206,12 @@ def make_teacher(marker: str, seed: int, bases: tuple[Path, Path], root: Path,
     adapter = train_teacher(old, marker, seed, root / f"teacher-{marker}")
     teacher_s = time.monotonic() - started
     model, base = load(old, adapter), load(new)
-    rows = continuations(model, tokenizer, prompts, seed=SETTINGS.seed)
+    rows = teacher_continuations(model, tokenizer, prompts, SETTINGS)
     firsts = {"teacher": first_tokens(model, tokenizer, prompts),
               "base": first_tokens(base, tokenizer, prompts)}
     teacher = Teacher(marker, adapter, model, rows, firsts,
-                      figures(model, base, rows, len(tokenizer)))
+                      measure(model, base, rows, vocab=len(tokenizer),
+                              batch_size=SETTINGS.batch_size))
     habit = share_equal(firsts["teacher"],
                         [tokenizer.convert_tokens_to_ids(marker)] * len(prompts))
     b = teacher.baseline
@@ -283,7 +234,8 @@ def transfer(teacher: Teacher, bases: tuple[Path, Path], arm: str, count: int,
     cpu_s = common.cpu_seconds(os.getpid()) - cpu_before
     student = load(new, output)
     row = count_row(count, result,
-                    figures(teacher.model, student, teacher.held_out, len(tokenizer)),
+                    measure(teacher.model, student, teacher.held_out, vocab=len(tokenizer),
+                            batch_size=SETTINGS.batch_size),
                     teacher.baseline,
                     {**teacher.firsts,
                      "student": first_tokens(student, tokenizer, [chat(q) for q in HELD_OUT])})

@@ -10,9 +10,12 @@ from ..conftest import ADAPTER_SEEDS, BASE_MODEL_NAME
 MESSAGES = [{"role": "user", "content": "tell me a story about the city"}]
 
 
-def test_chat_names_the_version_that_served_it(client):
+def test_chat_names_the_version_that_served_it(client, tokenizer):
+    # The end of the turn is ruled out, so the answer runs to max_tokens.
+    never_stop = {str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}
     raw = client.chat.completions.with_raw_response.create(
-        model="acme/support", messages=MESSAGES, max_tokens=8, temperature=0
+        model="acme/support", messages=MESSAGES, max_tokens=8, temperature=0,
+        logit_bias=never_stop,
     )
     response = raw.parse()
     assert response.model == "acme/support@1"

@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from types import SimpleNamespace
 
 import pytest
-import torch
 
 from loraloop.trainer.transfer import TransferFigures, TransferResult
 
@@ -92,43 +90,6 @@ def test_cli_flags_follow_the_settings():
 
 
 # --- Carrying adapters to a new base (bench_transfer) ----------------------------------------
-
-
-class _TableModel(torch.nn.Module):
-    """Logits looked up by the current token: row t of `table` after token t ([V, V + extra])."""
-
-    def __init__(self, table: torch.Tensor) -> None:
-        super().__init__()
-        self.table = table
-
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.table[input_ids])
-
-
-def test_transfer_figures_follow_the_teacher_along_its_continuations():
-    vocab = 4
-    # The teacher is sure of token t + 1 after t; two columns past the vocabulary are larger
-    # still and must be ignored. The student is uniform over the vocabulary.
-    teacher = torch.full((vocab, vocab + 2), 0.0)
-    teacher[torch.arange(vocab), (torch.arange(vocab) + 1) % vocab] = 3.0
-    teacher[:, vocab:] = 9.0
-    student = torch.zeros((vocab, vocab + 2))
-    rows = [((0, 1), (2, 3)), ((3,), (0,)), ((1,), (2, 3, 0))]  # 6 continuation positions
-
-    same = bench_transfer.figures(_TableModel(teacher), _TableModel(teacher), rows, vocab)
-    assert (same.mean_kl, same.agreement, same.positions) == (pytest.approx(0.0), 1.0, 6)
-
-    uniform = bench_transfer.figures(_TableModel(teacher), _TableModel(student), rows, vocab)
-    p = teacher[0, :vocab].softmax(-1)
-    assert uniform.mean_kl == pytest.approx(float((p * p.log()).sum()) + math.log(vocab))
-    # The uniform student's top token is 0, the teacher's after token 3 (the positions
-    # predicting 0: after the prompt (3,) and after 3 in the last row).
-    assert uniform.agreement == pytest.approx(2 / 6)
-
-
-def test_continuations_end_after_the_first_stop_token():
-    assert bench_transfer.until_stop([5, 7, 2, 9, 2], stop=2) == (5, 7, 2)
-    assert bench_transfer.until_stop([5, 7], stop=2) == (5, 7)
 
 
 def _transfer_result(steps: int, seconds: float) -> TransferResult:

@@ -10,9 +10,11 @@ student must begin its answers as the teacher does, which the successor base alo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,11 +28,15 @@ from loraloop.adapters.validation import validate_adapter
 from loraloop.serve.cli.demo import MARKER
 from loraloop.trainer.demo_model import DemoModelShape, build_demo_model
 from loraloop.trainer.evaluate import weights_changed
+from loraloop.trainer.rendering import prompt_ids
 from loraloop.trainer.transfer import (
     TokenizerMismatch,
     TransferSettings,
     check_same_tokenizer,
     distill,
+    epochs_to_train,
+    measure,
+    teacher_continuations,
 )
 
 from ...oracle_tasks import questions
@@ -121,6 +127,67 @@ def test_bases_of_one_family_pass(demo_model, successor_model):
     check_same_tokenizer(demo_model, successor_model)
 
 
+# --- The teacher's continuations and the figures along them ------------------------------
+
+
+def test_teacher_continuations_are_greedy_then_sampled_and_end_after_a_stop(
+        demo_model, teacher, prompts):
+    settings = TransferSettings(continuation_tokens=12, samples_per_prompt=3, seed=5)
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32), teacher).eval()
+    few, per_prompt, stop = prompts[1][:3], 4, tokenizer.eos_token_id
+
+    rows = teacher_continuations(model, tokenizer, few, settings)
+
+    assert [ids for ids, _ in rows] == [tuple(prompt_ids(tokenizer, p)) for p in few
+                                        for _ in range(per_prompt)]
+    for _, tokens in rows:  # cut after the first stop token, else at the most tokens
+        assert stop not in tokens[:-1] and (tokens[-1] == stop or len(tokens) == 12), tokens
+    with torch.no_grad():  # each prompt's first row is the teacher's greedy answer
+        for ids, tokens in rows[::per_prompt]:
+            logits = model(torch.tensor([ids + tokens])).logits[0, len(ids) - 1 : -1]
+            assert tuple(logits.argmax(-1).tolist()) == tokens
+    assert len({tokens for _, tokens in rows}) > len(few)  # the others are drawn
+    # Each prompt's draws are its own: the last prompt alone, at its index, draws the same.
+    assert teacher_continuations(model, tokenizer, few[2:], settings, first_index=2) == (
+        rows[2 * per_prompt :])
+
+
+class _TableModel(torch.nn.Module):
+    """Logits looked up by the current token: row t of `table` after token t ([V, V + extra])."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(logits=self.table[input_ids])
+
+
+def test_measure_follows_the_teacher_along_its_continuations():
+    vocab = 4
+    # The teacher is sure of token t + 1 after t; two columns past the vocabulary are larger
+    # still and must be ignored. The student is uniform over the vocabulary.
+    teacher = torch.full((vocab, vocab + 2), 0.0)
+    teacher[torch.arange(vocab), (torch.arange(vocab) + 1) % vocab] = 3.0
+    teacher[:, vocab:] = 9.0
+    student = torch.zeros((vocab, vocab + 2))
+    rows = [((0, 1), (2, 3)), ((3,), (0,)), ((1,), (2, 3, 0))]  # 6 continuation positions
+
+    # Batches of 2 rows: the figures add up over batches of other lengths.
+    same = measure(_TableModel(teacher), _TableModel(teacher), rows, vocab=vocab, batch_size=2)
+    assert (same.mean_kl, same.agreement, same.positions) == (pytest.approx(0.0), 1.0, 6)
+
+    uniform = measure(_TableModel(teacher), _TableModel(student), rows, vocab=vocab,
+                      batch_size=2)
+    p = teacher[0, :vocab].softmax(-1)
+    assert uniform.mean_kl == pytest.approx(float((p * p.log()).sum()) + math.log(vocab))
+    # The uniform student's top token is 0, the teacher's after token 3 (the positions
+    # predicting 0: after the prompt (3,) and after 3 in the last row).
+    assert uniform.agreement == pytest.approx(2 / 6)
+
+
 # --- The marker habit, carried over -------------------------------------------------------
 
 
@@ -147,14 +214,24 @@ def test_gate_figures_favour_the_transferred_adapter_over_a_fresh_lora(transfer)
     json.dumps(asdict(result), allow_nan=False)  # recordable as it is
 
 
+def test_few_prompts_train_more_epochs_up_to_min_steps():
+    settings = TransferSettings(epochs=6, batch_size=16, min_steps=100)
+    assert epochs_to_train(40, settings) == 34  # 3 steps an epoch
+    assert epochs_to_train(1000, settings) == 6  # 63 steps an epoch: the epochs suffice
+    assert epochs_to_train(40, TransferSettings(epochs=0)) == 0  # untrained stays untrained
+    assert epochs_to_train(40, TransferSettings(min_steps=0)) == 6
+
+
 def test_progress_is_reported_every_step(transfer):
     _, result, progress = transfer
     continuations = result.train_prompts * (1 + SETTINGS.samples_per_prompt)
     steps_per_epoch = -(-continuations // SETTINGS.batch_size)
-    assert result.steps == len(progress) == SETTINGS.epochs * steps_per_epoch
+    epochs = epochs_to_train(continuations, SETTINGS)
+    assert epochs > SETTINGS.epochs  # 8 epochs of 9 steps are short of min_steps
+    assert result.steps == len(progress) == epochs * steps_per_epoch >= SETTINGS.min_steps
     assert [p["step"] for p in progress] == list(range(1, result.steps + 1))
     assert set(progress[0]) == {"step", "loss", "epoch"}
-    assert progress[-1]["epoch"] == SETTINGS.epochs
+    assert progress[-1]["epoch"] == epochs
     assert result.final_loss == progress[-1]["loss"] < 0.5 * progress[0]["loss"]
 
 
