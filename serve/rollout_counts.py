@@ -16,6 +16,8 @@ from collections import Counter
 from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.rollouts import CountKey, RolloutBook, RolloutRecord
 
+from .flushing import flush_every
+
 FLUSH_S = 5.0
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,4 @@ class RolloutCountRecorder:
 
     async def run(self) -> None:
         """Flush every `flush_s` until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(self.flush_s)
-                await self.flush()
-        finally:
-            await self.flush()
+        await flush_every(self.flush_s, self.flush)

@@ -15,6 +15,8 @@ import logging
 from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.rollouts import RolloutBook, ShadowPair
 
+from .flushing import flush_every
+
 FLUSH_S = 1.0
 MAX_KEPT = 1000
 logger = logging.getLogger(__name__)
@@ -52,9 +54,4 @@ class ShadowPairWriter:
 
     async def run(self) -> None:
         """Flush every `flush_s` until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(self.flush_s)
-                await self.flush()
-        finally:
-            await self.flush()
+        await flush_every(self.flush_s, self.flush)

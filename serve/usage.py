@@ -18,6 +18,8 @@ from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.schema import utcnow
 from loraloop.adapters.usage import UsageBook, UsageCount, UsageKey, hour_of
 
+from .flushing import flush_every
+
 FLUSH_S = 5.0
 logger = logging.getLogger(__name__)
 
@@ -50,9 +52,4 @@ class UsageRecorder:
 
     async def run(self) -> None:
         """Flush every FLUSH_S until cancelled, then once more."""
-        try:
-            while True:
-                await asyncio.sleep(FLUSH_S)
-                await self.flush()
-        finally:
-            await self.flush()
+        await flush_every(FLUSH_S, self.flush)

@@ -37,6 +37,7 @@ PLAN = {
     "watch": {"min_comparisons": 7, "max_seconds": 600},
 }
 STEP_TIMEOUT_S = 240
+DRIVER_TIMEOUT_S = 300
 QUESTIONS = user_messages(64, seed=31)
 
 
@@ -136,6 +137,10 @@ class Traffic:
 
     def until(self, done, what: str, timeout_s: float = STEP_TIMEOUT_S) -> dict:
         """Send requests (every one must succeed) until `done(rollout)`."""
+        # No traffic before a trainer drives the rollout: a trainer starting up beside a busy
+        # engine on two cores can take minutes to get going.
+        wait_until(lambda: self.rollout()["driver"] or self.rollout()["status"] != "active",
+                   DRIVER_TIMEOUT_S, "a trainer driving the rollout")
         deadline = time.monotonic() + timeout_s
         users = self.fleet.users(self.fleet.key)
         while time.monotonic() < deadline:
@@ -290,7 +295,10 @@ def test_a_killed_server_and_a_killed_driver_leave_the_rollout_to_go_on(
     after = traffic.rollout()
     assert (after["id"], after["stage"], after["status"]) == (
         at_canary["id"], "canary 10%", "active")
+    killed = traffic.rollout()["driver"]
     fleet.kill_trainer_and_restart()  # the driver too; a new one takes the lapsed lease
+    wait_until(lambda: traffic.rollout()["driver"] not in (None, killed), DRIVER_TIMEOUT_S,
+               "the new trainer taking the rollout over")
     done = traffic.until(lambda r: r["stage"] == "watch", "the rollout going on")
     assert done["id"] == at_canary["id"]
     drivers = {e["actor"] for e in history(fleet, adapter_id) if e["kind"] == "rollout_advance"}
