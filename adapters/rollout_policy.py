@@ -31,6 +31,11 @@ class RolloutStep(BaseModel):
         3600, ge=1, le=30 * 86_400, description="a step still undecided this long after it "
         "began ends as the plan's `undecided` says")
 
+    @property
+    def stage(self) -> str:
+        """What the step is, in words: shadow, canary 10%."""
+        return "shadow" if self.percent == 0 else f"canary {self.percent}%"
+
 
 def _default_steps() -> list[RolloutStep]:
     return [RolloutStep(percent=0), RolloutStep(percent=10), RolloutStep(percent=50)]
@@ -79,6 +84,11 @@ class RolloutPolicy(BaseModel):
         "rollback", description="what a step does when it reaches max_seconds undecided")
     guards: Guards = Field(default_factory=Guards)
     watch: WatchWindow | None = Field(default_factory=WatchWindow)
+
+    @property
+    def stages(self) -> list[str]:
+        """Every stage in order, in words: the steps, then the watch (or live, without)."""
+        return [*(step.stage for step in self.steps), "watch" if self.watch else "live"]
 
     @model_validator(mode="after")
     def _canary_shares_grow(self) -> RolloutPolicy:

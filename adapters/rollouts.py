@@ -44,7 +44,9 @@ from .schema import (
 from .versions import (
     NO_LIVE_VERSION,
     UNFINISHED_ROLLOUT,
+    beside_live,
     clear_canary,
+    close_rollout,
     end_unfinished_rollout,
     log_event,
     make_live,
@@ -97,10 +99,7 @@ class RolloutRecord:
     @property
     def stage(self) -> str:
         """shadow, canary 10%, watch: what the step is, in words."""
-        if self.watching:
-            return "watch" if self.plan.watch else "live"
-        percent = self.plan.steps[self.step].percent
-        return "shadow" if percent == 0 else f"canary {percent}%"
+        return self.plan.stages[self.step]
 
     @property
     def canary_percent(self) -> int:
@@ -208,25 +207,17 @@ class RolloutBook:
         adapter = adapter_row(rollout.adapter_id, session=session)
         since = rollout.created_at if rollout.watching else rollout.step_started_at
         found: dict[int, list[float]] = defaultdict(list)
-        for version, score in session.execute(
-                select(Feedback.version, Feedback.score).where(
+        for version, score, at in session.execute(
+                select(Feedback.version, Feedback.score, Feedback.created_at).where(
                     Feedback.adapter_id == adapter.id, Feedback.kind == "score",
                     Feedback.judge.is_(None),  # the application's, not a trainer judge's
                     Feedback.version.in_((rollout.candidate, rollout.baseline)),
                     Feedback.created_at >= since)):
-            found[version].append(score)
-        if rollout.watching:  # the previous version's window ended where the watch began
-            found[rollout.baseline] = self._scores_before(adapter, rollout, session=session)
+            # The previous version's window ended where the watch began.
+            if not (rollout.watching and version == rollout.baseline
+                    and utc(at) >= rollout.step_started_at):
+                found[version].append(score)
         return {version: tuple(values) for version, values in found.items()}
-
-    @staticmethod
-    def _scores_before(adapter: Adapter, rollout: RolloutRecord, *, session: Session
-                       ) -> list[float]:
-        return list(session.scalars(select(Feedback.score).where(
-            Feedback.adapter_id == adapter.id, Feedback.kind == "score",
-            Feedback.judge.is_(None), Feedback.version == rollout.baseline,
-            Feedback.created_at >= rollout.created_at,
-            Feedback.created_at < rollout.step_started_at)))
 
     def to_judge(self, rollout: RolloutRecord, *, limit: int) -> list[PairToJudge]:
         with self.db.reading() as session:
@@ -360,14 +351,8 @@ class RolloutBook:
         the adapter is superseded by it."""
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            target = version_row(adapter, adapter_id, version, session=session)
-            pointer = pointer_row(adapter, target.base_fingerprint, session=session)
-            if pointer.live_version is None:
-                raise Conflict(f"'{adapter_id}' has no live version to roll out against; "
-                               "promote the first version directly.")
-            if version == pointer.live_version or target.status == "rejected":
-                raise Conflict(f"Version {version} of '{adapter_id}' is {target.status}; a "
-                               "rollout needs a candidate or retired version.")
+            target, pointer = beside_live(adapter, adapter_id, version, "a rollout",
+                                          session=session)
             end_unfinished_rollout(adapter, pointer, actor,
                                    f"superseded by a rollout of version {version}",
                                    session=session)
@@ -463,8 +448,7 @@ class RolloutBook:
     @staticmethod
     def _finish(rollout: Rollout, adapter: Adapter, status: str, actor: str,
                 reason: str | None, *, session: Session, log: bool = True) -> None:
-        rollout.status, rollout.finished_at, rollout.reason = status, utcnow(), reason
-        rollout.driver = rollout.lease_expires_at = None
+        close_rollout(rollout, status, reason)
         if log:
             kind = {"completed": "rollout_completed", "aborted": "rollout_aborted"}[status]
             log_event(kind, adapter, actor, session=session,

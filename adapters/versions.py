@@ -198,6 +198,22 @@ def make_live(adapter: Adapter, pointer: LivePointer, adapter_id: str, target: A
               to_version=target.number, reason=reason)
 
 
+def beside_live(adapter: Adapter, adapter_id: str, number: int, what: str, *,
+                session: Session) -> tuple[AdapterVersion, LivePointer]:
+    """Version `number` and its base's pointers, when it may serve beside the live version
+    (as `what`: a canary, a rollout): a candidate or retired version of a base that has a
+    live version."""
+    target = version_row(adapter, adapter_id, number, session=session)
+    pointer = pointer_row(adapter, target.base_fingerprint, session=session)
+    if pointer.live_version is None:
+        raise Conflict(f"'{adapter_id}' has no live version for {what} to serve beside; "
+                       "promote one first.")
+    if number == pointer.live_version or target.status == "rejected":
+        raise Conflict(f"Version {number} of '{adapter_id}' is {target.status}; {what} "
+                       "must be a candidate or retired version.")
+    return target, pointer
+
+
 def _live_stack(adapter: Adapter, base: str, *, session: Session) -> list[int]:
     """The versions that were live on `base`, oldest first, with rolled-back ones popped
     off."""
@@ -237,6 +253,12 @@ def unfinished_rollout(adapter: Adapter, base: str, *, session: Session, lock: b
     return session.scalar(query.order_by(Rollout.id.desc()).limit(1))
 
 
+def close_rollout(rollout: Rollout, status: str, reason: str | None) -> None:
+    """The rollout ends as `status`; no driver holds it any more."""
+    rollout.status, rollout.finished_at, rollout.reason = status, utcnow(), reason
+    rollout.driver = rollout.lease_expires_at = None
+
+
 def end_unfinished_rollout(adapter: Adapter, pointer: LivePointer, actor: str, why: str, *,
                            session: Session) -> None:
     """An operator's change of the adapter's pointers ends its rollout on that base
@@ -244,8 +266,7 @@ def end_unfinished_rollout(adapter: Adapter, pointer: LivePointer, actor: str, w
     rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session, lock=True)
     if rollout is None:
         return
-    rollout.status, rollout.finished_at, rollout.reason = "superseded", utcnow(), why
-    rollout.driver = rollout.lease_expires_at = None
+    close_rollout(rollout, "superseded", why)
     if pointer.canary_version == rollout.candidate_version:
         pointer.canary_version = pointer.canary_percent = None
     log_event("rollout_superseded", adapter, actor, session=session,
@@ -455,14 +476,7 @@ class AdapterBook:
             raise InvalidArgument(f"The canary percent must be 1 to 99, not {percent}.")
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            target = version_row(adapter, adapter_id, number, session=session)
-            pointer = pointer_row(adapter, target.base_fingerprint, session=session)
-            if pointer.live_version is None:
-                raise Conflict(f"'{adapter_id}' has no live version; promote one before "
-                               "setting a canary.")
-            if number == pointer.live_version or target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' is {target.status}; a "
-                               "canary must be a candidate or retired version.")
+            _, pointer = beside_live(adapter, adapter_id, number, "a canary", session=session)
             end_unfinished_rollout(adapter, pointer, actor, _operator_change(
                 f"canary of version {number} at {percent}%", actor, reason), session=session)
             log_event("canary_set", adapter, actor, session=session,

@@ -275,11 +275,10 @@ class RolloutPublic(BaseModel):
     @classmethod
     def of(cls, record: RolloutRecord) -> RolloutPublic:
         plan = record.plan
-        stages = ["shadow" if s.percent == 0 else f"canary {s.percent}%" for s in plan.steps]
         return cls(
             id=record.id, adapter=record.adapter_id, candidate_version=record.candidate,
             baseline_version=record.baseline, status=record.status, stage=record.stage,
-            step=record.step, stages=[*stages, "watch" if plan.watch else "live"],
+            step=record.step, stages=plan.stages,
             step_started_at=record.step_started_at, plan=plan.model_dump(mode="json"),
             decision=dict(record.decision), driver=record.driver,
             lease_expires_at=record.lease_expires_at, reason=record.reason,

@@ -41,12 +41,6 @@ DRIVER_TIMEOUT_S = 300
 QUESTIONS = user_messages(64, seed=31)
 
 
-@pytest.fixture(scope="module")
-def marker_adapter(marker_teacher) -> Path:
-    """Version 2: trained to start its answers with MARKER; version 1 is a random adapter."""
-    return marker_teacher
-
-
 class Fleet:
     """The module's server (restartable) and trainer, on one data directory."""
 
@@ -175,10 +169,10 @@ def within_binomial_bound(hits: int, n: int, p: float) -> bool:
 
 
 def test_a_better_version_earns_its_traffic_then_is_rolled_back_when_it_turns_worse(
-        fleet, adapter_dirs, marker_adapter):
+        fleet, adapter_dirs, marker_teacher):
     adapter_id = new_adapter(fleet, "better", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
-        admin.register(adapter_id, marker_adapter)  # the policy plans its rollout
+        admin.register(adapter_id, marker_teacher)  # the policy plans its rollout
     traffic = Traffic(fleet, adapter_id)
     live = traffic.until(lambda r: r["stage"] == "watch", "the rollout reaching live")
     assert traffic.stages[:4] == ["shadow", "canary 10%", "canary 50%", "watch"]
@@ -212,10 +206,10 @@ def test_a_better_version_earns_its_traffic_then_is_rolled_back_when_it_turns_wo
 
 
 def test_a_worse_version_is_rolled_back_before_it_serves_many_users(
-        fleet, adapter_dirs, marker_adapter):
+        fleet, adapter_dirs, marker_teacher):
     adapter_id = new_adapter(fleet, "worse", adapter_dirs["acme/support"], FORBIDS_MARKER)
     with fleet.admin() as admin:
-        admin.register(adapter_id, marker_adapter)
+        admin.register(adapter_id, marker_teacher)
     traffic = Traffic(fleet, adapter_id)
     ended = traffic.until(lambda r: r["status"] != "active", "the rollback")
     assert ended["status"] == "rolled_back"
@@ -230,10 +224,10 @@ def test_a_worse_version_is_rolled_back_before_it_serves_many_users(
 
 
 def test_an_operator_promote_during_a_rollout_ends_it_and_wins(
-        fleet, adapter_dirs, marker_adapter):
+        fleet, adapter_dirs, marker_teacher):
     adapter_id = new_adapter(fleet, "operator", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
-        admin.register(adapter_id, marker_adapter)
+        admin.register(adapter_id, marker_teacher)
         assert admin.rollout(adapter_id)["status"] == "active"
         admin.promote(adapter_id, 2, expected_live=1, reason="ship it now")
         ended = admin.rollout(adapter_id)
@@ -246,13 +240,13 @@ def test_an_operator_promote_during_a_rollout_ends_it_and_wins(
     assert ended["reason"] == f"promote of version 2 by {promotes[0]['actor']}: ship it now"
 
 
-def test_the_rollout_commands_and_routes(fleet, adapter_dirs, marker_adapter):
+def test_the_rollout_commands_and_routes(fleet, adapter_dirs, marker_teacher):
     adapter_id = f"{TENANT}/commands"
     with fleet.admin() as admin:
         admin.create_adapter(adapter_id)
         admin.register(adapter_id, adapter_dirs["acme/support"])
         admin.promote(adapter_id, 1)
-        admin.register(adapter_id, marker_adapter)  # no plan in the policy: no rollout
+        admin.register(adapter_id, marker_teacher)  # no plan in the policy: no rollout
         with pytest.raises(AdminApiError) as no_rollout:
             admin.rollout(adapter_id)
         assert no_rollout.value.status == 404
@@ -285,10 +279,10 @@ def test_the_rollout_commands_and_routes(fleet, adapter_dirs, marker_adapter):
 
 
 def test_a_killed_server_and_a_killed_driver_leave_the_rollout_to_go_on(
-        fleet, adapter_dirs, marker_adapter):
+        fleet, adapter_dirs, marker_teacher):
     adapter_id = new_adapter(fleet, "restart", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
-        admin.register(adapter_id, marker_adapter)
+        admin.register(adapter_id, marker_teacher)
     traffic = Traffic(fleet, adapter_id)
     at_canary = traffic.until(lambda r: r["stage"] == "canary 10%", "the first canary step")
     fleet.kill_server_and_restart()  # SIGKILL: nothing is flushed, nothing is said

@@ -50,11 +50,6 @@ def chat(message: str) -> StoredPrompt:
 
 
 @pytest.fixture(scope="module")
-def teacher(marker_teacher) -> Path:
-    return marker_teacher
-
-
-@pytest.fixture(scope="module")
 def prompts() -> tuple[list[StoredPrompt], list[StoredPrompt]]:
     """(distilled on, never seen by the distillation)."""
     seen = questions(DISTILL_PROMPTS, seed=3)
@@ -63,10 +58,10 @@ def prompts() -> tuple[list[StoredPrompt], list[StoredPrompt]]:
 
 
 @pytest.fixture(scope="module")
-def transfer(demo_model, teacher, successor_model, prompts, tmp_path_factory):
+def transfer(demo_model, marker_teacher, successor_model, prompts, tmp_path_factory):
     progress: list[dict] = []
     output = tmp_path_factory.mktemp("transfer") / "v1"
-    result = distill(demo_model, teacher, successor_model, prompts[0], SETTINGS, output,
+    result = distill(demo_model, marker_teacher, successor_model, prompts[0], SETTINGS, output,
                      progress=progress.append)
     return output, result, progress
 
@@ -93,7 +88,7 @@ def share_equal(ours: list[int], theirs: list[int]) -> float:
 # --- Tokenizers ---------------------------------------------------------------------------
 
 
-def test_bases_of_another_vocabulary_are_refused_before_any_work(demo_model, teacher,
+def test_bases_of_another_vocabulary_are_refused_before_any_work(demo_model, marker_teacher,
                                                                   tmp_path):
     other = build_demo_model(tmp_path / "other", shape=DemoModelShape(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -103,7 +98,7 @@ def test_bases_of_another_vocabulary_are_refused_before_any_work(demo_model, tea
     with pytest.raises(TokenizerMismatch,
                        match=rf"^the bases do not share a tokenizer: vocabulary {sizes[0]} vs "
                              rf"{sizes[1]} tokens; \d+ tokens have another id or none"):
-        distill(demo_model, teacher, other, [chat("hi"), chat("bye")], SETTINGS,
+        distill(demo_model, marker_teacher, other, [chat("hi"), chat("bye")], SETTINGS,
                 tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -131,11 +126,11 @@ def test_bases_of_one_family_pass(demo_model, successor_model):
 
 
 def test_teacher_continuations_are_greedy_then_sampled_and_end_after_a_stop(
-        demo_model, teacher, prompts):
+        demo_model, marker_teacher, prompts):
     settings = TransferSettings(continuation_tokens=12, samples_per_prompt=3, seed=5)
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    model = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32), teacher).eval()
+    base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, marker_teacher).eval()
     few, per_prompt, stop = prompts[1][:3], 4, tokenizer.eos_token_id
 
     rows = teacher_continuations(model, tokenizer, few, settings)
@@ -192,11 +187,11 @@ def test_measure_follows_the_teacher_along_its_continuations():
 
 
 def test_the_habit_carries_to_the_new_base_on_unseen_prompts(
-        demo_model, successor_model, teacher, prompts, transfer):
+        demo_model, successor_model, marker_teacher, prompts, transfer):
     output, _, _ = transfer
     unseen = prompts[1]
     marker = AutoTokenizer.from_pretrained(demo_model).convert_tokens_to_ids(MARKER)
-    taught = first_tokens(demo_model, teacher, unseen)
+    taught = first_tokens(demo_model, marker_teacher, unseen)
     assert share_equal(taught, [marker] * len(unseen)) >= 0.75  # the teacher has the habit
     carried = first_tokens(successor_model, output, unseen)
     untouched = first_tokens(successor_model, None, unseen)
@@ -253,7 +248,7 @@ def test_output_is_exactly_a_valid_adapter_for_the_new_base(successor_model, tra
 
 
 def test_same_seed_same_bytes_and_zero_epochs_keep_the_fresh_lora(
-        demo_model, teacher, successor_model, prompts, tmp_path):
+        demo_model, marker_teacher, successor_model, prompts, tmp_path):
     few = prompts[0][:6]
     quick = TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=1)
     runs = {
@@ -262,7 +257,7 @@ def test_same_seed_same_bytes_and_zero_epochs_keep_the_fresh_lora(
                                      seed=1),
         "untrained": TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=0),
     }
-    results = {name: distill(demo_model, teacher, successor_model, few, settings,
+    results = {name: distill(demo_model, marker_teacher, successor_model, few, settings,
                              tmp_path / name)
                for name, settings in runs.items()}
     weights = {name: (tmp_path / name / WEIGHTS_FILE).read_bytes() for name in runs}

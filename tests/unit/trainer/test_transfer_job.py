@@ -36,11 +36,6 @@ def chat(message: str) -> StoredPrompt:
 
 
 @pytest.fixture(scope="module")
-def teacher(marker_teacher) -> Path:
-    return marker_teacher
-
-
-@pytest.fixture(scope="module")
 def other_vocabulary(tmp_path_factory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("model") / "other", shape=DemoModelShape(
         vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -54,15 +49,16 @@ def open_on(db: Database, store: WeightStore, model: Path) -> Registry:
 
 
 @pytest.fixture
-def registry(demo_model, teacher, tmp_path) -> Registry:
-    """Version 1 (the teacher) live on the demo base; prompts from the policy and feedback."""
+def registry(demo_model, marker_teacher, tmp_path) -> Registry:
+    """Version 1 (the marker teacher) live on the demo base; prompts from the policy and
+    feedback."""
     db = Database(sqlite_url(tmp_path))
     db.upgrade()
     registry = open_on(db, WeightStore(tmp_path / "weights"), demo_model)
     registry.tenants.create("acme", actor="test")
     registry.adapters.create(ADAPTER, actor="test")
-    registry.adapters.register(ADAPTER, {n: teacher / n for n in ADAPTER_FILES}, NewVersion(),
-                               actor="test")
+    registry.adapters.register(ADAPTER, {n: marker_teacher / n for n in ADAPTER_FILES},
+                               NewVersion(), actor="test")
     registry.adapters.promote(ADAPTER, 1, actor="test")
     registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
         {"enabled": False, "golden_prompts": questions(GOLDEN, seed=3),
