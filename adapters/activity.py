@@ -8,7 +8,7 @@ timestamp, SQLite formats its text); that difference stays in `_hour_of`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -33,13 +33,14 @@ class FeedbackActivity:
 
 def _hour_of(column, dialect: str):
     if dialect == "postgresql":
-        return func.date_trunc("hour", column)
+        # date_trunc cuts a timestamptz at the hours of the session's time zone (half past
+        # in Asia/Kolkata): cut the UTC time instead (a plain timestamp, read back as UTC).
+        return func.date_trunc("hour", func.timezone("UTC", column))
     return func.strftime("%Y-%m-%d %H:00:00", column)
 
 
 def _as_hour(value: datetime | str) -> datetime:
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return utc(moment).astimezone(timezone.utc)
+    return utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 def read_feedback_activity(db: Database, adapter_id: str, *, hours: int) -> FeedbackActivity:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import bindparam, func, insert, select, tuple_
 from sqlalchemy.engine import Connection, Row
@@ -35,6 +36,11 @@ from .schema import (
     utcnow,
 )
 
+# Who stored a piece of feedback: an application through the feedback API, or the trainer
+# (its judge's scores of answers it sampled, to train on). Only applications' feedback is
+# evidence of what users got.
+FeedbackSource = Literal["application", "trainer"]
+
 
 @dataclass(frozen=True)
 class NewFeedback:
@@ -46,9 +52,10 @@ class NewFeedback:
     rejected: str | None = None
     completion: str | None = None
     score: float | None = None
-    judge: str | None = None
+    judge: str | None = None  # who gave a score, as its giver names itself
     rationale: str | None = None
     completion_id: str | None = None
+    source: FeedbackSource = "application"
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ def _values(s: Submission, rows: tuple[int, int], now: datetime) -> dict:
             "kind": item.kind, "prompt": item.prompt.to_json(), "chosen": item.chosen,
             "rejected": item.rejected, "completion": item.completion, "score": item.score,
             "judge": item.judge, "rationale": item.rationale,
-            "completion_id": item.completion_id, "status": "pending",
+            "completion_id": item.completion_id, "source": item.source, "status": "pending",
             "idempotency_key": s.idempotency_key, "request_hash": s.request_hash,
             "created_at": now}
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import regex
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,32 +20,29 @@ from pydantic import (
     model_validator,
 )
 
+from .judge_checks import (
+    Admission,
+    is_schema,
+    key_variable_allowed,
+    pattern_compiles,
+    patterns_compile,
+)
 from .names import MAX_TAG_CHARS
 from .rollout_policy import RolloutPolicy
 from .text import StoredText
 from .transfer_policy import TransferPolicy
 
+# What the trainer can use: a wait it can add to a date (30 days, the longest schedule), a
+# seed numpy and torch accept (numpy's are 32-bit).
+MAX_WAIT_S = 30 * 86_400
+MAX_SEED = 2**32 - 1
+
 GoldenPrompt = Annotated[StoredText, StringConstraints(min_length=1, max_length=2000)]
 
 
-def _compiles(pattern: str) -> str:
-    try:
-        regex.compile(pattern)
-    except regex.error as exc:
-        raise ValueError(f"not a regular expression: {exc}") from None
-    return pattern
-
-
-def _is_schema(schema: dict) -> dict:
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
-    return schema
-
-
 Pattern = Annotated[StoredText, StringConstraints(min_length=1, max_length=500),
-                    AfterValidator(_compiles)]
+                    AfterValidator(pattern_compiles)]
+Patterns = Annotated[list[Pattern], Field(max_length=32), AfterValidator(patterns_compile)]
 
 
 class RuleJudgePolicy(BaseModel):
@@ -59,15 +53,15 @@ class RuleJudgePolicy(BaseModel):
     kind: Literal["rules"]
     min_tokens: int | None = Field(None, ge=0, description="answers at least this long")
     max_tokens: int | None = Field(None, ge=1, description="answers at most this long")
-    required: list[Pattern] = Field(
-        default_factory=list, max_length=32, description="regular expressions an answer must "
-        "match (each searched with a time limit)")
-    forbidden: list[Pattern] = Field(
-        default_factory=list, max_length=32, description="regular expressions an answer must "
-        "not match")
+    required: Patterns = Field(
+        default_factory=list, description="regular expressions an answer must match (each "
+        "searched with a time limit)")
+    forbidden: Patterns = Field(
+        default_factory=list, description="regular expressions an answer must not match")
     valid_json: bool = Field(False, description="the answer must be a JSON document")
-    json_schema: Annotated[dict[str, Any], AfterValidator(_is_schema)] | None = Field(
-        None, description="the answer must be JSON valid against this JSON Schema")
+    json_schema: Annotated[dict[str, Any], AfterValidator(is_schema)] | None = Field(
+        None, description="the answer must be JSON valid against this JSON Schema (its "
+        "patterns searched with the same time limit)")
 
     @model_validator(mode="after")
     def _checks_something(self) -> RuleJudgePolicy:
@@ -85,9 +79,10 @@ class LLMJudgePolicy(BaseModel):
     kind: Literal["llm"]
     url: HttpUrl = Field(description="the endpoint's base URL, e.g. https://host/v1")
     model: Annotated[StoredText, StringConstraints(min_length=1, max_length=256)]
-    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = (
-        Field(None, description="the trainer's environment variable holding the endpoint's "
-              "key; the key itself is never stored"))
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$"),
+                           AfterValidator(key_variable_allowed)] | None = Field(
+        None, description="the trainer's environment variable holding the endpoint's key, one "
+        "the operator allows (LORALOOP_JUDGE_KEY_VARIABLES); the key itself is never stored")
     rubric: Annotated[StoredText, StringConstraints(min_length=1, max_length=4000)]
     structured: bool = Field(
         True, description="ask for the verdict as JSON through response_format (endpoints "
@@ -118,7 +113,7 @@ class SamplingPolicy(BaseModel):
     the serving temperature, the policy's judge scores the answers, and the scores become
     feedback (best against worst per prompt, as for any scores)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompts: list[GoldenPrompt] = Field(
         default_factory=list, max_length=256, description="user messages to sample on")
@@ -173,7 +168,7 @@ class SearchPolicy(BaseModel):
     policy's seed) and scores them on a validation split of its training pairs; the best one
     goes to the gate, which judges it on the held-out pairs as it judges any candidate."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     trials: int = Field(8, ge=1, le=64, description="settings tried in one run, at most")
     max_seconds: float = Field(
@@ -202,7 +197,7 @@ class SearchPolicy(BaseModel):
 class GatePolicy(BaseModel):
     """What a candidate must show on held-out feedback, against the live version."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_accuracy: float = Field(
         0.6, ge=0, le=1, description="held-out preference accuracy a candidate must reach"
@@ -231,10 +226,26 @@ class GatePolicy(BaseModel):
         2, ge=0, le=16, description="with a judge: besides the greedy answers, this many "
         "answers per held-out prompt sampled at the serving temperature (sampling's, else 1) "
         "from both versions, each pair compared")
+    length_control: bool = Field(
+        True, description="with a judge: comparisons where the candidate's answer is longer "
+        "than the live version's by more than length_tolerance are left out of the win rate "
+        "(and reported apart), so that a candidate cannot win by answering longer")
+    length_tolerance: float = Field(
+        0.25, ge=0, le=10, description="how much longer (a share of the live answer's words, "
+        "and at least 2 words) a candidate's answer may be and still count as the same length")
+    max_length_ratio: float | None = Field(
+        None, gt=1, le=100, description="with a judge: the candidate's mean answer length (in "
+        "words, greedy answers on held-out prompts) at most this many times the live "
+        "version's; none: no such check")
+    unchanged_kl: float = Field(
+        1e-5, ge=0, le=1, description="a candidate whose mean per-token KL from the live "
+        "version (or the base, for a first version) is below this, or whose answers all equal "
+        "the live version's, changed nothing: its run ends `unchanged`, not rejected by the "
+        "gate")
 
 
 class TrainingPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(True, description="the trainer considers this adapter")
     auto_promote: bool = Field(True, description="promote a candidate that passes the gate")
@@ -247,8 +258,9 @@ class TrainingPolicy(BaseModel):
         "differ by score_gap; other feedback does not count)"
     )
     max_wait_s: int = Field(
-        3600, ge=0, description="run with fewer pairs (at least 4) once feedback is this old; "
-        "a score that makes no pair this long after it arrived is set aside as unpaired"
+        3600, ge=0, le=MAX_WAIT_S, description="run with fewer pairs (at least 4) once "
+        "feedback is this old; a score that makes no pair this long after it arrived is set "
+        "aside as unpaired (at most 30 days)"
     )
     score_gap: float = Field(
         0.3, gt=0, le=1, description="judge scores for one prompt pair up best vs worst "
@@ -260,7 +272,8 @@ class TrainingPolicy(BaseModel):
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(8, ge=1, le=512)
     rank: int = Field(8, ge=1, le=512, description="LoRA rank of a first version")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the split, the training "
+                      "and the sampling: a run can be repeated")
     golden_prompts: list[GoldenPrompt] = Field(
         default_factory=list, max_length=256,
         description="user messages to measure drift on; default: the held-out prompts",
@@ -293,3 +306,10 @@ class TrainingPolicy(BaseModel):
     def stored(cls, value: dict | None) -> TrainingPolicy:
         """A policy as the registry keeps it (None: never set, so the defaults)."""
         return cls.model_validate(value or {})
+
+    @classmethod
+    def admitted(cls, value: Any, *, judge_key_variables: tuple[str, ...]) -> TrainingPolicy:
+        """A policy being set, checked against the operator's settings, its patterns compiled
+        in a bounded child process: blocking, so never on an event loop (pydantic's
+        ValidationError when it is refused)."""
+        return cls.model_validate(value, context=Admission(judge_key_variables))

@@ -17,7 +17,7 @@ class RolloutStep(BaseModel):
     """One step: the share of the adapter's requests the new version answers (0: shadow,
     users see only the live version's answers) and what must be seen before it may end."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     percent: int = Field(ge=0, le=99, description="share of requests the new version "
                          "answers; 0 is shadow")
@@ -45,7 +45,7 @@ class WatchWindow(BaseModel):
     """After the new version becomes live: its answers are compared with the previous
     version's on live prompts; a significant drop rolls it back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_comparisons: int = Field(8, ge=0, le=100_000)
     max_seconds: int = Field(3600, ge=1, le=30 * 86_400, description="the window's length; "
@@ -55,7 +55,7 @@ class WatchWindow(BaseModel):
 class Guards(BaseModel):
     """Checks on the new version's serving, against the live version's over the same step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     min_requests: int = Field(20, ge=1, le=1_000_000, description="requests each version "
                               "must have served before the guards judge")
@@ -69,7 +69,7 @@ class Guards(BaseModel):
 
 
 class RolloutPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     steps: list[RolloutStep] = Field(
         default_factory=_default_steps, min_length=1, max_length=10,

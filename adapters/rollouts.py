@@ -41,6 +41,7 @@ from .schema import (
     utcnow,
     version_row,
 )
+from .shadow_texts import HAS_TEXTS, NO_TEXTS, forget_texts, pairs_keeping_texts
 from .versions import (
     NO_LIVE_VERSION,
     UNFINISHED_ROLLOUT,
@@ -210,7 +211,9 @@ class RolloutBook:
         for version, score, at in session.execute(
                 select(Feedback.version, Feedback.score, Feedback.created_at).where(
                     Feedback.adapter_id == adapter.id, Feedback.kind == "score",
-                    Feedback.judge.is_(None),  # the application's, not a trainer judge's
+                    # Applications' scores, whoever they name as judge; not the trainer
+                    # judge's scores of the answers it sampled to train on.
+                    Feedback.source == "application",
                     Feedback.version.in_((rollout.candidate, rollout.baseline)),
                     Feedback.created_at >= since)):
             # The previous version's window ended where the watch began.
@@ -224,7 +227,8 @@ class RolloutBook:
             rows = session.scalars(
                 select(ShadowComparison).where(
                     ShadowComparison.rollout_id == rollout.id,
-                    ShadowComparison.step == rollout.step, ShadowComparison.verdict.is_(None))
+                    ShadowComparison.step == rollout.step, ShadowComparison.verdict.is_(None),
+                    HAS_TEXTS)  # past the retention period unjudged: nothing left to judge
                 .order_by(ShadowComparison.id).limit(limit))
             return [PairToJudge(row.id, StoredPrompt.from_json(row.prompt),
                                 row.candidate_answer, row.baseline_answer) for row in rows]
@@ -261,25 +265,49 @@ class RolloutBook:
             return taken.rowcount == 1
 
     def set_verdicts(self, verdicts: Mapping[int, tuple[Verdict, str]]) -> None:
+        """The judge's verdicts; the texts it read go with them unless the adapter's policy
+        keeps users' text (see shadow_texts)."""
         with self.db.writing_rows() as connection:
+            keeping = pairs_keeping_texts(verdicts, connection=connection)
             for pair_id, (verdict, rationale) in verdicts.items():
+                texts = {"rationale": rationale[:500]} if pair_id in keeping else NO_TEXTS
                 connection.execute(
                     update(ShadowComparison).where(ShadowComparison.id == pair_id,
                                                    ShadowComparison.verdict.is_(None))
-                    .values(verdict=verdict, rationale=rationale[:500]))
+                    .values(verdict=verdict, **texts))
 
-    def note_decision(self, rollout_id: int, *, worker: str, decision: dict) -> None:
+    def forget_texts(self, retention_s: float) -> int:
+        """Drop the shadow comparisons' texts that may be kept no longer; how many."""
+        return forget_texts(self.db, older_than=utcnow() - timedelta(seconds=retention_s))
+
+    def note_decision(self, rollout_id: int, *, worker: str, decision: dict,
+                      step: int | None = None) -> None:
         """A `wait` decision: kept with the rollout (the latest only), no history row."""
         with self.db.transaction(routing_change=False) as session:
-            self._held(rollout_id, worker, session=session).decision = decision
+            self._held(rollout_id, worker, step, session=session).decision = decision
 
-    def advance(self, rollout_id: int, *, worker: str, decision: dict, reason: str
-                ) -> RolloutRecord:
-        """On to the next step: a bigger canary share, live after the last step (a compare-
-        and-swap from the version that was live when the rollout began), then the watch;
-        from the watch, completed."""
+    def halt(self, rollout_id: int, *, worker: str, reason: str) -> RolloutRecord:
+        """The driver cannot decide (its judge cannot be built, the analysis fails): the
+        rollout is paused where it is, the traffic as it is, with the reason on the record
+        and in the history, until an operator resumes it."""
         with self.db.transaction() as session:
             rollout = self._held(rollout_id, worker, session=session)
+            adapter = session.get(Adapter, rollout.adapter_id)
+            rollout.status, rollout.reason = "paused", reason
+            rollout.driver = rollout.lease_expires_at = None
+            log_event("rollout_paused", adapter, f"rollout:{worker}", session=session,
+                      to_version=rollout.candidate_version, reason=reason, rollout=rollout.id)
+            return RolloutRecord.of(rollout, adapter_row_id_to_name(adapter.id,
+                                                                    session=session))
+
+    def advance(self, rollout_id: int, *, worker: str, decision: dict, reason: str,
+                step: int | None = None) -> RolloutRecord:
+        """On to the next step: a bigger canary share, live after the last step (a compare-
+        and-swap from the version that was live when the rollout began), then the watch;
+        from the watch, completed. `step`: the step the decision was made on (a driver
+        always names it); refused if the rollout has left it since."""
+        with self.db.transaction() as session:
+            rollout = self._held(rollout_id, worker, step, session=session)
             adapter = session.get(Adapter, rollout.adapter_id)
             adapter_id = adapter_row_id_to_name(adapter.id, session=session)
             plan = RolloutPolicy.model_validate(rollout.plan)
@@ -312,13 +340,13 @@ class RolloutBook:
                              "watch window", session=session)
             return RolloutRecord.of(rollout, adapter_id)
 
-    def roll_back(self, rollout_id: int, *, worker: str, decision: dict, reason: str
-                  ) -> RolloutRecord:
+    def roll_back(self, rollout_id: int, *, worker: str, decision: dict, reason: str,
+                  step: int | None = None) -> RolloutRecord:
         """The candidate loses: its canary share goes, or (in the watch) the previous version
         is live again; either way the candidate is rejected, so it cannot come back by
-        accident."""
+        accident. `step`: as for `advance`."""
         with self.db.transaction() as session:
-            rollout = self._held(rollout_id, worker, session=session)
+            rollout = self._held(rollout_id, worker, step, session=session)
             adapter = session.get(Adapter, rollout.adapter_id)
             adapter_id = adapter_row_id_to_name(adapter.id, session=session)
             actor = f"rollout:{worker}"
@@ -437,12 +465,19 @@ class RolloutBook:
     # -- helpers -------------------------------------------------------------------------
 
     @staticmethod
-    def _held(rollout_id: int, worker: str, *, session: Session) -> Rollout:
+    def _held(rollout_id: int, worker: str, step: int | None = None, *,
+              session: Session) -> Rollout:
+        """The rollout, locked, if `worker` holds it and it is still at `step`: a driver that
+        decided on a record read before another driver moved the rollout on (its lease
+        lapsed meanwhile, and it took the rollout back) must not act on that decision."""
         rollout = session.scalar(select(Rollout).where(Rollout.id == rollout_id)
                                  .with_for_update())
         if rollout is None or rollout.status != "active" or rollout.driver != worker or (
                 rollout.lease_expires_at is None or utc(rollout.lease_expires_at) < utcnow()):
             raise RolloutLost(f"rollout {rollout_id} is no longer {worker}'s to drive")
+        if step is not None and rollout.step != step:
+            raise RolloutLost(f"rollout {rollout_id} is at step {rollout.step} now, not at "
+                              f"step {step}, which the decision was made on")
         return rollout
 
     @staticmethod

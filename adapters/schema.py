@@ -78,6 +78,25 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class ConsoleSession(Base):
+    """One console sign-in (adapters/console_sessions.py). The cookie holds a random token
+    stored only as its hash; signing out sets `revoked_at`, which every replica reads."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    subject: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
+    csrf_token: Mapped[str] = mapped_column(String(64), nullable=False)
+    client: Mapped[str | None] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(ACTOR_LENGTH))
+
+
 class Adapter(Base):
     __tablename__ = "adapters"
     __table_args__ = (UniqueConstraint("tenant_id", "name"),)
@@ -180,9 +199,13 @@ class Feedback(Base):
     rejected: Mapped[str | None] = mapped_column(Text)
     completion: Mapped[str | None] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float)
-    judge: Mapped[str | None] = mapped_column(String(128))
+    judge: Mapped[str | None] = mapped_column(String(128))  # who gave the score, in its words
     rationale: Mapped[str | None] = mapped_column(Text)
     completion_id: Mapped[str | None] = mapped_column(String(100))
+    # application (posted to /v1/feedback) | trainer (its judge's scores of sampled answers):
+    # only applications' scores are evidence about a version's users.
+    source: Mapped[str] = mapped_column(String(16), nullable=False, default="application",
+                                        server_default="application")
     # pending | claimed | consumed | unpaired: a plain string, so a new state needs no migration
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
@@ -276,11 +299,16 @@ class Rollout(Base):
 class ShadowComparison(Base):
     """One live prompt answered by both versions of a rollout: the one the user saw and the
     other, out of band. `verdict` is the judge's (candidate, baseline, tie, abstained), set
-    by the rollout's driver; None until then."""
+    by the rollout's driver; None until then.
+
+    The texts (the user's prompt, both answers) are the users': they are kept once judged
+    only where the adapter's policy keeps users' text (record_completions), and by no one
+    past the shadow retention period; then they are NULL and the verdict stays."""
 
     __tablename__ = "shadow_comparisons"
     __table_args__ = (
         Index("ix_shadow_comparisons_rollout_step", "rollout_id", "step"),
+        Index("ix_shadow_comparisons_created_at", "created_at"),
         {"sqlite_autoincrement": True},
     )
 
@@ -288,9 +316,9 @@ class ShadowComparison(Base):
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), nullable=False)
     step: Mapped[int] = mapped_column(Integer, nullable=False)
     served_version: Mapped[int] = mapped_column(Integer, nullable=False)
-    prompt: Mapped[dict] = mapped_column(JSON, nullable=False)
-    candidate_answer: Mapped[str] = mapped_column(Text, nullable=False)
-    baseline_answer: Mapped[str] = mapped_column(Text, nullable=False)
+    prompt: Mapped[dict | None] = mapped_column(JSON)
+    candidate_answer: Mapped[str | None] = mapped_column(Text)
+    baseline_answer: Mapped[str | None] = mapped_column(Text)
     verdict: Mapped[str | None] = mapped_column(String(16))
     rationale: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -343,8 +371,11 @@ class TransferJob(Base):
 
 
 def utc(moment: datetime) -> datetime:
-    # SQLite gives back naive datetimes; every time the registry writes is UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    # SQLite gives back naive datetimes; every time the registry writes is UTC. PostgreSQL
+    # gives them in its session's time zone, which may be any: the same moment, in UTC.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
 
 
 def tenant_row(name: str, *, session: Session) -> Tenant:

@@ -6,7 +6,7 @@ Read in one transaction, so the revision, the pointers and the keys agree with e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
@@ -35,8 +35,10 @@ class ServingView:
     servable: tuple[VersionRecord, ...]  # versions of this base a request may reach
     keys: Mapping[str, ActiveKey]  # key prefix -> unrevoked key
     rollouts: tuple[RolloutRecord, ...] = ()  # active and paused ones on this base
-    # (adapter id, version) of versions made for another base: never routed here.
-    elsewhere: frozenset[tuple[str, int]] = frozenset()
+    # (adapter id, version) -> the fingerprint of the other base a version was made for:
+    # never routed here.
+    elsewhere: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    base: str = ""  # the fingerprint of the base model this view was read for
 
 
 def read_serving_view(db: Database, base: str) -> ServingView:
@@ -67,6 +69,7 @@ def read_serving_view(db: Database, base: str) -> ServingView:
                            if v.base_fingerprint == base),
             keys={prefix: ActiveKey(key_hash, tenant) for prefix, key_hash, tenant in keys},
             rollouts=tuple(RolloutRecord.of(r, adapter_ids[r.adapter_id]) for r in rollouts),
-            elsewhere=frozenset((adapter_ids[v.adapter_id], v.number) for v in versions
-                                if v.base_fingerprint != base),
+            elsewhere={(adapter_ids[v.adapter_id], v.number): v.base_fingerprint
+                       for v in versions if v.base_fingerprint != base},
+            base=base,
         )

@@ -9,7 +9,8 @@ says it will never make a training pair (see `mark_unpaired` and `set_aside`): n
 claimable again.
 
 A run ends `promoted`, `rejected`, `candidate` (passed, not promoted), `identical` (its weights
-were byte for byte an existing version's, which is left as it is) or `failed`.
+were byte for byte an existing version's, which is left as it is), `unchanged` (training
+changed nothing the gate could see; its version is rejected) or `failed`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
+from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -76,10 +79,16 @@ class RunRecord:
 @dataclass(frozen=True)
 class PendingWork:
     adapter_id: str
-    policy: TrainingPolicy
+    stored_policy: dict | None  # as stored; see `policy`
     pending: int
     oldest: datetime | None
     queued: bool  # an operator asked for a run
+
+    @cached_property
+    def policy(self) -> TrainingPolicy:
+        """Read when the trainer looks at this adapter: a stored policy that breaks a rule
+        made since it was set raises for this adapter's work only."""
+        return TrainingPolicy.stored(self.stored_policy)
 
 
 @dataclass(frozen=True)
@@ -142,7 +151,10 @@ class TrainingBook:
                 select(Adapter, Tenant.name).join(Tenant).where(Adapter.policy.is_not(None))
                 .order_by(Adapter.id).with_for_update(of=Adapter)).all()
             for adapter, tenant in adapters:
-                policy = TrainingPolicy.stored(adapter.policy)
+                try:
+                    policy = TrainingPolicy.stored(adapter.policy)
+                except ValidationError:  # the trainer fails its runs with the reason
+                    continue
                 every_s = policy.sampling.every_s if policy.sampling else None
                 if not (policy.enabled and every_s):
                     continue
@@ -187,7 +199,7 @@ class TrainingBook:
         work = []
         for row_id, tenant, name, policy in adapters:
             pending, oldest = counts.get(row_id, (0, None))
-            work.append(PendingWork(f"{tenant}/{name}", TrainingPolicy.stored(policy), pending,
+            work.append(PendingWork(f"{tenant}/{name}", policy, pending,
                                     utc(oldest) if oldest else None, row_id in queued))
         return work
 
@@ -251,7 +263,8 @@ class TrainingBook:
                         Feedback.id.in_(chunk),
                     ).values(status=status, run_id=keep_run, lease_expires_at=None))
 
-    def refuse_queued(self, adapter_id: str, *, reason: str) -> RunRecord | None:
+    def refuse_queued(self, adapter_id: str, *, reason: str,
+                      actor: str = "trainer") -> RunRecord | None:
         """The oldest queued run ends failed without claiming anything: the trainer knows
         it could not train. None: no run was queued."""
         with self.db.transaction(routing_change=False) as session:
@@ -262,6 +275,7 @@ class TrainingBook:
             if run is None:
                 return None
             run.status, run.reason, run.finished_at = "failed", reason, utcnow()
+            _log_failure(run, adapter.tenant_id, actor, session=session)
             return RunRecord.of(run, adapter_id)
 
     def _fail_abandoned(self, adapter_id: int, now: datetime, *, session: Session) -> None:
@@ -303,6 +317,9 @@ class TrainingBook:
             run = session.get(TrainingRun, run_id)
             run.status, run.reason, run.finished_at = status, reason, utcnow()
             run.metrics = metrics or run.metrics
+            if status == "failed":
+                tenant_id = session.get(Adapter, run.adapter_id).tenant_id
+                _log_failure(run, tenant_id, f"trainer:{run.worker}", session=session)
             if release:
                 session.execute(update(Feedback).where(Feedback.run_id == run_id,
                                                        Feedback.status == "claimed")
@@ -318,3 +335,9 @@ def _queue_run(adapter: Adapter, actor: str, reason: str | None, *,
     session.add(Event(kind="training_queued", actor=actor, tenant_id=adapter.tenant_id,
                       adapter_id=adapter.id, reason=reason, detail={"run": run.id}))
     return run
+
+
+def _log_failure(run: TrainingRun, tenant_id: int, actor: str, *, session: Session) -> None:
+    """A failed run's history event: the adapter's history says why it did not train."""
+    session.add(Event(kind="training_failed", actor=actor, tenant_id=tenant_id,
+                      adapter_id=run.adapter_id, reason=run.reason, detail={"run": run.id}))

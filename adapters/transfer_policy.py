@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TransferPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # The defaults pass the demo's marker adapter carried to the demo successor base (KL
     # about 1.3, agreement about 0.42, 0.28 of the untrained KL left) and fail the successor
@@ -54,6 +54,12 @@ class TransferPolicy(BaseModel):
     max_prompts: int = Field(
         64, ge=2, le=10_000, description="the most prompts distilled on: the policy's golden "
         "and sampling prompts first, then recorded ones, then feedback's, newest first")
+    min_held_out_prompts: int = Field(
+        2, ge=1, le=1000, description="the gate decides on at least this many held-out "
+        "prompts; with fewer the job fails undecided, before any distillation")
+    min_held_out_positions: int = Field(
+        32, ge=1, le=1_000_000, description="the gate decides on at least this many "
+        "held-out continuation positions; with fewer the job fails undecided, no version")
 
     @model_validator(mode="after")
     def _bounds_in_order(self) -> TransferPolicy:

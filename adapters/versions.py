@@ -43,7 +43,7 @@ VersionStatus = Literal["candidate", "live", "retired", "rejected"]
 EventKind = Literal[
     "tenant_created", "key_issued", "key_revoked", "adapter_created", "register",
     "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire", "policy_set",
-    "training_queued", "rollout_started", "rollout_advance", "rollout_rollback",
+    "training_queued", "training_failed", "rollout_started", "rollout_advance", "rollout_rollback",
     "rollout_paused", "rollout_resumed", "rollout_aborted", "rollout_completed",
     "rollout_superseded", "transfer_queued", "transfer_started", "transfer_passed",
     "transfer_rejected", "transfer_failed",
@@ -236,6 +236,19 @@ def _live_stack(adapter: Adapter, base: str, *, session: Session) -> list[int]:
 
 
 UNFINISHED_ROLLOUT = ("active", "paused")
+
+
+def _refuse_rejecting_the_fallback(rollout: Rollout, adapter_id: str, number: int) -> None:
+    """A rollout's previous version may not be rejected while the rollout goes on. In its
+    watch the previous version is what the shadows compare the new live one with and what a
+    rollback makes live again: servers route no rejected version, so rejecting it would blind
+    the watch and leave its rollback nothing to return to. The operator ends the rollout
+    (abort, or a promote or rollback), then rejects."""
+    if rollout.baseline_version == number:
+        raise Conflict(f"Version {number} of '{adapter_id}' is the previous version of rollout "
+                       f"{rollout.id}, which compares the new version with it and rolls back "
+                       "to it; abort the rollout (or wait for it to end) before you reject "
+                       "it.")
 
 
 def _operator_change(what: str, actor: str, reason: str | None) -> str:
@@ -516,7 +529,10 @@ class AdapterBook:
             if version.status == "rejected" and status == "retired":
                 raise Conflict(f"Version {number} of '{adapter_id}' was rejected already.")
             if version.status != status:
-                rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session)
+                rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session,
+                                             lock=True)
+                if status == "rejected" and rollout is not None:
+                    _refuse_rejecting_the_fallback(rollout, adapter_id, number)
                 if rollout is not None and rollout.candidate_version == number:
                     end_unfinished_rollout(adapter, pointer, actor, _operator_change(
                         f"{kind} of version {number}", actor, reason), session=session)

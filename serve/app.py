@@ -38,7 +38,7 @@ from .rollout_counts import RolloutCountRecorder
 from .rollout_metrics import RolloutGauges
 from .rollout_traffic import RolloutTraffic
 from .routing import CurrentRoutes, RoutingSnapshot
-from .sessions import SessionSigner
+from .sessions import ConsoleSessions
 from .settings import ServeSettings
 from .shadow import ShadowRunner
 from .shadow_pairs import ShadowPairWriter
@@ -74,26 +74,28 @@ def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     metrics.registry.register(gauges)
     watcher = RegistryWatcher(db, registry.store, routes, warmer, base=registry.adapters.base,
                               poll_s=settings.registry_poll_s, rollout_gauges=gauges)
-    rollouts = _rollout_traffic(settings, engine, registry, warmer, metrics)
+    rollouts = _rollout_traffic(settings, engine, registry, warmer, metrics, routes)
     service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
                                 registry.feedback, metrics, _tool_format(settings, renderer),
                                 rollouts)
     return ServerState(settings, engine, registry,
                        FeedbackService(registry.feedback, routes, metrics), routes, watcher,
-                       warmer, service, metrics, _session_signer(settings), rollouts)
+                       warmer, service, metrics, _console_sessions(settings, registry),
+                       rollouts)
 
 
 def _rollout_traffic(settings: ServeSettings, engine: Engine, registry: Registry,
-                     warmer: AdapterWarmer, metrics: ServeMetrics) -> RolloutTraffic:
-    shadows = ShadowRunner(engine, warmer, ShadowPairWriter(registry.rollouts),
-                           metrics.shadow_requests, settings.shadow)
+                     warmer: AdapterWarmer, metrics: ServeMetrics,
+                     routes: CurrentRoutes) -> RolloutTraffic:
+    writer = ShadowPairWriter(registry.rollouts, retention_s=settings.shadow.retention_s)
+    shadows = ShadowRunner(engine, warmer, writer, metrics.shadow_requests, settings.shadow,
+                           lambda adapter_id: routes.snapshot.rollouts.get(adapter_id))
     return RolloutTraffic(RolloutCountRecorder(registry.rollouts), shadows,
                           metrics.rollout_requests)
 
 
-def _session_signer(settings: ServeSettings) -> SessionSigner:
-    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-    return SessionSigner.for_credential(admin_key, settings.console_idle_minutes * 60)
+def _console_sessions(settings: ServeSettings, registry: Registry) -> ConsoleSessions:
+    return ConsoleSessions(registry.sessions, settings.console_idle_minutes * 60)
 
 
 def _tool_format(settings: ServeSettings, renderer: PromptRenderer):

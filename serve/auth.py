@@ -19,14 +19,16 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
+from loraloop.adapters.console_sessions import SessionRecord
 from loraloop.adapters.errors import NotFound
 from loraloop.adapters.tenants import key_matches, key_prefix
 
 from .errors import CsrfRefused, Forbidden, InvalidRequest, Unauthenticated
 from .headers import ACTOR_HEADER
 from .middleware import facts_of
-from .sessions import ADMIN_SUBJECT, CSRF_HEADER, SESSION_COOKIE, Session
+from .sessions import ADMIN_SUBJECT, CSRF_HEADER, SESSION_COOKIE
 from .state import ServerState, get_state
 
 ACTOR_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
@@ -75,20 +77,30 @@ def _is_admin_key(key: str, state: ServerState) -> bool:
 
 async def authenticate(request: Request, response: Response,
                        state: ServerState = Depends(get_state)) -> Principal:
-    principal = _identify(request, response, state)
+    principal = _identify(request, state)
+    if principal is None:  # no key: a console session, read from the registry off the loop
+        principal = await run_in_threadpool(_session_caller, request, response, state)
     facts_of(request).caller = principal.name
     return principal
 
 
-def _identify(request: Request, response: Response, state: ServerState) -> Principal:
+def _identify(request: Request, state: ServerState) -> Principal | None:
+    """The caller by key (no registry round trip); None when only a session can say."""
     if not state.settings.auth:
         return Principal(tenant=None, is_admin=True, name=_actor(request, "local"))
     key = _bearer(request)
     if key is not None:
         return identify_key(key, request, state)
-    session = _session(request, state)
+    if SESSION_COOKIE in request.cookies and request.url.path.startswith(SESSION_PATHS):
+        return None
+    raise Unauthenticated("Send your API key as 'Authorization: Bearer <key>'.")
+
+
+def _session_caller(request: Request, response: Response, state: ServerState) -> Principal:
+    session = state.sessions.read(request.cookies[SESSION_COOKIE])
     if session is None:
-        raise Unauthenticated("Send your API key as 'Authorization: Bearer <key>'.")
+        raise Unauthenticated("Your console session ended (signed out, expired or revoked); "
+                              "sign in again.")
     return _session_principal(session, request, response, state)
 
 
@@ -103,14 +115,7 @@ def identify_key(key: str, request: Request, state: ServerState) -> Principal:
                      key_prefix=prefix)
 
 
-def _session(request: Request, state: ServerState) -> Session | None:
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if cookie is None or not request.url.path.startswith(SESSION_PATHS):
-        return None
-    return state.sessions.read(cookie)
-
-
-def _session_principal(session: Session, request: Request, response: Response,
+def _session_principal(session: SessionRecord, request: Request, response: Response,
                        state: ServerState) -> Principal:
     if (request.method not in SAFE_METHODS
             and not state.sessions.csrf_valid(session, request.headers.get(CSRF_HEADER))):
@@ -125,9 +130,9 @@ def _session_principal(session: Session, request: Request, response: Response,
                                   "again with a valid key.")
         principal = Principal(tenant=active.tenant, is_admin=False, name=session.actor,
                               key_prefix=session.subject, via_session=True)
-    renewed = state.sessions.renewed(session)
-    if renewed is not None:
-        set_session_cookie(response, request, renewed, state.sessions.idle_s)
+    if state.sessions.slide(session):
+        set_session_cookie(response, request, request.cookies[SESSION_COOKIE],
+                           state.sessions.idle_s)
     return principal
 
 
@@ -169,6 +174,21 @@ async def adapters_reader(principal: Principal = Depends(authenticate)) -> Princ
 def _check_reader(principal: Principal) -> None:
     if not principal.is_admin and not principal.via_session:
         raise Forbidden("This route needs the admin credential; tenant keys cannot use it.")
+
+
+async def metrics_scraper(request: Request, state: ServerState = Depends(get_state)) -> None:
+    """Who may read /metrics: anyone who reaches the port, unless the operator set a metrics
+    token; then only who sends it (a scraper holds that token, not an admin key or a
+    tenant's)."""
+    token = state.settings.metrics.token
+    if token is None:
+        return
+    given = _bearer(request)
+    if given is None or not hmac.compare_digest(given.encode(),
+                                                token.get_secret_value().encode()):
+        raise Unauthenticated("/metrics needs the metrics token: send it as 'Authorization: "
+                              "Bearer <token>' (Prometheus: the scrape config's "
+                              "authorization credentials).")
 
 
 Caller = Annotated[Principal, Depends(authenticate)]

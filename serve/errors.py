@@ -91,6 +91,16 @@ class NonFiniteOutput(LoraloopError):
     code = "non_finite_output"
 
 
+class InvalidStructuredOutput(LoraloopError):
+    """A finished answer that breaks the schema its grammar was built from: the engine's
+    grammar let it through. The client gets this instead of an answer it cannot use, and may
+    send the request again."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "invalid_structured_output"
+
+
 class Overloaded(LoraloopError):
     status_code = 503
     error_type = "server_error"

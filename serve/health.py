@@ -1,4 +1,5 @@
-"""Probes and metrics: /health (the process answers), /ready (the engine is warm), /metrics."""
+"""Probes and metrics: /health (the process answers), /ready (the engine is warm), /metrics
+(behind the metrics token, when the operator sets one)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from .auth import metrics_scraper
+from .metrics import exposition
 from .state import ServerState, get_state
 
 router = APIRouter()
@@ -40,8 +43,9 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(metrics_scraper)])
 async def metrics(state: StateDep) -> Response:
     # Off the event loop: registry-wide counts are read from the database.
-    text = await asyncio.to_thread(generate_latest, state.metrics.registry)
+    text = await asyncio.to_thread(exposition, state.metrics.registry,
+                                   adapter_names=state.settings.metrics.adapter_names)
     return Response(text, media_type=CONTENT_TYPE_LATEST)

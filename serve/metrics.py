@@ -1,6 +1,12 @@
 """Prometheus metrics. Labels stay bounded: endpoints, registered adapters and their versions,
 outcomes; never request ids, keys or client-chosen text.
 
+Series are counted by adapter id, but /metrics shows the ids only where the operator enables
+it (metrics.adapter_names): otherwise each `adapter` label is `adapter_label(id)`, a digest
+that names no tenant and is the same on every replica and after every restart, so rates and
+the dashboard work as before. The metrics' readers (a scraper, a dashboard's viewers) need
+not learn which tenants and adapters the server has.
+
 Request metrics are this process's own. Registry-wide facts (training runs, promotions,
 rollbacks, rejections) happen in other processes too (the trainer), so they are read from the
 registry at scrape time: every replica reports the same value; aggregate them with max().
@@ -8,10 +14,12 @@ registry at scrape time: every replica reports the same value; aggregate them wi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from time import perf_counter
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +34,39 @@ from .usage import UsageRecorder
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+# Where a request could not be tied to an adapter (refused before resolution, or not a
+# generation): keeps the metrics label bounded whatever the client sent.
+NO_ADAPTER = "-"
+
+
+@lru_cache(maxsize=8192)
+def adapter_label(adapter_id: str) -> str:
+    """The `adapter` label of an adapter's series when names are not shown: "a-" and the
+    first 12 hex digits of the SHA-256 of "tenant/name". An operator finds an adapter's
+    series with `printf %s tenant/name | sha256sum | cut -c1-12`."""
+    if adapter_id == NO_ADAPTER:
+        return adapter_id
+    return "a-" + hashlib.sha256(adapter_id.encode()).hexdigest()[:12]
+
+
+class _Shown(Collector):
+    """A registry's metrics as /metrics shows them: adapter labels as `adapter_label`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():  # families built afresh for each scrape
+            family.samples = [
+                sample._replace(labels={**sample.labels,
+                                        "adapter": adapter_label(sample.labels["adapter"])})
+                if "adapter" in sample.labels else sample for sample in family.samples]
+            yield family
+
+
+def exposition(registry: CollectorRegistry, *, adapter_names: bool) -> bytes:
+    """The text /metrics answers (blocking: registry-wide counts are read from the database)."""
+    return generate_latest(registry if adapter_names else _Shown(registry))
 
 
 class _LiveCounts(Collector):
@@ -117,14 +158,23 @@ class ServeMetrics:
                                      ["result"], registry=registry)
         self.feedback = Counter("loraloop_feedback", "Feedback stored, by kind.", ["kind"],
                                 registry=registry)
+        self.invalid_structured_outputs = Counter(
+            "loraloop_structured_outputs_invalid", "Finished answers withheld because they "
+            "broke their schema (response_format or tools) despite the grammar.", ["param"],
+            registry=registry)
         self.rollout_requests = Counter(
             "loraloop_rollout_requests", "Requests served by a version of an unfinished "
             "rollout (its candidate or baseline), by the rollout's stage.",
             ["adapter", "version", "stage"], registry=registry)
         self.shadow_requests = Counter(
             "loraloop_shadow_requests", "Shadow answers for rollouts: answered, dropped_full "
-            "(queue full), dropped_busy (engine busy) or failed.", ["adapter", "result"],
+            "(queue full), dropped_busy (engine busy), dropped_stale (the rollout left the "
+            "step it was queued in) or failed.", ["adapter", "result"],
             registry=registry)
+        self.console_sign_ins = Counter(
+            "loraloop_console_sign_ins", "Console sign-ins: signed_in, refused (a wrong key) "
+            "or throttled (too many wrong keys from one address or for one key prefix).",
+            ["result"], registry=registry)
 
     async def observe_generation(
         self, events: AsyncIterator[tuple[int, GenerationDelta]], *, endpoint: str,

@@ -25,16 +25,13 @@ from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
 from .errors import error_body, internal_error
-from .metrics import ServeMetrics
+from .metrics import NO_ADAPTER, ServeMetrics
 
 REQUEST_ID_HEADER = b"x-request-id"
 _CLIENT_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("loraloop.requests")
 
-# Where a request could not be tied to an adapter (refused before resolution, or not a
-# generation): keeps the metrics label bounded whatever the client sent.
-NO_ADAPTER = "-"
 _FACTS_KEY = "loraloop.request_facts"
 
 

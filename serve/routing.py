@@ -38,8 +38,10 @@ class RoutingSnapshot:
     known_adapters: frozenset[str] = frozenset()  # every registered adapter id
     recording: frozenset[str] = frozenset()  # adapters whose completions are kept
     rollouts: Mapping[str, RolloutRecord] = field(default_factory=dict)  # unfinished ones
-    # Versions made for another base model: never routed here (operators are told why).
-    elsewhere: frozenset[tuple[str, int]] = frozenset()
+    # Versions made for another base model, with its fingerprint: never routed here
+    # (operators are told why).
+    elsewhere: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    base_fingerprint: str = ""  # this server's base model's
 
     @classmethod
     def from_view(cls, base_model: str, view: ServingView,
@@ -58,6 +60,7 @@ class RoutingSnapshot:
             recording=frozenset(a.adapter_id for a in view.adapters if a.records_completions),
             rollouts={r.adapter_id: r for r in view.rollouts},
             elsewhere=view.elsewhere,
+            base_fingerprint=view.base,
         )
 
     def resolve(self, model: str, tenant: str | None = None,
@@ -70,9 +73,13 @@ class RoutingSnapshot:
         version = ref.version or self._unpinned_version(ref.adapter_id, draw)
         adapter = self.versions.get((ref.adapter_id, version)) if version else None
         if adapter is None:
-            if tenant is None and (ref.adapter_id, version) in self.elsewhere:
-                raise AdapterNotFound(model, why=f"version {version} of '{ref.adapter_id}' "
-                                      "was made for another base model than this server's")
+            other = self.elsewhere.get((ref.adapter_id, version)) if version else None
+            if tenant is None and other is not None:
+                raise AdapterNotFound(model, why=(
+                    f"version {version} of '{ref.adapter_id}' was made for another base model "
+                    f"(fingerprint {other[:12]}...) than this server's "
+                    f"({self.base_fingerprint[:12]}...): same shapes are not the same weights; "
+                    "carry it with `loraloop adapters transfer`"))
             raise AdapterNotFound(model)
         return adapter
 

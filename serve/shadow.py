@@ -6,8 +6,9 @@ Users never wait for a shadow and never see one. Jobs arrive only after a user's
 ended; they queue in a bounded queue and are answered a few at a time in the background,
 without passing the admission gate, tenant limits or token budgets, since no client asked
 for them. Under load they are the first thing given up: a full queue drops new jobs, and a
-job whose turn comes while the engine is busy is dropped rather than run. A failure is
-logged and counted, never raised.
+job whose turn comes while the engine is busy is dropped rather than run. A job whose
+rollout has left the step it was queued in is dropped too (counted), since its pair would be
+evidence for a step no longer decided. A failure is logged and counted, never raised.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -54,8 +56,10 @@ class ShadowJob:
 
 class ShadowRunner:
     def __init__(self, engine: Engine, warmer: AdapterWarmer, writer: ShadowPairWriter,
-                 results: Counter, settings: ShadowSettings) -> None:
-        self.engine, self.warmer, self.writer = engine, warmer, writer
+                 results: Counter, settings: ShadowSettings,
+                 current: Callable[[str], RolloutRecord | None]) -> None:
+        """`current`: an adapter's unfinished rollout as the server routes it now."""
+        self.engine, self.warmer, self.writer, self.current = engine, warmer, writer, current
         self.results = results  # labelled by adapter and result
         self.settings = settings
         self._jobs: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=settings.queue_size)
@@ -79,6 +83,10 @@ class ShadowRunner:
     async def _answer(self, job: ShadowJob) -> None:
         if self.engine.active_requests > self.settings.max_active_requests:
             self._count(job, "dropped_busy")
+            return
+        now = self.current(job.rollout.adapter_id)
+        if now is None or (now.id, now.step) != (job.rollout.id, job.rollout.step):
+            self._count(job, "dropped_stale")
             return
         try:
             text = await self._generate(job)

@@ -16,8 +16,9 @@ from .metrics import ServeMetrics
 from .registry_watch import RegistryWatcher
 from .rollout_traffic import RolloutTraffic
 from .routing import CurrentRoutes
-from .sessions import SessionSigner
+from .sessions import ConsoleSessions
 from .settings import ServeSettings
+from .sign_ins import SignInThrottle
 from .warmup import AdapterWarmer
 
 if TYPE_CHECKING:  # the feature packages' routes import this module; app.py wires them in
@@ -36,8 +37,9 @@ class ServerState:
     warmer: AdapterWarmer
     service: GenerationService
     metrics: ServeMetrics
-    sessions: SessionSigner
+    sessions: ConsoleSessions
     rollouts: RolloutTraffic  # rollout counts and shadow answers, with their writers
+    sign_ins: SignInThrottle = field(default_factory=SignInThrottle)  # console guessing
     started_at: int = field(default_factory=lambda: int(time.time()))
     start_failed: bool = False
     # Called once when the engine is lost; the command line sets it to stop the server.

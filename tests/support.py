@@ -159,6 +159,33 @@ def database_url(backend: str, directory: Path) -> Iterator[str]:
             yield url
 
 
+# Tests that wait on a busy machine: LORALOOP_TEST_TIME_SCALE (default 1) multiplies the
+# limits of the tests that use `scaled`, for a slow or shared machine.
+TIME_SCALE = float(os.environ.get("LORALOOP_TEST_TIME_SCALE", "1"))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_SCALE
+
+
+def wait_while_progressing(condition, progress, stall_s: float, what: str):
+    """`condition()`'s first truthy value, polled every 0.2 s for as long as `progress()`
+    keeps changing (log lines, lease renewals, rows): AssertionError once it has not changed
+    for `stall_s` (scaled), naming `what` was awaited. A busy machine is slower, not stuck."""
+    last, changed = progress(), time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            return value
+        now, seen = time.monotonic(), progress()
+        if seen != last:
+            last, changed = seen, now
+        elif now - changed > scaled(stall_s):
+            raise AssertionError(f"timed out waiting for {what}: no progress in "
+                                 f"{scaled(stall_s):.0f} s")
+        time.sleep(0.2)
+
+
 def wait_until(condition, timeout_s: float, what: str):
     """`condition()`'s first truthy value, polled every 0.2 s; AssertionError after
     `timeout_s`, naming `what` was awaited."""
@@ -192,6 +219,31 @@ def hanging_endpoint(hang_s: float) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def recording_endpoint() -> Iterator[tuple[str, list[str | None]]]:
+    """A real HTTP endpoint that records each POST's Authorization header (None when it has
+    none) and answers 500. Yields its OpenAI-style base URL and the list it records in."""
+    seen: list[str | None] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *_) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", seen
     finally:
         server.shutdown()
         server.server_close()

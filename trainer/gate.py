@@ -1,6 +1,15 @@
 """The promotion decision: is a trained candidate better than the live version, by enough
 and with enough confidence, without drifting too far from it or from the base model?
 
+With a judge, what users would read decides: the judged comparison of the two versions'
+answers must show a significant win, and the likelihood figures on held-out pairs may only
+veto a clear regression (significantly worse than live), never a failure to improve, since
+log p(chosen) against log p(rejected) says little when the preferred answers are longer.
+Comparisons the candidate won or lost with a markedly longer answer are left out of the win
+rate (length control), so a candidate cannot win by answering longer. Without a judge, the
+held-out likelihoods decide. A candidate that changed nothing (KL from live under a floor,
+or every answer the live version's) is reported as unchanged rather than judged.
+
 Every figure measured goes into GateReport.metrics, so a rejected candidate records why.
 """
 
@@ -8,6 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +46,7 @@ class GateReport:
     passed: bool  # every check passed: worth keeping as a candidate better than live
     promote: bool  # passed, and better than live by the judge or by promote_margin
     metrics: dict[str, float]  # every figure measured, flat, for the version's record
+    unchanged: str | None = None  # why training changed nothing; None: it changed something
 
     def failures(self) -> str:
         """The failed checks as a rejection reason: "name: value vs threshold; ..."."""
@@ -67,15 +78,18 @@ def evaluate_candidate(
     kl_base = scorer.mean_token_kl(candidate, None, drift_prompts)
     kl_live = None if live is None else scorer.mean_token_kl(candidate, live, drift_prompts)
     gain = margin_gain_lower_bound(ours, theirs, gate.confidence_z)
+    likelihood = (_preference_checks(ours, theirs, gain, gate.min_accuracy, gate.confidence_z)
+                  if judge is None else _regression_checks(ours, theirs, gate.confidence_z))
     checks = (
         *_training_checks(train, weights_changed(live, candidate)),
-        *_preference_checks(ours, theirs, gain, gate.min_accuracy, gate.confidence_z),
+        *likelihood,
         *_drift_checks(kl_live, kl_base, gate.max_kl_from_live, gate.max_kl_from_base),
     )
     metrics = _metrics(train, ours, theirs, gain, kl_live, kl_base)
+    judged = None
     if judge is not None:
         judged = judge_answers(scorer, judge, candidate, live, held_out, policy)
-        checks += _judged_checks(judged, gate.min_win_rate, gate.confidence_z, judge.name)
+        checks += judged_checks(judged, policy, judge.name)
         metrics |= judged.metrics(gate.confidence_z)
     passed = all(check.passed for check in checks)
     return GateReport(
@@ -86,24 +100,60 @@ def evaluate_candidate(
         promote=passed and (judge is not None
                             or ours.accuracy >= theirs.accuracy + gate.promote_margin),
         metrics=metrics,
+        unchanged=_unchanged(kl_live if live is not None else kl_base, judged, train,
+                             gate.unchanged_kl),
     )
+
+
+def _unchanged(kl: float, judged: JudgedAnswers | None, train: TrainResult,
+               floor: float) -> str | None:
+    """Why the candidate is the live version over again, or None when it is not."""
+    if judged is not None and judged.compared and judged.identical == judged.compared:
+        why = f"all {judged.compared} of its judged answers equal the live version's"
+    elif kl < floor:
+        why = f"its mean per-token KL from the live version, {kl:.3g}, is below {floor:g}"
+    else:
+        return None
+    return (f"training changed nothing: {why} (after {train.steps} steps; raise epochs or "
+            "learning_rate, or wait for more feedback)")
 
 
 @dataclass(frozen=True)
 class JudgedAnswers:
-    """The judge's comparisons of the candidate's and the live version's greedy answers."""
+    """The judge's comparisons of the candidate's and the live version's answers."""
 
     wins: int
     losses: int
     undecided: int  # the same answer from both, or the judge abstained
+    identical: int = 0  # of the undecided: the same answer from both
+    # Of the wins and losses: those where the candidate's answer was longer than the live
+    # version's beyond the policy's tolerance; left out of the win rate under length control.
+    longer_wins: int = 0
+    longer_losses: int = 0
+    length_control: bool = False
+    candidate_words: float = 0.0  # mean answer length in words, every compared answer
+    live_words: float = 0.0
+
+    @property
+    def compared(self) -> int:
+        return self.wins + self.losses + self.undecided
+
+    @property
+    def counted_wins(self) -> int:
+        return self.wins - (self.longer_wins if self.length_control else 0)
+
+    @property
+    def counted_losses(self) -> int:
+        return self.losses - (self.longer_losses if self.length_control else 0)
 
     @property
     def decided(self) -> int:
-        return self.wins + self.losses
+        """The comparisons the win rate is over."""
+        return self.counted_wins + self.counted_losses
 
     @property
     def win_rate(self) -> float:
-        return self.wins / self.decided if self.decided else 0.0
+        return self.counted_wins / self.decided if self.decided else 0.0
 
     def lower_bound(self, z: float) -> float:
         """The Wilson score interval's lower end for the win rate (0 with nothing decided)."""
@@ -116,9 +166,23 @@ class JudgedAnswers:
         return (centre - spread) / (1 + z * z / n)
 
     def metrics(self, z: float) -> dict[str, float]:
+        raw = self.wins / (self.wins + self.losses) if self.wins + self.losses else 0.0
         return {"judged_wins": float(self.wins), "judged_losses": float(self.losses),
-                "judged_undecided": float(self.undecided), "judged_win_rate": self.win_rate,
-                "judged_win_rate_lower_bound": self.lower_bound(z)}
+                "judged_undecided": float(self.undecided),
+                "judged_identical": float(self.identical),
+                "judged_longer_wins": float(self.longer_wins),
+                "judged_longer_losses": float(self.longer_losses),
+                "judged_win_rate": self.win_rate, "judged_win_rate_raw": raw,
+                "judged_win_rate_lower_bound": self.lower_bound(z),
+                "judged_words": self.candidate_words, "judged_words_live": self.live_words}
+
+    def summary(self, judge: str) -> str:
+        held = (f"; {self.longer_wins + self.longer_losses} where its answer was longer left "
+                "out" if self.length_control else "")
+        return (f"{judge} preferred the candidate's answer in {self.counted_wins} of the "
+                f"{self.decided} comparisons it decided on held-out prompts ({self.undecided} "
+                f"undecided, {self.identical} of them identical answers{held}; mean length "
+                f"{self.candidate_words:.3g} words against live's {self.live_words:.3g})")
 
 
 def judge_answers(scorer: Scorer, judge: Judge, candidate: Path, live: Path | None,
@@ -130,15 +194,36 @@ def judge_answers(scorer: Scorer, judge: Judge, candidate: Path, live: Path | No
     temperature, max_tokens = serving_temperature(policy), answer_tokens(policy)
     draws = [{"temperature": 0.0}, *({"temperature": temperature, "seed": policy.seed + draw}
                                     for draw in range(policy.gate.judged_samples))]
-    wins = losses = undecided = 0
+    tally: Counter[str] = Counter()
+    words: list[tuple[int, int]] = []
     for draw in draws:
         ours = scorer.answers(candidate, prompts, max_tokens, **draw)
         theirs = scorer.answers(live, prompts, max_tokens, **draw)
         for prompt, our, their in zip(prompts, ours, theirs, strict=True):
             winner = None if our == their else judge.compare(prompt, our, their).winner
-            wins, losses = wins + (winner == 0), losses + (winner == 1)
-            undecided += winner is None
-    return JudgedAnswers(wins, losses, undecided)
+            longer = _longer(our, their, policy.gate.length_tolerance)
+            tally[_outcome(winner, our == their) + ("_longer" if longer else "")] += 1
+            words.append((len(our.split()), len(their.split())))
+    wins, losses = tally["win"] + tally["win_longer"], tally["loss"] + tally["loss_longer"]
+    identical = tally["identical"] + tally["identical_longer"]
+    return JudgedAnswers(
+        wins, losses, len(words) - wins - losses, identical, tally["win_longer"],
+        tally["loss_longer"], policy.gate.length_control,
+        statistics.fmean(ours for ours, _ in words) if words else 0.0,
+        statistics.fmean(theirs for _, theirs in words) if words else 0.0)
+
+
+def _outcome(winner: int | None, identical: bool) -> str:
+    if identical:
+        return "identical"
+    return {0: "win", 1: "loss"}.get(winner, "abstained")
+
+
+def _longer(ours: str, theirs: str, tolerance: float) -> bool:
+    """The candidate's answer is longer than the live one's by more than the tolerance:
+    a share of the live answer's words, and at least 2 words."""
+    mine, live = len(ours.split()), len(theirs.split())
+    return mine - live > max(2, tolerance * live)
 
 
 def golden_prompts(policy: TrainingPolicy) -> list[Prompt]:
@@ -156,18 +241,23 @@ def answer_tokens(policy: TrainingPolicy) -> int:
     return policy.sampling.max_tokens if policy.sampling else 32
 
 
-def _judged_checks(judged: JudgedAnswers, min_win_rate: float, z: float,
+def judged_checks(judged: JudgedAnswers, policy: TrainingPolicy,
                    judge: str) -> tuple[Check, ...]:
-    lower = judged.lower_bound(z)
-    return (
-        Check("judged_win_rate_min", judged.decided > 0 and judged.win_rate >= min_win_rate,
-              judged.win_rate, min_win_rate,
-              f"{judge} preferred the candidate's answer in {judged.wins} of the "
-              f"{judged.decided} comparisons it decided on held-out prompts "
-              f"({judged.undecided} undecided)"),
+    gate = policy.gate
+    lower = judged.lower_bound(gate.confidence_z)
+    checks = (
+        Check("judged_win_rate_min", judged.decided > 0 and judged.win_rate >= gate.min_win_rate,
+              judged.win_rate, gate.min_win_rate, judged.summary(judge)),
         Check("judged_win_rate_significant", lower > 0.5, lower, 0.5,
-              f"the win rate's lower bound at {z:g} standard errors (Wilson), above 0.5"),
+              f"the win rate's lower bound at {gate.confidence_z:g} standard errors "
+              "(Wilson), above 0.5"),
     )
+    if gate.max_length_ratio is not None:
+        ratio = judged.candidate_words / max(judged.live_words, 1.0)
+        checks += (Check("length_ratio_max", ratio <= gate.max_length_ratio, ratio,
+                         gate.max_length_ratio, "the candidate's mean answer length against "
+                         "the live version's, in words"),)
+    return checks
 
 
 def _training_checks(train: TrainResult, changed: bool) -> tuple[Check, ...]:
@@ -193,6 +283,35 @@ def _preference_checks(
         Check("margin_gain_significant", gain > 0, gain, 0.0,
               f"per-pair margin gain over live, mean - {z:g} standard errors, above zero"),
     )
+
+
+def _regression_checks(ours: PreferenceScore, theirs: PreferenceScore,
+                       z: float) -> tuple[Check, ...]:
+    """With a judge, the likelihoods only veto a significant drop against the live version:
+    on the pairs one version orders right and the other wrong (McNemar, one-sided), and on
+    the per-pair margin gain (its upper bound below zero)."""
+    worse = sum(a <= 0 < b for a, b in zip(ours.margins, theirs.margins, strict=True))
+    better = sum(b <= 0 < a for a, b in zip(ours.margins, theirs.margins, strict=True))
+    drop = (worse - better) / math.sqrt(worse + better) if worse + better else 0.0
+    upper = margin_gain_upper_bound(ours, theirs, z)
+    return (
+        Check("heldout_accuracy_not_worse", drop <= z, drop, z,
+              f"held-out accuracy {ours.accuracy:.3g} against the live version's "
+              f"{theirs.accuracy:.3g}: {worse} pairs it now orders wrong, {better} it now "
+              f"orders right; a veto above {z:g} standard errors"),
+        Check("heldout_margin_not_worse", upper >= 0, upper, 0.0,
+              f"per-pair margin gain over live, mean + {z:g} standard errors; a veto below "
+              "zero"),
+    )
+
+
+def margin_gain_upper_bound(ours: PreferenceScore, theirs: PreferenceScore, z: float) -> float:
+    """mean + z * stderr of the paired per-pair margin gains; +inf below two pairs."""
+    gains = [a - b for a, b in zip(ours.margins, theirs.margins, strict=True)]
+    if len(gains) < 2:
+        return math.inf
+    stderr = statistics.stdev(gains) / math.sqrt(len(gains))
+    return statistics.fmean(gains) + z * stderr
 
 
 def margin_gain_lower_bound(ours: PreferenceScore, theirs: PreferenceScore, z: float) -> float:

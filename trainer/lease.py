@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 MAX_RENEWAL_INTERVAL_S = 2.0  # also how fresh the run's progress is in the admin API
 
 
+class Stopped(Exception):
+    """The trainer is stopping (SIGTERM, SIGINT): the work under way stops at its next
+    step instead of holding the process until it ends."""
+
+
 class Leases(Protocol):
     """A book whose work is held under a renewed lease: training runs, transfer jobs."""
 
@@ -29,8 +34,10 @@ class Leases(Protocol):
 
 class LeaseKeeper:
     def __init__(self, training: Leases, run_id: int, *, worker: str,
-                 lease_s: float, what: str = "run") -> None:
+                 lease_s: float, what: str = "run",
+                 stopping: threading.Event | None = None) -> None:
         self.training, self.run_id, self.worker, self.lease_s = training, run_id, worker, lease_s
+        self.stopping = stopping or threading.Event()
         self.what = what  # how the log names the work: "run 7", "transfer job 3"
         self.progress: dict = {}
         self.lost = threading.Event()
@@ -47,10 +54,21 @@ class LeaseKeeper:
         self._thread.join()
 
     def report(self, progress: dict) -> None:
-        """Training progress: logged now, written to the run with the next renewal."""
+        """Training progress: logged now, written to the run with the next renewal. Work
+        whose lease was lost, or whose trainer is stopping, stops here (see `check`)."""
+        self.check()
         self.progress = progress
         logger.info("%s %d: %s", self.what, self.run_id, " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()))
+
+    def check(self) -> None:
+        """LeaseLost once the lease is lost (the work is void: training on would be for
+        nothing), Stopped once the trainer is stopping."""
+        if self.lost.is_set():
+            raise LeaseLost(f"{self.what.capitalize()} {self.run_id} is no longer held by "
+                            f"{self.worker}.")
+        if self.stopping.is_set():
+            raise Stopped(f"{self.what} {self.run_id}: the trainer is stopping")
 
     def _renew_until_stopped(self) -> None:
         interval = min(self.lease_s / 3, MAX_RENEWAL_INTERVAL_S)

@@ -7,12 +7,14 @@ import signal
 import threading
 
 from loraloop.adapters.base_model import local_model_dir
-from loraloop.adapters.registry import open_registry
+from loraloop.adapters.leases import lease_holders
+from loraloop.adapters.registry import base_digest_cache, open_registry
 
 from .rollout import RolloutDriver
 from .sampling import ServerSampler
+from .scratch import remove_leftovers
 from .settings import TrainerSettings
-from .sidecar import Trainer, remove_leftovers
+from .sidecar import Trainer
 from .transfer_job import TransferRunner, known_targets
 
 logger = logging.getLogger(__name__)
@@ -34,28 +36,35 @@ def run_trainer(settings: TrainerSettings, *, once: bool = False) -> None:
         database_url=settings.database_url, max_rank=settings.max_lora_rank,
         max_bytes=settings.max_adapter_bytes,
     )
-    remove_leftovers(registry.store.staging)
+    remove_leftovers(registry.store.staging, worker=settings.trainer_worker,
+                     holders=lambda: lease_holders(registry.db))
     sampler = None
     if settings.server_url:
         key = settings.admin_key.get_secret_value() if settings.admin_key else None
         sampler = ServerSampler(settings.server_url, key)
     base_model = local_model_dir(settings.model)
-    transfers = TransferRunner(registry, base_model, known_targets(settings.transfer_targets),
+    targets = known_targets(settings.transfer_targets,
+                            digest_cache=base_digest_cache(settings.data_dir))
+    # SIGTERM (a pod stopping, the server beside it ending) or SIGINT (Ctrl-C reaches the
+    # whole foreground process group): the work under way stops at its next step, its
+    # feedback goes back (a transfer job's lease lapses), and the trainer exits.
+    stopping = threading.Event()
+    transfers = TransferRunner(registry, base_model, targets,
                                worker=settings.trainer_worker,
-                               lease_s=settings.transfer_lease_s)
+                               lease_s=settings.transfer_lease_s, stopping=stopping)
     trainer = Trainer(registry, base_model, worker=settings.trainer_worker,
-                      lease_s=settings.trainer_lease_s, sampler=sampler, transfers=transfers)
+                      lease_s=settings.trainer_lease_s, sampler=sampler, transfers=transfers,
+                      judge_keys=settings.judge_key_variables,
+                      poll_s=settings.trainer_poll_s, stopping=stopping)
     if once:
         ran = trainer.run_once()
         logger.info("trainer: %s", "one run done" if ran else "nothing was due")
         return
-    stopping = threading.Event()
     driver = RolloutDriver(registry, base_model, worker=settings.trainer_worker,
-                           lease_s=settings.rollout_lease_s)
+                           lease_s=settings.rollout_lease_s,
+                           judge_keys=settings.judge_key_variables)
     threading.Thread(target=driver.run_forever, args=(settings.rollout_poll_s, stopping),
                      daemon=True, name="rollouts").start()
-    # SIGTERM (a pod stopping, the server beside it ending) or SIGINT (Ctrl-C reaches the
-    # whole foreground process group): finish the run in progress, start none, exit.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, lambda *_: stopping.set())
-    trainer.run_forever(settings.trainer_poll_s, stopping)
+    trainer.run_forever()

@@ -21,6 +21,7 @@ from loraloop.adapters.registry import Registry
 from loraloop.adapters.rollouts import PairToJudge, RolloutLost, RolloutRecord, Verdict
 from loraloop.adapters.schema import utcnow
 
+from .backoff import Backoff
 from .judges import Judge, judge_for
 from .rollout_analysis import decide
 
@@ -46,10 +47,12 @@ def judge_pair(judge: Judge, pair: PairToJudge) -> tuple[Verdict, str]:
 
 class RolloutDriver:
     def __init__(self, registry: Registry, base_model: Path, *, worker: str,
-                 lease_s: float) -> None:
+                 lease_s: float, judge_keys: tuple[str, ...] = ()) -> None:
         self.rollouts, self.adapters = registry.rollouts, registry.adapters
         self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
+        self.judge_keys = judge_keys  # the variables a judge may send as its key
         self._tokenizer = None
+        self._rests = Backoff(first_s=lease_s / 3)  # rollouts it could not even pause
 
     @property
     def tokenizer(self):
@@ -67,36 +70,62 @@ class RolloutDriver:
                 logger.exception("rollouts: a pass failed")
 
     def drive_once(self) -> list[str]:
-        """One pass over the active rollouts; the decisions taken (besides waits)."""
+        """One pass over the active rollouts; the decisions taken (besides waits). A
+        rollout this driver cannot decide on is paused with the reason (see `_halt`); the
+        others' decisions go on in the same pass. Only an unavailable registry, which stops
+        every rollout alike, ends the pass."""
         taken = []
         for rollout in self.rollouts.unfinished():
-            if rollout.status != "active" or not self.rollouts.acquire(
-                    rollout.id, worker=self.worker, lease_s=self.lease_s):
+            if rollout.status != "active" or self._rests.resting(str(rollout.id)) or (
+                    not self.rollouts.acquire(rollout.id, worker=self.worker,
+                                              lease_s=self.lease_s)):
                 continue
             try:
                 action = self._drive(rollout)
             except RolloutLost as exc:  # an operator ended it, or the lease went meanwhile
                 logger.info("rollout %d of %s: %s", rollout.id, rollout.adapter_id, exc.message)
                 continue
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:
+                self._halt(rollout, exc)
+                continue
             if action != "wait":
                 taken.append(f"{rollout.adapter_id}: {action}")
         return taken
+
+    def _halt(self, rollout: RolloutRecord, exc: Exception) -> None:
+        """Pause the rollout with the reason: the same error would come back at every pass
+        (a judge that does not import, a policy it cannot use) until an operator acts. If
+        even the pause fails, the rollout rests in this driver, longer each time."""
+        reason = f"paused: the driver could not decide: {type(exc).__name__}: {exc}"
+        logger.error("rollout %d of %s %s", rollout.id, rollout.adapter_id, reason,
+                     exc_info=exc)
+        try:
+            self.rollouts.halt(rollout.id, worker=self.worker, reason=reason[:1000])
+        except RegistryUnavailable:
+            raise
+        except Exception:
+            rest_s = self._rests.failed(str(rollout.id))
+            logger.exception("rollout %d could not be paused; it rests %.0f s here",
+                             rollout.id, rest_s)
 
     def _drive(self, rollout: RolloutRecord) -> str:
         self._judge_pending(rollout)
         decision = decide(rollout, self.rollouts.evidence(rollout), utcnow())
         record = decision.record()
         if decision.action == "wait":
-            self.rollouts.note_decision(rollout.id, worker=self.worker, decision=record)
+            self.rollouts.note_decision(rollout.id, worker=self.worker, decision=record,
+                                        step=rollout.step)
         elif decision.action == "advance":
             after = self.rollouts.advance(rollout.id, worker=self.worker, decision=record,
-                                          reason=decision.reason)
+                                          reason=decision.reason, step=rollout.step)
             logger.info("rollout %d of %s: %s -> %s (%s)", rollout.id, rollout.adapter_id,
                         rollout.stage, after.stage if after.status != "completed"
                         else "completed", decision.reason)
         else:
             self.rollouts.roll_back(rollout.id, worker=self.worker, decision=record,
-                                    reason=decision.reason)
+                                    reason=decision.reason, step=rollout.step)
             logger.warning("rollout %d of %s rolled back at %s: %s", rollout.id,
                            rollout.adapter_id, rollout.stage, decision.reason)
         return decision.action
@@ -110,7 +139,7 @@ class RolloutDriver:
             verdicts = {pair.id: ("abstained", "the adapter's policy names no judge")
                         for pair in pairs}
         else:
-            judge = judge_for(policy.judge, self.tokenizer)
+            judge = judge_for(policy.judge, self.tokenizer, key_variables=self.judge_keys)
             try:
                 verdicts = {pair.id: judge_pair(judge, pair) for pair in pairs}
             finally:

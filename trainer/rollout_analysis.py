@@ -116,12 +116,7 @@ def decide(rollout: RolloutRecord, evidence: StepEvidence, now: datetime,
         return Decision("rollback", "scores", f"{drop}; {said}", figures)
 
     if watching:
-        window = plan.watch
-        if elapsed >= window.max_seconds:
-            return Decision("advance", None, f"watch window of {window.max_seconds} s over "
-                            f"without a significant drop; {said}", figures)
-        return Decision("wait", None, f"watching ({elapsed:.0f} of {window.max_seconds} s); "
-                        f"{said}", figures)
+        return _watch(plan, elapsed, decided, said, figures)
 
     missing = []
     served = sum(requests.values())
@@ -139,6 +134,25 @@ def decide(rollout: RolloutRecord, evidence: StepEvidence, now: datetime,
             return Decision("advance", None, undecided, figures)
         return Decision("rollback", "undecided", undecided, figures)
     return Decision("wait", None, f"waiting: {', '.join(missing)}; {said}", figures)
+
+
+def _watch(plan, elapsed: float, decided: int, said: str, figures: dict) -> Decision:
+    """The watch ends at its window's end: complete (advance) once it made its comparisons
+    without a significant drop; with fewer, as the plan's `undecided` says, never by default
+    in the candidate's favour."""
+    window = plan.watch
+    if elapsed < window.max_seconds:
+        return Decision("wait", None, f"watching ({elapsed:.0f} of {window.max_seconds} s); "
+                        f"{said}", figures)
+    if decided >= window.min_comparisons:
+        return Decision("advance", None, f"watch window of {window.max_seconds} s over "
+                        f"without a significant drop; {said}", figures)
+    undecided = (f"watch window of {window.max_seconds} s over with {decided} of "
+                 f"watch.min_comparisons {window.min_comparisons} decided comparisons; {said}")
+    if plan.undecided == "advance":
+        return Decision("advance", None, f"{undecided} (the plan's undecided: advance)",
+                        figures)
+    return Decision("rollback", "undecided", undecided, figures)
 
 
 def _serving_problems(rollout: RolloutRecord, evidence: StepEvidence,

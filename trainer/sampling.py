@@ -99,5 +99,6 @@ def judged_feedback(adapter_id: str, version: int, sampled: Sequence[SampledAnsw
                 continue
             feedback.append(NewFeedback(
                 adapter_id, version, "score", item.prompt, completion=answer,
-                score=verdict.score, judge=judge.name, rationale=verdict.rationale[:4000]))
+                score=verdict.score, judge=judge.name, rationale=verdict.rationale[:4000],
+                source="trainer"))
     return feedback

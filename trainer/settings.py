@@ -12,6 +12,11 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from loraloop.adapters.judge_keys import (
+    DEFAULT_KEY_VARIABLES,
+    check_key_variables,
+    parse_key_variables,
+)
 from loraloop.adapters.names import BASE_NAME_HELP, is_valid_base_name
 
 
@@ -48,10 +53,17 @@ class TrainerSettings(BaseSettings):
     transfer_lease_s: float = Field(
         60.0, ge=2, le=3600, description="a transfer job's lease lapses this long after the "
         "trainer last renewed it (another trainer then starts it again)")
+    judge_key_variables: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_KEY_VARIABLES, description="environment variables an LLM judge may send as its "
+        "key (names, or prefixes ending in *, separated by commas); the same as the servers'")
     trainer_worker: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"[:128],
         description="this trainer's name in runs and the audit trail",
     )
+
+    _judge_keys_listed = field_validator("judge_key_variables", mode="before")(
+        parse_key_variables)
+    _judge_keys_allowed = field_validator("judge_key_variables")(check_key_variables)
 
     @field_validator("transfer_targets", mode="before")
     @classmethod

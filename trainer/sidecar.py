@@ -14,8 +14,6 @@ one (trainer/transfer_job.py).
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -32,21 +30,23 @@ from loraloop.adapters.schema import utcnow
 from loraloop.adapters.training import Claim, LeaseLost, PendingWork
 from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion, VersionRecord
 
+from .backoff import Backoff
 from .dpo import train_dpo
 from .evaluate import Scorer
 from .gate import GateReport, evaluate_candidate, golden_prompts
 from .judges import Judge, judge_for
-from .lease import LeaseKeeper
+from .lease import LeaseKeeper, Stopped
 from .pairs import split_held_out
 from .pending import MIN_PAIRS_EVER, Triage, is_due, might_be_due, triage
 from .sampling import SamplingRound, ServerSampler, judged_feedback, prompts_to_sample
+from .scratch import scratch_dir
 from .search import SearchOutcome, search_dpo
 from .transfer_job import TransferRunner
 
 logger = logging.getLogger(__name__)
 
-# A failed run's adapter waits this long before another run: a failure that repeats (a broken
-# model directory, too little memory) must not start a new run at every poll.
+# A failed run's adapter waits at least this long before another run: a failure that repeats
+# (a broken model directory, too little memory) must not start a new run at every poll.
 RETRY_AFTER_S = 60
 # How often the trainer looks for policies that sample on a schedule: their periods are a
 # minute or more, and the look reads every adapter's policy.
@@ -61,15 +61,21 @@ def _too_few_pairs(found: Triage) -> str:
 class Trainer:
     def __init__(self, registry: Registry, base_model: Path, *, worker: str,
                  lease_s: float, sampler: ServerSampler | None = None,
-                 transfers: TransferRunner | None = None) -> None:
+                 transfers: TransferRunner | None = None,
+                 judge_keys: tuple[str, ...] = (), poll_s: float = 2.0,
+                 stopping: threading.Event | None = None) -> None:
         self.adapters, self.training, self.store = (registry.adapters, registry.training,
                                                     registry.store)
         self.feedback, self.rollouts = registry.feedback, registry.rollouts
         self.base_model, self.worker, self.lease_s = base_model, worker, lease_s
+        self.judge_keys = judge_keys  # the variables a judge may send as its key
         self.sampler = sampler  # on-policy sampling: a server to ask, when one is set
         self.transfers = transfers  # transfer jobs, run when no training is due
         self._scorer: Scorer | None = None
-        self._resting: dict[str, float] = {}  # adapter -> monotonic time it may run again
+        self.poll_s = poll_s
+        self.stopping = stopping or threading.Event()  # set: no new run, the one under way
+        # stops at its next step
+        self._rests = Backoff(poll_s)  # adapters whose last look or run failed
         self._samplings: dict[str, int] = {}  # adapter -> on-policy samplings so far
         self._next_schedule = 0.0  # monotonic time of the next look for scheduled runs
         self.store.staging.mkdir(parents=True, exist_ok=True)
@@ -115,42 +121,68 @@ class Trainer:
 
     def _judge(self, policy: TrainingPolicy) -> Judge | None:
         # Built per run: a policy may change between runs, and an LLM judge's call budget
-        # is per run. A judge that cannot be built (ValueError) fails the run with the reason.
-        return judge_for(policy.judge, self.scorer.tokenizer) if policy.judge else None
+        # is per run. A judge that cannot be built fails the run (or refuses the queued one)
+        # with the reason.
+        return judge_for(policy.judge, self.scorer.tokenizer,
+                         key_variables=self.judge_keys) if policy.judge else None
 
-    def run_forever(self, poll_s: float, stopping: threading.Event) -> None:
-        """Until `stopping` is set: a run in progress then finishes, and no new one starts.
-        (A run cut short by SIGKILL is abandoned instead: its lease lapses.)"""
+    def run_forever(self) -> None:
+        """Until `stopping` is set: then a run in progress stops at its next step (its
+        feedback goes back to pending), and no new one starts. (A run cut short by SIGKILL
+        is abandoned instead: its lease lapses.)"""
         logger.info("trainer %s watching for feedback", self.worker)
-        while not stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 ran = self.run_once()
             except RegistryUnavailable as exc:  # keep the sidecar up, try again
-                logger.warning("%s; trainer retrying in %.1f s", exc.message, poll_s)
+                logger.warning("%s; trainer retrying in %.1f s", exc.message, self.poll_s)
                 ran = False
             except Exception:
-                logger.exception("trainer loop error; retrying in %.1f s", poll_s)
+                logger.exception("trainer loop error; retrying in %.1f s", self.poll_s)
                 ran = False
             if not ran:
-                stopping.wait(poll_s)
+                self.stopping.wait(self.poll_s)
         logger.info("trainer %s stopped", self.worker)
 
     def run_once(self) -> bool:
         """Run the first due adapter's training, else a transfer job; False when nothing
-        was due."""
+        was due. An adapter whose policy, judge or run fails rests (longer each time in a
+        row) and the next adapter's work goes on in the same pass; only an unavailable
+        registry, which stops every adapter alike, ends the pass."""
         if time.monotonic() >= self._next_schedule:
             self._next_schedule = time.monotonic() + SCHEDULE_EVERY_S
             for adapter_id in self.training.queue_scheduled(actor=f"trainer:{self.worker}"):
                 logger.info("%s: a run queued, as its policy samples on a schedule", adapter_id)
         for work in self.training.pending_work():
-            if not (work.policy.enabled or work.queued):
+            if self.stopping.is_set():
+                return False
+            if self._rests.resting(work.adapter_id) and not work.queued:
                 continue
-            if self._look_at(work, work.policy):
-                return True
+            try:
+                if self._look_at(work):
+                    return True
+            except RegistryUnavailable:
+                raise
+            except Exception as exc:
+                self._look_failed(work, exc)
         return self.transfers is not None and self.transfers.run_once()
 
-    def _look_at(self, work: PendingWork, policy: TrainingPolicy) -> bool:
+    def _look_failed(self, work: PendingWork, exc: Exception) -> None:
+        """The adapter's policy, judge or feedback raised before a run: its queued run, if
+        any, fails with the reason (nothing was claimed), and the adapter rests."""
+        reason = f"{type(exc).__name__}: {exc}"
+        rest_s = self._rests.failed(work.adapter_id)
+        logger.error("%s: %s; its training rests %.1f s", work.adapter_id, reason, rest_s,
+                     exc_info=exc)
+        if work.queued:
+            self.training.refuse_queued(work.adapter_id, reason=f"not started: {reason}",
+                                        actor=f"trainer:{self.worker}")
+
+    def _look_at(self, work: PendingWork) -> bool:
         """Mark the adapter's rows past pairing, then run if it is due; True when it ran."""
+        policy = work.policy  # a policy stored before a rule it breaks raises here
+        if not (policy.enabled or work.queued):
+            return False
         # A run that samples uses one judge for its samples and its gate: the judge's
         # budget (calls, seconds) is the run's.
         judge = self._judge(policy) if work.queued and policy.sampling is not None else None
@@ -161,7 +193,8 @@ class Trainer:
                     sampled = self._sample(work.adapter_id, policy, judge)
                 except NotSampled as refusal:
                     self.training.refuse_queued(work.adapter_id,
-                                                reason=f"not started: {refusal}")
+                                                reason=f"not started: {refusal}",
+                                                actor=f"trainer:{self.worker}")
                     return False
             now = utcnow()
             if not work.queued and not might_be_due(work.pending, work.oldest, policy, now):
@@ -173,10 +206,10 @@ class Trainer:
                             work.adapter_id, marked)
             if work.queued and len(found.pairs) < MIN_PAIRS_EVER:
                 reason = f"not started: {_too_few_pairs(found)}"
-                self.training.refuse_queued(work.adapter_id, reason=reason)
+                self.training.refuse_queued(work.adapter_id, reason=reason,
+                                            actor=f"trainer:{self.worker}")
                 return False
-            resting = self._resting.get(work.adapter_id, 0) > time.monotonic()
-            if work.queued or (is_due(found, policy, now) and not resting):
+            if work.queued or is_due(found, policy, now):
                 self.run(work.adapter_id, policy, judge, sampled)
                 return True
             return False
@@ -187,21 +220,33 @@ class Trainer:
     def run(self, adapter_id: str, policy: TrainingPolicy, judge: Judge | None = None,
             sampled: SamplingRound | None = None) -> None:
         """`judge`: the one the run has used already (sampling what `sampled` says); else
-        the policy's, if any."""
+        the policy's, if any, built before training. A run that fails ends `failed` with
+        the reason, its feedback back to pending, and its adapter rests."""
         claim = self.training.claim(adapter_id, worker=self.worker, lease_s=self.lease_s)
         logger.info("run %d: %s, %d feedback rows, from version %s", claim.run_id, adapter_id,
                     len(claim.feedback), claim.parent_version)
+        own = None
         try:
+            # Before training: a judge that cannot be built fails the run at once.
+            own = self._judge(policy) if judge is None else None
             with LeaseKeeper(self.training, claim.run_id, worker=self.worker,
-                             lease_s=self.lease_s) as lease:
-                self._train_and_decide(claim, policy, lease, judge, sampled)
+                             lease_s=self.lease_s, stopping=self.stopping) as lease:
+                self._train_and_decide(claim, policy, lease, judge or own, sampled)
         except LeaseLost:
             logger.error("run %d lost its lease; another run owns its feedback now", claim.run_id)
+        except Stopped:
+            logger.info("run %d stopped: the trainer is stopping", claim.run_id)
+            self.training.finish(claim.run_id, "failed", release=True,
+                                 reason="stopped: the trainer was stopped mid-run; the "
+                                 "feedback went back to pending")
         except Exception as exc:
-            logger.exception("run %d failed", claim.run_id)
-            self._resting[adapter_id] = time.monotonic() + RETRY_AFTER_S
+            rest_s = self._rests.failed(adapter_id, at_least_s=RETRY_AFTER_S)
+            logger.exception("run %d failed; %s rests %.1f s", claim.run_id, adapter_id, rest_s)
             self.training.finish(claim.run_id, "failed", reason=f"{type(exc).__name__}: {exc}",
                                  release=True)
+        finally:
+            if own is not None:
+                own.close()
 
     def _train_and_decide(self, claim: Claim, policy: TrainingPolicy, lease: LeaseKeeper,
                           judge: Judge | None, sampled: SamplingRound | None) -> None:
@@ -210,30 +255,25 @@ class Trainer:
                                 waiting=found.waiting)
         pairs = found.pairs
         if len(pairs) < MIN_PAIRS_EVER:  # only when another trainer took rows since the poll
-            self._resting[claim.adapter_id] = time.monotonic() + RETRY_AFTER_S
+            self._rests.failed(claim.adapter_id, at_least_s=RETRY_AFTER_S)
             self.training.finish(claim.run_id, "failed", release=True,
                                  reason=_too_few_pairs(found))
             return
         train, held_out = split_held_out(pairs, policy.held_out_fraction, policy.seed)
         live = self._version_dir(claim.adapter_id, claim.parent_version)
-        with tempfile.TemporaryDirectory(dir=self.store.staging,
-                                         prefix="train-") as scratch:
+        with scratch_dir(self.store.staging, self.worker) as scratch:
             candidate = Path(scratch)
             searched = None if policy.search is None else search_dpo(
                 self.scorer, self.base_model, live, train, policy, candidate,
                 on_progress=lease.report)
             result = searched.result if searched else train_dpo(
                 self.base_model, live, train, policy, candidate, on_progress=lease.report)
+            lease.check()  # stopping, or the lease lost, while it trained: no gate
             drift = golden_prompts(policy) or [pair.prompt for pair in held_out]
-            own = self._judge(policy) if judge is None else None
-            try:
-                report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
-                                            held_out=held_out, drift_prompts=drift,
-                                            train=result, policy=policy, judge=judge or own)
-            finally:
-                if own is not None:
-                    own.close()
-            judged_by, judge_metrics = _judge_record(judge or own, sampled)
+            report = evaluate_candidate(self.scorer, candidate=candidate, live=live,
+                                        held_out=held_out, drift_prompts=drift,
+                                        train=result, policy=policy, judge=judge)
+            judged_by, judge_metrics = _judge_record(judge, sampled)
             # The run's record and the version's show the judge's work and the search.
             report = replace(report, metrics=report.metrics | judge_metrics | (
                 searched.metrics if searched else {}))
@@ -291,7 +331,13 @@ class Trainer:
     def _decide(self, claim: Claim, version: VersionRecord, report: GateReport,
                 policy: TrainingPolicy) -> None:
         adapter_id, actor = claim.adapter_id, f"trainer:{self.worker}"
-        if not report.promote:
+        if report.unchanged:
+            # Not the gate's rejection: nothing was learned to judge. The version stays in
+            # the record (its feedback is consumed by it) but never serves.
+            self.adapters.reject(adapter_id, version.number, actor=actor,
+                                 reason=f"unchanged: {report.unchanged}")
+            self._finish(claim, "unchanged", report, report.unchanged)
+        elif not report.promote:
             why = report.failures() or (
                 "held-out accuracy gain over the live version is below the policy's "
                 f"promote_margin of {policy.gate.promote_margin}")
@@ -330,6 +376,7 @@ class Trainer:
 
     def _finish(self, claim: Claim, status: str, report: GateReport, reason: str) -> None:
         logger.info("run %d: %s (%s)", claim.run_id, status, reason)
+        self._rests.succeeded(claim.adapter_id)
         self.training.finish(claim.run_id, status, reason=reason, metrics=report.metrics)
 
 
@@ -354,9 +401,3 @@ def _judge_record(judge: Judge | None, sampled: SamplingRound | None
 
 def _gate_summary(report: GateReport) -> str:
     return "gate passed: " + ", ".join(f"{c.name} {c.value:.3g}" for c in report.checks)
-
-
-def remove_leftovers(staging: Path) -> None:
-    """Scratch directories of a trainer killed mid-run: never registered, safe to delete."""
-    for leftover in staging.glob("train-*"):
-        shutil.rmtree(leftover, ignore_errors=True)

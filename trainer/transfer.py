@@ -18,6 +18,7 @@ compares a student with the teacher along them.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Sequence
@@ -113,7 +114,9 @@ def check_same_tokenizer(teacher_base: Path, student_base: Path) -> None:
 
 
 def _tokenizer_differences(teacher, student) -> list[str]:
-    """Each difference as the teacher's, then the student's."""
+    """Each difference as the teacher's, then the student's: the vocabulary, then every part
+    of the fast tokenizer's pipeline, the special tokens, the chat template, and last what
+    the fixed texts encode to (which catches what a part's description does not show)."""
     differences = []
     if len(teacher) != len(student):
         differences.append(f"vocabulary {len(teacher)} vs {len(student)} tokens")
@@ -125,10 +128,52 @@ def _tokenizer_differences(teacher, student) -> list[str]:
         first = moved[0]
         differences.append(f"{len(moved)} tokens have another id or none, e.g. {first!r} "
                            f"({ids.get(first, 'absent')} vs {other_ids.get(first, 'absent')})")
+    differences += _pipeline_differences(teacher, student)
     differences += _special_token_differences(teacher, student)
     if teacher.chat_template != student.chat_template:
         differences.append("the chat templates differ")
+    differences += _encoding_differences(teacher, student)
     return differences
+
+
+# Texts whose ids show a pipeline difference: leading and doubled spaces, case, accents and
+# compatibility forms (normalizers), digits and punctuation (pre-tokenizers), code, newlines.
+PROBE_TEXTS = (
+    "hello world", " hello world", "Hello  World!", "  leading spaces", "trailing space ",
+    "numbers 12345 and 3.14", "caf\u00e9 na\u00efve \ufb01ne \u00bd", "UPPER lower MiXeD",
+    "def f(x):\n    return x * 2\n", "line one\nline two\r\n\ttabbed",
+    "emoji \U0001f600 and \u4e2d\u6587", "it's \"quoted\" (parenthesized) [bracketed]",
+)
+# The parts of a fast tokenizer's saved form that decide the ids, by their names there.
+_PIPELINE = {"normalizer": "normalizer", "pre_tokenizer": "pre-tokenizer",
+             "post_processor": "post-processor", "added_tokens": "added tokens"}
+
+
+def _pipeline_differences(teacher, student) -> list[str]:
+    mine, theirs = _saved_form(teacher), _saved_form(student)
+    if mine is None or theirs is None:
+        return []  # slow tokenizers: the probe texts below still compare them
+    differences = [f"the {label}s differ" for part, label in _PIPELINE.items()
+                   if mine.get(part) != theirs.get(part)]
+    model, other_model = mine.get("model") or {}, theirs.get("model") or {}
+    if model.get("type") != other_model.get("type"):
+        differences.append(f"tokenizer model {model.get('type')} vs {other_model.get('type')}")
+    elif model.get("merges") != other_model.get("merges"):
+        differences.append("the merges differ")
+    return differences
+
+
+def _saved_form(tokenizer) -> dict | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else None
+
+
+def _encoding_differences(teacher, student) -> list[str]:
+    for text in PROBE_TEXTS:
+        mine, theirs = teacher.encode(text), student.encode(text)
+        if mine != theirs:
+            return [f"{text!r} encodes to {mine[:8]} vs {theirs[:8]}"]
+    return []
 
 
 def _special_token_differences(teacher, student) -> list[str]:
@@ -198,8 +243,14 @@ def _split(prompts: list[StoredPrompt], settings: TransferSettings):
                          "and some held out to measure the transfer on")
     order = list(prompts)
     random.Random(settings.seed).shuffle(order)
-    held = min(len(order) - 1, max(1, round(settings.held_out_fraction * len(order))))
+    held = held_out_count(len(order), settings.held_out_fraction)
     return order[held:], order[:held]
+
+
+def held_out_count(prompts: int, fraction: float) -> int:
+    """How many of `prompts` distinct prompts are kept out of training: at least one, and
+    at least one left to learn from."""
+    return min(prompts - 1, max(1, round(fraction * prompts)))
 
 
 # --- The teacher's continuations ---------------------------------------------------------

@@ -15,7 +15,7 @@ version, and its job is claimed again once the lease lapses.
 from __future__ import annotations
 
 import logging
-import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,13 +32,15 @@ from loraloop.adapters.transfer_policy import TransferPolicy
 from loraloop.adapters.transfers import TransferClaim, TransferStatus
 from loraloop.adapters.versions import NO_LIVE_VERSION, NewVersion, VersionRecord
 
-from .lease import LeaseKeeper
+from .lease import LeaseKeeper, Stopped
+from .scratch import scratch_dir
 from .transfer import (
     TokenizerMismatch,
     TransferResult,
     TransferSettings,
     check_same_tokenizer,
     distill,
+    held_out_count,
 )
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,16 @@ class TransferGate:
                             f"min_kl_reduction {policy.min_kl_reduction:g}")
         return failures
 
+    def check_decidable(self) -> None:
+        """Refuses (no version) when the held-out continuations are too few to decide on."""
+        positions = self.result.transferred.positions
+        if positions < self.policy.min_held_out_positions:
+            raise Refused(f"undecided: the {self.result.held_out_prompts} held-out prompts "
+                          f"gave {positions} continuation positions, and the gate decides on "
+                          "at least transfer.min_held_out_positions "
+                          f"{self.policy.min_held_out_positions}. Add golden_prompts, or "
+                          "raise transfer.continuation_tokens")
+
     @property
     def kl_reduction(self) -> float:
         """The share of the new base's own KL from the teacher that the student removed."""
@@ -155,22 +167,25 @@ def settings_for(policy: TrainingPolicy, transfer: TransferPolicy, rank: int
         seed=policy.seed, held_out_fraction=transfer.held_out_fraction)
 
 
-def known_targets(targets: Mapping[str, str]) -> dict[str, KnownBase]:
+def known_targets(targets: Mapping[str, str], *, digest_cache: Path | None = None
+                  ) -> dict[str, KnownBase]:
     """Each named model's identity, read once at start-up (a missing directory stops the
     trainer here, not in a job)."""
     known = {}
     for name, model in targets.items():
         directory = local_model_dir(model)
-        known[name] = KnownBase(name, directory,
-                                BaseModelInfo.load(directory, aliases=[name, model]))
+        known[name] = KnownBase(name, directory, BaseModelInfo.load(
+            directory, aliases=[name, model], digest_cache=digest_cache))
     return known
 
 
 class TransferRunner:
     def __init__(self, registry: Registry, base_model: Path, targets: Mapping[str, KnownBase],
-                 *, worker: str, lease_s: float) -> None:
+                 *, worker: str, lease_s: float,
+                 stopping: threading.Event | None = None) -> None:
         self.registry, self.transfers = registry, registry.transfers
         self.worker, self.lease_s, self.targets = worker, lease_s, dict(targets)
+        self.stopping = stopping or threading.Event()  # set: the job stops at its next step
         own = registry.adapters.base
         same = [t.name for t in self.targets.values() if t.info.fingerprint == own]
         if same:
@@ -188,7 +203,7 @@ class TransferRunner:
     def run_once(self) -> bool:
         """Run the oldest due transfer job; False when there was none (or this trainer knows
         no targets, so it leaves the jobs to trainers that do)."""
-        if not self.targets:
+        if not self.targets or self.stopping.is_set():
             return False
         claim = self.transfers.claim(worker=self.worker, lease_s=self.lease_s)
         if claim is None:
@@ -201,11 +216,14 @@ class TransferRunner:
                     claim.adapter_id, claim.from_version, claim.to_base, claim.attempt)
         try:
             with LeaseKeeper(self.transfers, claim.job_id, worker=self.worker,
-                             lease_s=self.lease_s, what="transfer job") as lease:
+                             lease_s=self.lease_s, what="transfer job",
+                             stopping=self.stopping) as lease:
                 self._carry(claim, lease)
         except LeaseLost:
             logger.error("transfer job %d lost its lease; another trainer starts it again",
                          claim.job_id)
+        except Stopped:  # as if killed: the lease lapses, and a trainer starts it again
+            logger.info("transfer job %d stopped: the trainer is stopping", claim.job_id)
         except Refused as refusal:
             self._finish(claim, "failed", f"refused: {refusal}")
         except Exception as exc:
@@ -265,18 +283,23 @@ class TransferRunner:
             raise Refused(f"{len(gathered.prompts)} distinct prompts ({gathered.lineage()}); "
                           f"the policy's transfer.min_prompts is {transfer.min_prompts}. Add "
                           "golden_prompts to the policy, or record completions")
+        held = held_out_count(len(gathered.prompts), transfer.held_out_fraction)
+        if held < transfer.min_held_out_prompts:
+            raise Refused(f"undecided: {len(gathered.prompts)} prompts keep {held} out of "
+                          "training for the gate, and it decides on at least "
+                          f"transfer.min_held_out_prompts {transfer.min_held_out_prompts}. Add "
+                          "golden_prompts to the policy, or raise transfer.held_out_fraction")
         view = self._view(target)
         # Compare-and-swap: what was live on the new base when the job decided to run.
         expected_live = view.adapters.get(claim.adapter_id).live_version or NO_LIVE_VERSION
-        self.registry.store.staging.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.registry.store.staging,
-                                         prefix="train-transfer-") as scratch:
+        with scratch_dir(self.registry.store.staging, self.worker) as scratch:
             student = Path(scratch) / "student"
             result = distill(teacher_base, self.registry.adapters.path_of(teacher),
                              target.directory, gathered.prompts,
                              settings_for(policy, transfer, teacher.rank), student,
                              progress=lambda step: _report(claim, lease, step))
             gate = TransferGate(result, transfer)
+            gate.check_decidable()
             version, _ = self._register(claim, view, teacher, target, student, gate, gathered)
         self._decide(claim, view, version, gate, target, expected_live)
 

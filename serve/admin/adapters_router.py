@@ -79,16 +79,16 @@ async def register_version(tenant: str, name: str, state: StateDep, admin: Admin
 
 @router.get(VERSIONS)
 async def list_versions(tenant: str, name: str, state: StateDep,
-                        _: AdapterReader) -> list[VersionPublic]:
-    return [VersionPublic.of(v)
+                        reader: AdapterReader) -> list[VersionPublic]:
+    return [VersionPublic.of(v).seen_by(reader.tenant)
             for v in await service.offload(state.registry.adapters.versions, f"{tenant}/{name}")]
 
 
 @router.get(VERSIONS + "/{version}")
 async def show_version(tenant: str, name: str, version: VersionPath, state: StateDep,
-                       _: AdapterReader) -> VersionPublic:
-    return VersionPublic.of(
-        await service.offload(state.registry.adapters.version, f"{tenant}/{name}", version))
+                       reader: AdapterReader) -> VersionPublic:
+    return VersionPublic.of(await service.offload(
+        state.registry.adapters.version, f"{tenant}/{name}", version)).seen_by(reader.tenant)
 
 
 @router.post(ONE + "/promote")
@@ -142,7 +142,7 @@ async def retire(tenant: str, name: str, version: VersionPath, state: StateDep, 
 
 
 @router.get(ONE + "/history")
-async def history(tenant: str, name: str, state: StateDep, _: AdapterReader,
+async def history(tenant: str, name: str, state: StateDep, reader: AdapterReader,
                   limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventPublic]:
     events = await service.offload(state.registry.adapters.history, f"{tenant}/{name}", limit=limit)
-    return [EventPublic.of(e) for e in events]
+    return [EventPublic.of(e).seen_by(reader.tenant) for e in events]

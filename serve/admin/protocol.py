@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from loraloop.adapters.activity import FeedbackActivity
+from loraloop.adapters.console_sessions import SessionRecord
 from loraloop.adapters.names import MAX_TAG_CHARS
 from loraloop.adapters.rollouts import RolloutRecord
 from loraloop.adapters.tenants import IssuedKey, KeyRecord, TenantRecord
@@ -38,6 +39,16 @@ AdapterId = Annotated[
 BaseName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 Reason = Annotated[StoredText, StringConstraints(max_length=1000)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+# Version tags a carried version gets that name other base models by fingerprint.
+OPERATOR_TAGS = frozenset({"teacher_base", "student_base"})
+TENANT_TRANSFER_REASONS = {
+    "passed": "carried to the new base model",
+    "rejected": "the carried version did not pass the transfer gate; an operator can see why",
+    "failed": "the transfer could not be done; an operator can see why",
+}
+# Fields of an adapter's policy its tenant may read in its history: the rollout plan, which
+# its rollouts show too. The policy itself is for operators only.
+TENANT_POLICY_FIELDS = frozenset({"rollout"})
 VersionNumber = Annotated[int, Field(ge=1, le=10**9)]
 MAX_ENTRIES = 64
 
@@ -115,7 +126,7 @@ class VersionPublic(BaseModel):
     version: int
     status: str
     content_hash: str
-    base_fingerprint: str
+    base_fingerprint: str | None = Field(description="None for a tenant reader")
     base_override_reason: str | None
     rank: int
     alpha: float
@@ -138,6 +149,15 @@ class VersionPublic(BaseModel):
             parent_version=r.parent_version, metrics=dict(r.metrics), tags=dict(r.tags),
             created_at=r.created_at, created_by=r.created_by,
         )
+
+    def seen_by(self, tenant: str | None) -> VersionPublic:
+        """What a reader sees: an operator (None) everything; a tenant signed in to the
+        console not which base models a carried version came from or went to (those
+        identify the fleet's other bases, which are operators' business)."""
+        if tenant is None:
+            return self
+        return self.model_copy(update={"base_fingerprint": None, "tags": {
+            key: value for key, value in self.tags.items() if key not in OPERATOR_TAGS}})
 
 
 class VersionCreate(Strict):
@@ -224,6 +244,25 @@ class EventPublic(BaseModel):
     def of(cls, record: EventRecord) -> EventPublic:
         fields = vars(record).copy()
         return cls(adapter=fields.pop("adapter_id"), **fields)
+
+    def seen_by(self, tenant: str | None) -> EventPublic:
+        """What a reader sees: an operator (None) everything; a tenant signed in to the
+        console no more than its other routes show it. Its policy is the operators' (the
+        judge's URL, rubric and key variable among it), so of a policy_set only the fields
+        it can read elsewhere stay; base fingerprints and trainers' own reasons go, as in
+        its versions and transfers."""
+        if tenant is None:
+            return self
+        detail, reason = dict(self.detail), self.reason
+        if self.kind == "policy_set" and isinstance(detail.get("policy"), dict):
+            detail["policy"] = {key: value for key, value in detail["policy"].items()
+                                if key in TENANT_POLICY_FIELDS}
+        detail.pop("base", None)
+        if self.kind.startswith("transfer_") and self.kind != "transfer_queued":
+            reason = TENANT_TRANSFER_REASONS.get(self.kind.removeprefix("transfer_"))
+        elif self.kind == "rollout_paused" and self.actor.startswith("rollout:"):
+            reason = "the rollout's driver could not decide; an operator can see why"
+        return self.model_copy(update={"detail": detail, "reason": reason})
 
 
 class RunPublic(BaseModel):
@@ -353,9 +392,42 @@ class TransferPublic(BaseModel):
         fields = vars(record).copy()
         return cls(adapter=fields.pop("adapter_id"), **fields)
 
+    def seen_by(self, tenant: str | None) -> TransferPublic:
+        """A tenant signed in to the console sees its job's status and figures with a
+        generic reason: the trainers' own reasons name the bases they know, their
+        fingerprints and files, which only operators may read (None: an operator)."""
+        if tenant is None:
+            return self
+        return self.model_copy(update={"to_base_fingerprint": None, "worker": None,
+                                       "reason": TENANT_TRANSFER_REASONS.get(self.status)})
+
 
 class MigrationPublic(BaseModel):
     to_base: str
     queued: list[int] = Field(description="ids of the jobs this request queued; the others "
                               "were queued, running or passed already")
     jobs: list[TransferPublic] = Field(description="one per adapter live on this server's base")
+
+
+SessionSubject = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+
+
+class SessionPublic(BaseModel):
+    """A console session as admins see it: who, from where, since when; never its tokens."""
+
+    id: int
+    subject: str = Field(description="admin, or the prefix of the tenant key it signed in with")
+    actor: str
+    client: str | None = Field(description="the address it signed in from")
+    issued_at: datetime
+    last_seen_at: datetime
+    live: bool = Field(description="neither ended nor expired")
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+    @classmethod
+    def of(cls, record: SessionRecord, *, live: bool) -> SessionPublic:
+        return cls(id=record.id, subject=record.subject, actor=record.actor,
+                   client=record.client, issued_at=record.issued_at,
+                   last_seen_at=record.last_seen_at, live=live,
+                   revoked_at=record.revoked_at, revoked_by=record.revoked_by)

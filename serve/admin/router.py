@@ -7,6 +7,7 @@ from . import (
     activity_router,
     adapters_router,
     rollouts_router,
+    sessions_router,
     tenants_router,
     training_router,
     transfers_router,
@@ -19,3 +20,4 @@ router.include_router(training_router.router)
 router.include_router(activity_router.router)
 router.include_router(rollouts_router.router)
 router.include_router(transfers_router.router)
+router.include_router(sessions_router.router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Response
 
 from ..auth import Admin, require_admin
 from ..state import ServerState, get_state
@@ -28,8 +28,9 @@ async def list_tenants(state: StateDep) -> list[TenantPublic]:
 
 
 @router.post("/{tenant}/keys", status_code=201)
-async def issue_key(tenant: str, state: StateDep, admin: Admin,
+async def issue_key(tenant: str, state: StateDep, admin: Admin, response: Response,
                     body: Annotated[KeyCreate | None, Body()] = None) -> KeyIssuedPublic:
+    response.headers["Cache-Control"] = "no-store"  # the key, shown this once
     label = body.label if body else None
     issued = await service.write(state, state.registry.tenants.issue_key, tenant, actor=admin.name,
                                  label=label)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 
 from loraloop.adapters.policy import TrainingPolicy
 
 from ..auth import AdapterReader, Admin
 from ..state import ServerState, get_state
 from . import service
+from .policies import POLICY_BODY, admit_policy
 from .protocol import ReasonBody, RunPublic
 
 router = APIRouter(prefix="/admin/v1/adapters/{tenant}/{name}", tags=["admin"])
@@ -25,11 +26,13 @@ async def show_policy(tenant: str, name: str, state: StateDep, _: Admin) -> Trai
     return await service.offload(state.registry.adapters.policy, f"{tenant}/{name}")
 
 
-@router.put("/policy")
-async def set_policy(tenant: str, name: str, body: TrainingPolicy, state: StateDep,
+@router.put("/policy", openapi_extra=POLICY_BODY)
+async def set_policy(tenant: str, name: str, request: Request, state: StateDep,
                      admin: Admin) -> TrainingPolicy:
-    return await service.write(state, state.registry.adapters.set_policy, f"{tenant}/{name}", body,
-                               actor=admin.name)
+    policy = await service.offload(admit_policy, await request.body(),
+                                   state.settings.judge_key_variables)
+    return await service.write(state, state.registry.adapters.set_policy, f"{tenant}/{name}",
+                               policy, actor=admin.name)
 
 
 @router.post("/training-runs", status_code=201)

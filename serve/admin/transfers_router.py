@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response
+from pydantic import Field
 
 from ..auth import AdapterReader, Admin
 from ..state import ServerState, get_state
@@ -21,6 +22,8 @@ router = APIRouter(prefix="/admin/v1", tags=["admin"])
 StateDep = Annotated[ServerState, Depends(get_state)]
 TRANSFERS = "/adapters/{tenant}/{name}/transfers"
 MAX_IDS = 500
+# Ids are 64-bit in the database: a larger one is a 400 naming the parameter, never a 500.
+JobId = Annotated[int, Field(ge=1, le=2**62)]
 
 
 @router.post(TRANSFERS, status_code=201)
@@ -36,19 +39,19 @@ async def queue_transfer(tenant: str, name: str, body: TransferCreate, state: St
 
 
 @router.get(TRANSFERS)
-async def list_transfers(tenant: str, name: str, state: StateDep, _: AdapterReader,
+async def list_transfers(tenant: str, name: str, state: StateDep, reader: AdapterReader,
                          limit: Annotated[int, Query(ge=1, le=500)] = 50
                          ) -> list[TransferPublic]:
     jobs = await service.offload(state.registry.transfers.jobs, f"{tenant}/{name}",
                                  limit=limit)
-    return [TransferPublic.of(job) for job in jobs]
+    return [TransferPublic.of(job).seen_by(reader.tenant) for job in jobs]
 
 
 @router.get(TRANSFERS + "/{job_id}")
-async def show_transfer(tenant: str, name: str, state: StateDep, _: AdapterReader,
+async def show_transfer(tenant: str, name: str, state: StateDep, reader: AdapterReader,
                         job_id: Annotated[int, Path(ge=1, le=2**62)]) -> TransferPublic:
     job = await service.offload(state.registry.transfers.job, f"{tenant}/{name}", job_id)
-    return TransferPublic.of(job)
+    return TransferPublic.of(job).seen_by(reader.tenant)
 
 
 @router.post("/base-migrations", status_code=201)
@@ -64,8 +67,8 @@ async def migrate(body: MigrationCreate, state: StateDep, admin: Admin) -> Migra
 
 @router.get("/transfers")
 async def find_transfers(state: StateDep, _: Admin,
-                         job_id: Annotated[list[int] | None, Query(alias="id",
-                                                                   max_length=MAX_IDS)] = None,
+                         job_id: Annotated[list[JobId] | None, Query(alias="id",
+                                                                     max_length=MAX_IDS)] = None,
                          to_base: BaseName | None = None,
                          limit: Annotated[int, Query(ge=1, le=MAX_IDS)] = 100
                          ) -> list[TransferPublic]:

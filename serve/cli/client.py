@@ -204,6 +204,10 @@ class AdminClient:
             found += self._call("GET", "/transfers", params={"id": page, "limit": len(page)})
         return sorted(found, key=lambda job: -job["id"])
 
+    def find_transfers_to(self, to_base: str) -> list[dict]:
+        """The newest jobs of every adapter to this base, newest first."""
+        return self._call("GET", "/transfers", params={"to_base": to_base})
+
 
 def _form_fields(fields: Mapping[str, Any], server_path: str | None) -> dict[str, str]:
     form = {name: json.dumps(value) if isinstance(value, dict) else str(value)

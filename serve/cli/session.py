@@ -1,9 +1,10 @@
 """What every admin command shares: where the server is, who acts, how to print, and a
 client whose failures end the command with a message instead of a traceback.
 
-The options belong to the command groups (`loraloop adapters --json list`), set once by
-`admin_options` and found by each command in its context. Exit codes: 0 done, 1 the server
-refused, 2 the command line was wrong or the server could not be reached.
+The options belong to the command groups, set once by `admin_options` and found by each
+command in its context; they may come after the group or after the command
+(`loraloop adapters --json list`, `loraloop adapters list --json`). Exit codes: 0 done, 1 the
+server refused, 2 the command line was wrong or the server could not be reached.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, NoReturn
 
+import click
 import httpx
 import typer
+from typer.core import TyperGroup
 
 from loraloop.adapters.names import ADAPTER_ID_HELP, NAME_HELP, is_valid_adapter_id, is_valid_name
 
@@ -47,6 +50,39 @@ class AdminSession:
             _unreachable(self.url, exc)
 
 
+# The shared options, as `admin_options` declares them: flags, and options with a value.
+_SHARED_FLAGS = ("--json",)
+_SHARED_VALUED = ("--url", "--admin-key", "--actor")
+
+
+class AdminGroup(TyperGroup):
+    """A command group whose shared options may also follow its commands: they are moved
+    in front of the command before parsing, where the group's callback reads them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_shared_options(args))
+
+
+def hoist_shared_options(args: list[str]) -> list[str]:
+    """`args` with the shared options (and their values) first, the rest in order."""
+    shared, rest, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        name = arg.split("=", 1)[0]
+        if arg == "--":  # what follows is arguments, not options
+            rest.extend(args[index:])
+            break
+        if arg in _SHARED_FLAGS or (name in _SHARED_VALUED and "=" in arg):
+            shared.append(arg)
+        elif arg in _SHARED_VALUED and index + 1 < len(args):
+            shared.extend(args[index:index + 2])
+            index += 1
+        else:
+            rest.append(arg)
+        index += 1
+    return shared + rest
+
+
 def admin_options(
     ctx: typer.Context,
     url: Annotated[str, typer.Option(envvar="LORALOOP_URL", help="The loraloop server.")] =
@@ -62,7 +98,7 @@ def admin_options(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the API's JSON instead of a table.")] = False,
 ) -> None:
-    """The options of every admin command, given before the command."""
+    """The options of every admin command, given before or after the command."""
     ctx.obj = AdminSession(url, admin_key, actor or _os_user(), as_json)
 
 

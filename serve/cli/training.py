@@ -27,8 +27,13 @@ def _setting(text: str) -> tuple[list[str], Any]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise typer.BadParameter(f"'{text}' is not NAME=VALUE", param_hint="SETTING")
+
+    def not_finite(constant: str):  # JSON has no Infinity or NaN; a policy takes neither
+        raise typer.BadParameter(f"'{text}': {constant} is not a value a policy takes; give "
+                                 "a finite number", param_hint="SETTING")
+
     try:
-        parsed = json.loads(value)
+        parsed = json.loads(value, parse_constant=not_finite)
     except json.JSONDecodeError:
         parsed = value
     return name.split("."), parsed
@@ -48,10 +53,11 @@ def set_policy(ctx: typer.Context, adapter: AdapterArg,
                    metavar="SETTING...", help="NAME=VALUE, e.g. min_pairs=16 "
                    "record_completions=true gate.min_accuracy=0.7")]) -> None:
     """Change some policy settings; the others keep their current values."""
+    changes = [_setting(setting) for setting in settings]  # a typo fails before any call
     session = session_of(ctx)
     with session.client() as client:
         policy = client.policy(adapter)
-        for path, value in map(_setting, settings):
+        for path, value in changes:
             target = policy
             for part in path[:-1]:
                 if not isinstance(target.get(part), dict):  # unset (null) so far: start one

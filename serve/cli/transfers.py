@@ -102,13 +102,27 @@ def watch(client: AdminClient, ids: list[int], *, poll_s: float,
         queued = [job for job in jobs if job["status"] == "queued"]
         if queued and not hinted and elapsed > UNCLAIMED_HINT_S:
             hinted = True
-            note(f"{len(queued)} jobs still queued after {UNCLAIMED_HINT_S}s: is a trainer "
-                 f"running with '{queued[0]['to_base']}' in its LORALOOP_TRANSFER_TARGETS?")
+            note(waiting_hint(client, queued, jobs))
         if timeout_s is not None and elapsed > timeout_s:
             note(f"stopped watching after {timeout_s:.0f}s: {ended} of {len(jobs)} jobs ended; "
                  "the others go on (run the command again to watch them)")
             raise typer.Exit(3)
         time.sleep(poll_s)
+
+
+def waiting_hint(client: AdminClient, queued: list[dict], jobs: list[dict]) -> str:
+    """Why jobs may still be queued: the trainers that know the base are busy with other
+    jobs (named), or none knows it."""
+    to_base = queued[0]["to_base"]
+    running = [job for job in jobs if job["status"] == "running"] or [
+        job for job in client.find_transfers_to(to_base) if job["status"] == "running"]
+    waiting = f"{len(queued)} jobs still queued after {UNCLAIMED_HINT_S}s"
+    if not running:
+        return (f"{waiting}: is a trainer running with '{to_base}' in its "
+                "LORALOOP_TRANSFER_TARGETS?")
+    busy = "; ".join(f"{job['worker']} is running job {job['id']} ({job['adapter']}@"
+                     f"{job['from_version']})" for job in running[:3])
+    return f"{waiting} while the trainers work on others: {busy}. Each takes the next when done"
 
 
 def _ended(jobs: list[dict], as_json: bool) -> None:

@@ -1,4 +1,5 @@
-"""Headers on every console response: the page may run only its own files, from this server.
+"""Headers on every console response: the page may run only its own files, from this server,
+and nothing of it is stored by the browser.
 
 No inline script or style is allowed (the page has none), nothing is loaded from another
 origin, and no other site may frame the console. Data reaches the page as JSON from the
@@ -17,8 +18,10 @@ HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    # Always revalidated: a new server version's page never runs with a stale module.
-    (b"cache-control", b"no-cache"),
+    # Never stored: the session routes carry its CSRF token, and Back after leaving the
+    # console must not show a page (a newly issued key) from the browser's cache; a new
+    # server version's page never runs with a stale module either.
+    (b"cache-control", b"no-store"),
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from loraloop.adapters.base_model import BaseModelInfo, local_model_dir
+from loraloop.adapters.base_model import linear_shapes, local_model_dir
 from loraloop.adapters.names import CONFIG_FILE, WEIGHTS_FILE
 
 # Registry versions get row ids from 1 upwards as their engine LoRA ids, and vLLM needs ids
@@ -53,7 +53,7 @@ class NullAdapter:
 
 def write_null_adapter(model_dir: Path, target: Path, *, base_model_name: str) -> None:
     """A PEFT-style rank-1 LoRA of zeros on one module kind of every decoder layer."""
-    shapes = BaseModelInfo.load(model_dir).linear_shapes  # module -> (out, in)
+    shapes = linear_shapes(model_dir)  # module -> (out, in)
     kind = module_kind(shapes)
     tensors = {}
     for module, (out_features, in_features) in shapes.items():

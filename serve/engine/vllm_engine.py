@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -70,6 +71,23 @@ def _structured_outputs(constraint: OutputConstraint | None) -> StructuredOutput
     if constraint.kind == "json_schema":
         return StructuredOutputsParams(json=constraint.spec)
     return StructuredOutputsParams(structural_tag=constraint.spec)
+
+
+# A source location in the grammar backend's messages ("[19:11:55] /project/cpp/x.cc:83: ").
+_BACKEND_LOCATION = re.compile(r"(\[[\d:]+\]\s*)?/\S+\.(cc|h|cpp|py):\d+:\s*")
+
+
+def _grammar_refused(constraint: OutputConstraint | None, exc: Exception | None
+                     ) -> InvalidRequest:
+    """The 400 for a grammar the engine cannot build, naming the request field it came from
+    and what the backend said, without the backend's source locations."""
+    why = _BACKEND_LOCATION.sub("", str(exc)).strip()[:500] if exc is not None else ""
+    if constraint is None:  # vLLM refused something else about the request
+        return InvalidRequest(f"request: {why}")
+    return InvalidRequest(
+        f"{constraint.param}: the schema could not be compiled into a grammar"
+        f"{f': {why}' if why else ''}. Simplify the schema (patterns, sizes).",
+        param=constraint.param)
 
 
 def _sampling_params(spec: SamplingSpec) -> SamplingParams:
@@ -198,11 +216,14 @@ class VLLMEngine:
                 first = await anext(stream)
             except (VLLMClientError, ValueError) as exc:
                 # vLLM checks a request's grammar (schema, tags) before it queues the request.
-                param = sampling.constraint.param if sampling.constraint else None
-                raise InvalidRequest(f"{param or 'request'}: {exc}", param=param) from exc
+                raise _grammar_refused(sampling.constraint, exc) from exc
             async for output in prepend(first, stream):
                 finished = output.finished
                 completion = output.outputs[0]
+                if completion.finish_reason == "error" and sampling.constraint is not None \
+                        and not completion.token_ids:
+                    # The engine compiles the grammar after queueing; it failed (logged there).
+                    raise _grammar_refused(sampling.constraint, None)
                 logprobs = None
                 if sampling.logprobs is not None and completion.logprobs is not None:
                     logprobs = _token_logprobs(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from loraloop.adapters.prompts import StoredMessage, StoredPrompt, StoredToolCall
 from loraloop.adapters.text import Text
@@ -106,23 +106,40 @@ class TextPart(StrictRequest):
 class FunctionCall(StrictRequest):
     name: FunctionName
     arguments: Text  # JSON text, as the model wrote it
+    # The SDK's own parse of arguments; arguments is what counts.
+    parsed_arguments: Any = Field(None, exclude=True)
 
 
 class ToolCall(StrictRequest):
     id: Text = Field(min_length=1, max_length=MAX_ID_CHARS)
     type: Literal["function"] = "function"
     function: FunctionCall
+    # The SDK's stream helpers keep each call's position in the stream on the message.
+    index: int | None = Field(None, exclude=True)
 
 
 class ChatMessage(StrictRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = Field(None, max_length=MAX_ID_CHARS)
-    tool_calls: list[ToolCall] | None = Field(None, min_length=1, max_length=128)
+    # An empty list is no calls: it is what a response message carries when it has none,
+    # and a client sends that message back as the next request's history.
+    tool_calls: list[ToolCall] | None = Field(None, max_length=128)
     tool_call_id: Text | None = Field(None, min_length=1, max_length=MAX_ID_CHARS)
+    # Fields of an assistant message as OpenAI's SDK holds it (the response message, dumped
+    # whole and sent back as history). They carry nothing the prompt renders, and only their
+    # empty values are accepted: anything else would silently be ignored.
+    refusal: None = Field(None, exclude=True)
+    audio: None = Field(None, exclude=True)
+    function_call: None = Field(None, exclude=True)
+    annotations: list[None] | None = Field(None, max_length=0, exclude=True)
+    # The SDK's own parse of content (`.parse`); content is what counts.
+    parsed: Any = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _fields_of_its_role(self) -> ChatMessage:
+        if self.tool_calls == [] and self.role == "assistant":
+            self.tool_calls = None
         if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only assistant messages carry tool_calls")
         if (self.tool_call_id is not None) != (self.role == "tool"):
@@ -172,18 +189,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-
-    @model_validator(mode="after")
-    def _choice_among_the_tools(self) -> ChatCompletionRequest:
-        names = [tool.function.name for tool in self.tools or ()]
-        if len(set(names)) != len(names):
-            raise ValueError("tools: function names must be unique")
-        choice = self.tool_choice
-        if choice not in (None, "none", "auto") and not names:
-            raise ValueError("tool_choice: a tool call is required, but tools is empty")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise ValueError(f"tool_choice: no tool is named '{choice.function.name}'")
-        return self
 
     @property
     def calls_tools(self) -> bool:
@@ -266,12 +271,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class FunctionCallDelta(BaseModel):
+class _OmitsUnset(BaseModel):
+    """Written without its None fields: OpenAI sends a call's id, type and name in its first
+    part only and leaves them out of later ones, and the SDK's stream helpers count on it (a
+    null type fails their check)."""
+
+    @model_serializer(mode="wrap")
+    def _without_nones(self, handler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class FunctionCallDelta(_OmitsUnset):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(BaseModel):
+class ToolCallDelta(_OmitsUnset):
     """A part of one tool call: the first names it (id, type, name); later ones add text to
     its arguments."""
 

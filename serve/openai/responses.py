@@ -88,18 +88,29 @@ def _chat_finish(reason: str | None, called_tools: bool) -> str | None:
     return "tool_calls" if called_tools and reason == "stop" else reason
 
 
-def _assistant_message(generation: Generation, text: str) -> AssistantMessage:
+def _assistant_message(generation: Generation, text: str, finish: str | None
+                       ) -> AssistantMessage:
+    """The message of one finished choice, checked against its schemas (see answer_check)."""
     if generation.tool_reader is None:
-        return AssistantMessage(content=text)
-    content, calls = generation.tool_reader().whole(text)
-    return AssistantMessage(content=content, tool_calls=calls)
+        message = AssistantMessage(content=text)
+    else:
+        content, calls = generation.tool_reader().whole(text, cut_off=finish == "length")
+        message = AssistantMessage(content=content, tool_calls=calls)
+    if generation.check is not None:
+        # Complete calls are whole even in an answer cut short; other content only once
+        # the answer ended by itself.
+        generation.check.calls((c.function.name, c.function.arguments)
+                               for c in message.tool_calls)
+        if finish == "stop" and not message.tool_calls:
+            generation.check.content_of(text)
+    return message
 
 
 async def chat_completion(generation: Generation, with_logprobs: bool) -> ChatCompletion:
     results = await collect(generation)
     choices = []
     for i, r in enumerate(results):
-        message = _assistant_message(generation, r.text)
+        message = _assistant_message(generation, r.text, r.finish_reason)
         choices.append(ChatChoice(
             index=i, message=message,
             logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs else None,
@@ -113,6 +124,9 @@ async def chat_completion(generation: Generation, with_logprobs: bool) -> ChatCo
 
 async def completion(generation: Generation, with_logprobs: bool) -> Completion:
     results = await collect(generation)
+    for r in results:
+        if generation.check is not None and r.finish_reason == "stop":
+            generation.check.content_of(r.text)
     return Completion(
         id=generation.id, created=generation.created, model=generation.model,
         choices=[
@@ -163,8 +177,13 @@ def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[st
 
     readers = ([generation.tool_reader() for _ in range(generation.choices)]
                if generation.tool_reader else None)
+    texts = [""] * generation.choices  # each choice's text so far, checked once it ends
 
     def chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | None:
+        texts[index] += delta.text
+        if delta.finish_reason is not None and generation.check is not None:
+            # Before the last chunk: an answer that breaks its schema ends in an error event.
+            _assistant_message(generation, texts[index], delta.finish_reason)
         logprobs = _chat_logprobs(delta.logprobs, generation.model)
         if readers is None:
             message, finish = ChatDelta(content=delta.text), delta.finish_reason
@@ -192,10 +211,16 @@ def completion_events(generation: Generation, include_usage: bool) -> AsyncItera
         return Completion(id=generation.id, created=generation.created,
                           model=generation.model, choices=choices, usage=usage)
 
-    return _event_stream(
-        generation, include_usage, [],
-        chunk=lambda i, d: make([CompletionChoice(
-            index=i, text=d.text, logprobs=_completion_logprobs(d.logprobs, generation.model),
-            finish_reason=d.finish_reason)]),
-        usage_chunk=lambda usage: make([], usage),
-    )
+    texts = [""] * generation.choices
+
+    def chunk(index: int, delta: GenerationDelta) -> Completion:
+        texts[index] += delta.text
+        if delta.finish_reason == "stop" and generation.check is not None:
+            generation.check.content_of(texts[index])
+        return make([CompletionChoice(
+            index=index, text=delta.text,
+            logprobs=_completion_logprobs(delta.logprobs, generation.model),
+            finish_reason=delta.finish_reason)])
+
+    return _event_stream(generation, include_usage, [], chunk=chunk,
+                         usage_chunk=lambda usage: make([], usage))

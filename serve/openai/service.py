@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -33,7 +34,15 @@ from ..settings import RequestLimits
 from ..streams import merge_indexed, prepend, releasing
 from ..token_budget import TokenBudget
 from ..warmup import AdapterWarmer
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, stored_prompt
+from .answer_check import AnswerCheck, SchemaCheck
+from .grammar_gate import GrammarGate
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    SamplingFields,
+    stored_prompt,
+)
 from .structured import check_schema, response_constraint
 
 if TYPE_CHECKING:  # vLLM's parsers load only where an operator names a tool-call format
@@ -55,6 +64,8 @@ class Generation:
     events: AsyncIterator[tuple[int, GenerationDelta]]
     # Chat requests that may call tools: a new reader per choice turns its text into calls.
     tool_reader: Callable[[], ToolCallReader] | None = None
+    # Structured requests: what each finished answer must satisfy before it is sent.
+    check: AnswerCheck | None = None
 
 
 @dataclass
@@ -108,6 +119,7 @@ class GenerationService:
         self.rollouts = rollouts  # counts and shadows requests of rollouts' versions
         self.ready = False
         self.cache_salts = CacheSalts()
+        self.grammars = GrammarGate(renderer.tokenizer, limits.max_schema_compile_s)
 
     async def chat(self, request: ChatCompletionRequest, tenant: str | None) -> Generation:
         """`tenant`: whose adapters the caller may use; None for every tenant's."""
@@ -116,21 +128,40 @@ class GenerationService:
             raise InvalidRequest(
                 f"At most {self.limits.max_messages} messages per request.", param="messages"
             )
+        tools = self._tool_plan(request)  # first: a tool schema's own limits name `tools`
         stored = stored_prompt(request.messages, request.tools)
         self._check_prompt_chars(stored.chars, "messages")
         top = self._check_logprobs(request.top_logprobs or 0, "top_logprobs")
         sampling = self._sampling(request, logprobs=top if request.logprobs else None)
-        tools = self._tool_plan(request)
         if tools is not None:  # its grammar covers response_format too
             sampling = replace(sampling, constraint=tools.constraint or sampling.constraint,
                                skip_special_tokens=tools.skip_special_tokens)
         prompt = self.renderer.render(stored)
         sampling = self._fit(sampling, request, prompt, "messages")
+        await self.grammars.check(sampling.constraint, tenant)
         generation = await self._start("chatcmpl", adapter, [(prompt, sampling)], request.n,
                                        tenant, [stored])
         if tools is not None:
             generation.tool_reader = lambda: tools.reader(prompt)
+        generation.check = self._answer_check(request, tools is not None)
         return generation
+
+    def _answer_check(self, request: SamplingFields, tools: bool) -> AnswerCheck | None:
+        """What the answers must satisfy: the tools' parameters when the model may call
+        them (their grammar covers the answer), response_format otherwise."""
+        count = self.metrics.invalid_structured_outputs
+        check = AnswerCheck(violated=lambda param: count.labels(param).inc())
+        if tools:
+            check.tools = {tool.function.name: SchemaCheck(tool.function.parameters or {})
+                           for tool in request.tools}
+            return check
+        response_format = request.response_format
+        if response_format is None or response_format.type == "text":
+            return None
+        check.content = SchemaCheck(response_format.json_schema.json_schema
+                                    if response_format.type == "json_schema"
+                                    else {"type": "object"})
+        return check
 
     def _tool_plan(self, request: ChatCompletionRequest) -> ToolCallPlan | None:
         """How the request's tools constrain sampling and are read back; None when the model
@@ -139,16 +170,17 @@ class GenerationService:
         if len(tools) > self.limits.max_tools:
             raise InvalidRequest(f"At most {self.limits.max_tools} tools per request.",
                                  param="tools")
-        for tool in tools:
-            if tool.function.parameters is not None:
-                check_schema(tool.function.parameters, "tools", self.limits)
+        grammars = {tool.function.name: json.loads(check_schema(
+                        tool.function.parameters, "tools", self.limits))
+                    for tool in tools if tool.function.parameters is not None}
+        _check_tool_choice(request)
         if not request.calls_tools:
             return None
         if self.tool_format is None:
             raise InvalidRequest(
                 "This server reads no tool calls for its base model: an operator names the "
                 "model's format with --tool-call-parser.", param="tools")
-        return self.tool_format.plan(request)
+        return self.tool_format.plan(request, grammars)
 
     async def complete(self, request: CompletionRequest, tenant: str | None) -> Generation:
         adapter = self.routes.snapshot.resolve(request.model, tenant)
@@ -158,11 +190,14 @@ class GenerationService:
         sampling = self._sampling(request, logprobs=logprobs)
         token_lists = self._completion_prompts(request.prompt)
         prompts = [(ids, self._fit(sampling, request, ids, "prompt")) for ids in token_lists]
+        await self.grammars.check(sampling.constraint, tenant)
         stored = None
         if self._records(adapter) or self.routes.snapshot.rollout_of(adapter):
             stored = [StoredPrompt(text=self.renderer.tokenizer.decode(ids))
                       for ids in token_lists]
-        return await self._start("cmpl", adapter, prompts, request.n, tenant, stored)
+        generation = await self._start("cmpl", adapter, prompts, request.n, tenant, stored)
+        generation.check = self._answer_check(request, tools=False)
+        return generation
 
     def _records(self, adapter: AdapterRef | None) -> bool:
         return adapter is not None and adapter.adapter_id in self.routes.snapshot.recording
@@ -348,6 +383,20 @@ async def _charged(events: AsyncIterator[tuple[int, GenerationDelta]], budget: T
             yield event
     finally:
         budget.spend(tenant, tokens)
+
+
+def _check_tool_choice(request: ChatCompletionRequest) -> None:
+    names = [tool.function.name for tool in request.tools or ()]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools: function names must be unique.", param="tools")
+    choice = request.tool_choice
+    if choice not in (None, "none", "auto") and not names:
+        raise InvalidRequest("tool_choice: a tool call is required, but no tools are given.",
+                             param="tool_choice")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise InvalidRequest(
+            f"tool_choice: no tool is named '{choice.function.name}'; the tools are: "
+            f"{', '.join(names)}.", param="tool_choice")
 
 
 def _given(value, default):

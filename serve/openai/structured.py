@@ -1,15 +1,16 @@
 """JSON answers: `response_format` as a grammar the engine enforces, and the checks a client's
 JSON Schema passes first (tool parameters included).
 
-A schema is refused with a 400 naming the parameter when it is too large or too deep (it is
-compiled into a grammar per request), when it is not a valid JSON Schema, or when it uses a
-keyword the structured-output backends cannot enforce: an answer would then only seem to
-follow it.
+A schema is refused with a 400 naming the parameter when it is too large, too deep or too
+costly to compile (it is compiled into a grammar per request, see schema_cost.py), when it is
+not a valid JSON Schema, or when it uses a keyword or a combination the structured-output
+backend cannot enforce (see json_strings.py): an answer would then only seem to follow it.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
@@ -17,7 +18,9 @@ from jsonschema.validators import validator_for
 from ..engine.protocol import OutputConstraint
 from ..errors import InvalidRequest
 from ..settings import RequestLimits
+from .json_strings import for_grammar
 from .protocol import ResponseFormat
+from .schema_cost import check_cost
 
 # Keywords whose value is a schema, a list of schemas, or a map of names to schemas.
 _SUBSCHEMA = {"items", "additionalProperties", "not"}
@@ -34,16 +37,28 @@ _ANNOTATIONS = {
 }
 SUPPORTED_KEYWORDS = (_SUBSCHEMA | _SUBSCHEMA_LISTS | _SUBSCHEMA_MAPS | _CONSTRAINTS
                       | _ANNOTATIONS)
+# Schemas that passed, as their grammar text: clients send the same few schemas again and
+# again, and checking one against the meta-schema costs milliseconds of the event loop.
+_CHECKED: OrderedDict[tuple[str, str, int], str] = OrderedDict()
+_REMEMBERED = 256
 
 
 def check_schema(schema: dict, param: str, limits: RequestLimits) -> str:
-    """The schema as compact JSON text, once it passes; InvalidRequest naming `param` if not."""
+    """The schema as the grammar is built from it (compact JSON text, see `for_grammar`),
+    once it passes; InvalidRequest naming `param` if not."""
     text = json.dumps(schema, ensure_ascii=False, separators=(",", ":"))
     if len(text.encode()) > limits.max_schema_bytes:
         raise InvalidRequest(
             f"{param}: the schema has {len(text.encode())} bytes; the limit is "
             f"{limits.max_schema_bytes}.", param=param)
     _check_depth(schema, param, limits.max_schema_depth)
+    # Before the meta-schema check, which takes about 1 s for 2,000 properties: the cheap
+    # bounds refuse a costly schema first.
+    check_cost(schema, param, limits)
+    key = (param, text, limits.max_schema_repeats)
+    if (grammar := _CHECKED.get(key)) is not None:
+        _CHECKED.move_to_end(key)
+        return grammar
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
@@ -51,7 +66,12 @@ def check_schema(schema: dict, param: str, limits: RequestLimits) -> str:
         raise InvalidRequest(f"{param}: not a valid JSON Schema{f' at {where}' if where else ''}"
                              f": {exc.message}", param=param) from None
     _check_keywords(schema, param, "")
-    return text
+    grammar = json.dumps(for_grammar(schema, param, limits.max_schema_repeats),
+                         ensure_ascii=False, separators=(",", ":"))
+    _CHECKED[key] = grammar
+    if len(_CHECKED) > _REMEMBERED:
+        _CHECKED.popitem(last=False)
+    return grammar
 
 
 def response_constraint(response_format: ResponseFormat | None,

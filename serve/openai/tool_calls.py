@@ -59,12 +59,19 @@ class ToolCallFormat:
         self._parser = parser
         self._tokenizer = tokenizer
 
-    def plan(self, request: ChatCompletionRequest) -> ToolCallPlan:
+    def plan(self, request: ChatCompletionRequest, parameters: dict[str, dict]
+             ) -> ToolCallPlan:
+        """`parameters`: each function's parameter schema as the grammar is built from it
+        (see structured.check_schema)."""
         wire = request.model_dump(
             mode="json", by_alias=True, exclude_none=True,
             include={"model", "messages", "tools", "tool_choice", "parallel_tool_calls",
                      "response_format"})
         wire.setdefault("tool_choice", "auto")
+        for tool in wire.get("tools", ()):
+            function = tool["function"]
+            if function["name"] in parameters:
+                function["parameters"] = parameters[function["name"]]
         try:
             parser_request = ParserRequest.model_validate(wire)
         except ValidationError as exc:
@@ -110,13 +117,18 @@ class ToolCallReader:
         self._ids: dict[int, str] = {}  # streamed call index -> the id sent with its first part
         self.called = False
 
-    def whole(self, text: str) -> tuple[str | None, list[OutputToolCall]]:
-        """(content, calls) of a complete answer."""
+    def whole(self, text: str, cut_off: bool = False) -> tuple[str | None, list[OutputToolCall]]:
+        """(content, calls) of a finished answer; `cut_off`: it ended by max_tokens, so its
+        last call may be incomplete (the complete ones before it still count)."""
         _, content, calls = self._parser.parse(text, self._request, enable_auto_tools=True)
-        tool_calls = [OutputToolCall(id=call.id or new_call_id(),
-                                     function=OutputFunctionCall(name=call.name,
-                                                                 arguments=call.arguments))
-                      for call in calls or ()]
+        found = [(call.id, call.name, call.arguments) for call in calls or ()]
+        if not found:
+            tagged = tagged_calls(self._parser.tool_parser, text, complete=not cut_off)
+            if tagged is not None:
+                content, found = tagged
+        tool_calls = [OutputToolCall(id=call_id or new_call_id(),
+                                     function=OutputFunctionCall(name=name, arguments=arguments))
+                      for call_id, name, arguments in found]
         self.called = bool(tool_calls)
         return (content or None) if tool_calls else (content or ""), tool_calls
 
@@ -142,6 +154,42 @@ class ToolCallReader:
             ))
         self.called = self.called or bool(parts)
         return message.content, parts
+
+
+def tagged_calls(tool_parser, text: str, complete: bool
+                 ) -> tuple[str, list[tuple[None, str, str]]] | None:
+    """(content, calls) read from `text` for formats that wrap a JSON call, {"name",
+    "arguments"}, in start and end tags (Hermes' `<tool_call>`); None for other formats or
+    when no call is whole.
+
+    vLLM's readers of such formats look for the end tag by text search, so an argument
+    string that holds the end tag, or a last call cut off by max_tokens, loses every call of
+    the answer. Here each call's JSON is read as JSON, so the tag inside a string is just
+    text; with `complete` False the calls before an incomplete last one are kept.
+    """
+    start = getattr(tool_parser, "tool_call_start_token", None)
+    end = getattr(tool_parser, "tool_call_end_token", None)
+    if not (isinstance(start, str) and isinstance(end, str)) or start not in text:
+        return None
+    decoder, calls = json.JSONDecoder(), []
+    position = text.index(start)
+    content = text[:position]
+    while position != -1:
+        body = position + len(start)
+        body += len(text[body:]) - len(text[body:].lstrip())
+        try:
+            call, after = decoder.raw_decode(text, body)
+        except ValueError:
+            break  # cut off, or not a call: what came before stands
+        rest = text[after:].lstrip()
+        if not (isinstance(call, dict) and isinstance(call.get("name"), str)
+                and "arguments" in call and rest.startswith(end)):
+            break
+        calls.append((None, call["name"], json.dumps(call["arguments"], ensure_ascii=False)))
+        position = text.find(start, len(text) - len(rest) + len(end))
+    if not calls or (complete and position != -1):
+        return None
+    return content, calls
 
 
 def _compact(structural_tag: str) -> str:

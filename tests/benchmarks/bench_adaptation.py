@@ -123,8 +123,9 @@ def answers(client: openai.OpenAI, model: str, asked: list[str], count: int,
 
 
 def oracle_figures(task: Task, live: list[list[str]], first: list[list[str]]) -> dict:
-    """Mean oracle reward with a 95% interval over questions, and the win rate against
-    version 1's answers to the same questions with the same seeds."""
+    """Mean oracle reward with a 95% interval over questions, the win rate against version
+    1's answers to the same questions with the same seeds, and the answers' mean length in
+    words (a judge can be won by answering longer: the length goes next to the reward)."""
     rewards = [[task.oracle(q, a) for a in row] for q, row in zip(HELD_OUT, live, strict=True)]
     per_question = [statistics.fmean(row) for row in rewards]
     mean = statistics.fmean(per_question)
@@ -136,7 +137,8 @@ def oracle_figures(task: Task, live: list[list[str]], first: list[list[str]]) ->
             wins, losses = wins + (delta > 0), losses + (delta < 0)
     return {"reward": mean, "reward_low": mean - half, "reward_high": mean + half,
             "win_rate_vs_v1": wins / (wins + losses) if wins + losses else None,
-            "decided_vs_v1": wins + losses}
+            "decided_vs_v1": wins + losses,
+            "mean_words": statistics.fmean(len(a.split()) for row in live for a in row)}
 
 
 def judged_lines(task: Task, adapter: str, sampled: list[list[str]]) -> list[dict]:
@@ -204,7 +206,8 @@ def play_round(server, tenant: Tenant, number: int) -> None:
     row = tenant.rows[-1]
     print(f"[{tenant.adapter}] round {number}: {run['status']} ({row['pairs']} pairs), live "
           f"v{live}, oracle reward {row['reward']:.3f} [{row['reward_low']:.3f}, "
-          f"{row['reward_high']:.3f}], {seconds:.0f} s", flush=True)
+          f"{row['reward_high']:.3f}], {row['mean_words']:.1f} words, {seconds:.0f} s",
+          flush=True)
 
 
 def wait_for_run(admin, adapter: str, run_id: int) -> dict:
@@ -251,14 +254,15 @@ def goals(tenants: list[Tenant], max_kl: float) -> dict:
 
 def rounds_table(tenants: list[Tenant]) -> str:
     lines = ["| task | arm | round | live | outcome | pairs | oracle reward [95% CI] | "
-             "win rate vs v1 | KL from base | time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean words | win rate vs v1 | KL from base | time (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in tenants:
         for row in t.rows:
             lines.append(
                 f"| {t.task.name} | {t.arm.name} | {row['round']} | v{row['version']} | "
                 f"{row['status']} | {row['pairs']} | {row['reward']:.3f} "
                 f"[{row['reward_low']:.3f}, {row['reward_high']:.3f}] | "
+                f"{row['mean_words']:.1f} | "
                 f"{_rate(row['win_rate_vs_v1'])} ({row['decided_vs_v1']}) | "
                 f"{row['kl_from_base']:.3f} | {row['seconds']:.0f} |")
     return "\n".join(lines)

@@ -187,7 +187,7 @@ def test_keys_are_checked(vllm_server, admin):
 def _admin_routes(server) -> list[tuple[str, str]]:
     spec = httpx.get(f"{server.url}/openapi.json").json()
     values = {"tenant": "acme", "name": "support", "version": "1", "prefix": "llk_abcdefgh",
-              "run_id": "1", "job_id": "1"}
+              "run_id": "1", "job_id": "1", "session_id": "1"}
     return [(method.upper(), path.format(**values))
             for path, methods in spec["paths"].items() if path.startswith("/admin/")
             for method in methods]

@@ -471,3 +471,46 @@ def test_sign_out_ends_the_session(browser, replicas):
     browser.find_element(By.ID, "sign-out").click()
     wait(browser, lambda: browser.find_elements(By.ID, "sign-in"), "the sign-in form")
     assert fetch(browser, "GET", "/admin/v1/adapters")["status"] == 401
+
+
+def test_each_tag_is_isolated_and_a_long_word_wraps(browser, server, admin, adapter_dirs,
+                                                     tmp_path):
+    """An unclosed right-to-left override in one tag must not reverse the next tag, and a
+    1,000-character word must not widen the page."""
+    adapter_id = make_adapter(admin, f"{TENANT}/bidi", adapter_dirs, description="d" * 1000)
+    admin.register(adapter_id, adapter_dirs["globex/chat"], reason="\u202eesaeler",
+                   tags={"a": "\u202eexe.tnemyap", "b": "payment", "word": "w" * 250})
+    sign_in(browser, server, ADMIN_KEY)
+    open_adapter(browser, server, adapter_id)
+    cell = browser.find_element(By.CSS_SELECTOR, 'tr[data-version="4"] td:has(bdi)')
+    isolated = cell.find_elements(By.TAG_NAME, "bdi")
+    assert [b.get_attribute("textContent") for b in isolated] == [
+        "a=\u202eexe.tnemyap", "b=payment", f"word={'w' * 250}"]
+    assert {browser.execute_script("return getComputedStyle(arguments[0]).unicodeBidi", b)
+            for b in isolated} == {"isolate"}
+    browser.save_screenshot(str(tmp_path / "isolated-tags.png"))
+    assert (tmp_path / "isolated-tags.png").stat().st_size > 10_000
+    for fragment, ready in (("/", f'tr[data-adapter="{adapter_id}"]'),
+                            (f"/adapters/{adapter_id}", "table.versions")):
+        open_page(browser, server, fragment, ready)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= browser.execute_script("return window.innerWidth") + 20, (fragment,
+                                                                                  width)
+
+
+def test_back_after_leaving_does_not_show_a_newly_issued_key(browser, replicas):
+    server = replicas[0]
+    sign_in(browser, server, ADMIN_KEY, OPERATOR)
+    with AdminClient(server.url, ADMIN_KEY, actor="tests") as admin:
+        ensure_tenant(admin, "initech")
+    open_page(browser, server, "/tenants", 'form[data-tenant="initech"]')
+    browser.find_element(By.CSS_SELECTOR, 'form[data-tenant="initech"] button').click()
+    key = wait(browser, lambda: browser.find_element(By.CSS_SELECTOR, "#issued-key code"),
+               "the new key").text
+    browser.get("data:text/html,<p id=elsewhere>another site</p>")
+    wait(browser, lambda: browser.find_elements(By.ID, "elsewhere"), "the other site")
+    browser.back()
+    wait(browser, lambda: browser.find_elements(By.ID, "nav") or browser.find_elements(
+        By.ID, "sign-in"), "the console again")
+    assert key not in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_elements(By.ID, "issued-key") == []

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from loraloop.adapters.db import sqlite_url
+from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.feedback import NewFeedback
 from loraloop.adapters.names import ADAPTER_FILES
 from loraloop.adapters.policy import TrainingPolicy
@@ -40,7 +41,9 @@ from ..support import (
     local_postgres_cluster,
     postgres_stopped,
     read_metric,
+    scaled,
     wait_until,
+    wait_while_progressing,
 )
 
 ADAPTER = "acme/support"
@@ -328,6 +331,49 @@ def test_a_trainer_that_cannot_write_its_candidate_fails_the_run_and_releases_fe
             registry.db.dispose()
 
 
+def start_trainer(demo_model: Path, data_dir: Path, url: str, log_path: Path
+                  ) -> subprocess.Popen:
+    """The trainer sidecar as a process of its own, on a short lease and poll."""
+    with open(log_path, "wb") as log:  # the child keeps its copy
+        return subprocess.Popen(
+            [sys.executable, "-m", "loraloop.trainer", "--model", str(demo_model),
+             "--data-dir", str(data_dir), "--poll-s", "0.3", "--lease-s", "6"],
+            env={**os.environ, "LORALOOP_DATABASE_URL": url}, stdout=log,
+            stderr=subprocess.STDOUT)
+
+
+def trainer_progress(registry, log_path: Path):
+    """What changes while a trainer works: its log, and the runs' rows (a running one's
+    progress is renewed every 2 s)."""
+    def seen():
+        try:
+            runs = [(r.id, r.status, r.progress) for r in registry.training.runs(ADAPTER)]
+        except RegistryUnavailable:
+            runs = None
+        return log_path.stat().st_size, runs
+
+    return seen
+
+
+def mid_training(registry) -> bool:
+    return any(r.status == "running" and r.progress.get("step")
+               for r in registry.training.runs(ADAPTER))
+
+
+def stop_trainer(trainer: subprocess.Popen, log_path: Path, within_s: float = 30) -> float:
+    """SIGTERM, and the seconds until the trainer exited; it must within `within_s`."""
+    started = time.monotonic()
+    trainer.terminate()
+    try:
+        trainer.wait(timeout=scaled(within_s))
+    except subprocess.TimeoutExpired:
+        trainer.kill()
+        trainer.wait()
+        raise AssertionError(f"the trainer did not exit within {scaled(within_s):.0f} s of "
+                             f"SIGTERM:\n{log_path.read_text()[-3000:]}") from None
+    return time.monotonic() - started
+
+
 def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
         demo_model, adapter_dirs, tmp_path):
     """PostgreSQL stops while the trainer trains, then comes back: no half-recorded version,
@@ -338,25 +384,20 @@ def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
     with fresh_postgres_database() as url:
         registry = open_registry(model=str(demo_model), aliases=[], data_dir=tmp_path / "data",
                                  database_url=url, max_rank=64, max_bytes=1 << 30)
-        trainer = None
+        trainer, log_path = None, tmp_path / "trainer.log"
         try:
             # Long enough a run to be caught in the middle of it.
             adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=16, epochs=40)
-            with open(tmp_path / "trainer.log", "wb") as log:  # the child keeps its copy
-                trainer = subprocess.Popen(
-                    [sys.executable, "-m", "loraloop.trainer", "--model", str(demo_model),
-                     "--data-dir", str(tmp_path / "data"), "--poll-s", "0.3",
-                     "--lease-s", "6"],
-                    env={**os.environ, "LORALOOP_DATABASE_URL": url}, stdout=log,
-                    stderr=subprocess.STDOUT)
-            wait_until(lambda: any(r.status == "running" and r.progress.get("step")
-                                   for r in registry.training.runs(ADAPTER)), 120,
-                       "a run in the middle of training")
+            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
+            progress = trainer_progress(registry, log_path)
+            wait_while_progressing(lambda: mid_training(registry), progress, 120,
+                                   "a run in the middle of training")
             with postgres_stopped(version):
                 time.sleep(8)  # longer than the lease: the run's claim lapses meanwhile
-            wait_until(lambda: any(r.status in ("promoted", "rejected", "candidate")
-                                   for r in registry.training.runs(ADAPTER)), 180,
-                       "a run that finished")
+            # The run that lost its lease stops at its next step; the next one trains.
+            wait_while_progressing(lambda: any(
+                r.status in ("promoted", "rejected", "candidate")
+                for r in registry.training.runs(ADAPTER)), progress, 60, "a run that finished")
             runs = registry.training.runs(ADAPTER)
             finished = [r for r in runs if r.status in ("promoted", "rejected", "candidate")]
             assert len(finished) == 1 and len(runs) <= 2, runs
@@ -366,6 +407,44 @@ def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
             assert registry.feedback.stats(ADAPTER).by_status == {"consumed": 16}
         finally:
             if trainer is not None:
-                trainer.terminate()
-                trainer.wait(timeout=30)
+                stop_trainer(trainer, log_path)
+            registry.db.dispose()
+
+
+def test_a_trainer_stopped_mid_run_exits_at_once_and_its_feedback_goes_back(
+        demo_model, adapter_dirs, tmp_path):
+    """SIGTERM while a run trains, with the database up and then with it down: the trainer
+    exits within seconds, not at the end of the run (a pod's grace period is 30 s); the
+    feedback goes back to pending at once, or, the database down, when the lease lapses."""
+    version = local_postgres_cluster()
+    if version is None:
+        pytest.skip("the tests' PostgreSQL is not a local cluster this test can stop")
+    with fresh_postgres_database() as url:
+        registry = open_registry(model=str(demo_model), aliases=[], data_dir=tmp_path / "data",
+                                 database_url=url, max_rank=64, max_bytes=1 << 30)
+        trainer, log_path = None, tmp_path / "trainer.log"
+        try:
+            adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=16, epochs=100)
+            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
+            wait_while_progressing(lambda: mid_training(registry),
+                                   trainer_progress(registry, log_path), 120,
+                                   "a run in the middle of training")
+            stop_trainer(trainer, log_path, within_s=15)
+            (stopped,) = registry.training.runs(ADAPTER)
+            assert stopped.status == "failed" and stopped.reason.startswith("stopped:"), stopped
+            assert registry.feedback.stats(ADAPTER).by_status == {"pending": 16}
+
+            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
+            wait_while_progressing(lambda: mid_training(registry),
+                                   trainer_progress(registry, log_path), 120,
+                                   "a second run in the middle of training")
+            with postgres_stopped(version):
+                stop_trainer(trainer, log_path, within_s=15)
+            # Nothing could be written: the run's lease lapses, and its feedback goes back.
+            wait_until(lambda: len(registry.training.claimable(ADAPTER)) == 16, scaled(30),
+                       "the feedback claimable again")
+            assert [v.number for v in registry.adapters.versions(ADAPTER)] == [1]
+        finally:
+            if trainer is not None and trainer.poll() is None:
+                trainer.kill()
             registry.db.dispose()

@@ -8,6 +8,7 @@ asks by default) every reply parses.
 
 from __future__ import annotations
 
+from loraloop.adapters.judge_keys import DEFAULT_KEY_VARIABLES
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.trainer.judges import judge_for
@@ -21,12 +22,12 @@ ANSWERS = [("It ships today.", "No idea, sorry, I cannot say anything about it."
 
 
 def llm_judge(server, monkeypatch, *, structured: bool):
-    monkeypatch.setenv("LORALOOP_JUDGE_KEY", ADMIN_KEY)
+    monkeypatch.setenv("JUDGE_SERVER_KEY", ADMIN_KEY)
     policy = TrainingPolicy.model_validate({"judge": {
         "kind": "llm", "url": f"{server.url}/v1", "model": BASE_MODEL_NAME,
-        "rubric": "Prefer the shorter answer.", "api_key_env": "LORALOOP_JUDGE_KEY",
+        "rubric": "Prefer the shorter answer.", "api_key_env": "JUDGE_SERVER_KEY",
         "structured": structured}}).judge
-    return judge_for(policy, None)
+    return judge_for(policy, None, key_variables=DEFAULT_KEY_VARIABLES)
 
 
 def test_malformed_replies_are_counted_abstentions(vllm_server, monkeypatch):

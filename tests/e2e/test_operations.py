@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from loraloop.serve.metrics import adapter_label
+
 from ..conftest import ADMIN_HEADERS
 
 CHAT = "/v1/chat/completions"
@@ -36,15 +38,16 @@ def test_metrics_count_a_scripted_workload(vllm_server, client):
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
-    served = dict(endpoint=CHAT, adapter="acme/legal", version="1", status="200")
+    legal = adapter_label("acme/legal")  # the server shows no adapter ids by default
+    served = dict(endpoint=CHAT, adapter=legal, version="1", status="200")
     assert delta("loraloop_requests_total", **served) == 3
     assert delta("loraloop_requests_total", endpoint=CHAT, adapter="-", version="-",
                  status="404") == 1
-    assert delta("loraloop_generation_tokens_total", adapter="acme/legal") == generated
-    assert delta("loraloop_prompt_tokens_total", adapter="acme/legal") > 0
+    assert delta("loraloop_generation_tokens_total", adapter=legal) == generated
+    assert delta("loraloop_prompt_tokens_total", adapter=legal) > 0
     assert delta("loraloop_time_to_first_token_seconds_count", endpoint=CHAT) == 3
     assert delta("loraloop_request_duration_seconds_count", endpoint=CHAT) == 4
-    assert value(after, "loraloop_adapter_live_version", adapter="acme/legal") == 1
+    assert value(after, "loraloop_adapter_live_version", adapter=legal) == 1
     assert value(after, "loraloop_registry_events_total", kind="promote") >= 8
     assert value(after, "loraloop_adapter_cache_lookups_total", result="hit") >= 2
 

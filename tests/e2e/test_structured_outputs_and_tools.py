@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 from typing import Literal
 
 import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.serve.cli.client import AdminClient
 
 from ..conftest import ADMIN_KEY, BASE_MODEL_NAME
+from ..support import read_metric
 
 ADAPTER = "acme/support"
 MESSAGES = [{"role": "user", "content": "where is my order?"}]
@@ -337,3 +340,197 @@ def test_preference_feedback_takes_tools_and_tool_messages(client):
         client.post("/feedback", cast_to=object, body={
             "adapter": ADAPTER, "prompt": "hi", "tools": TOOLS, "chosen": "a", "rejected": "b"})
     assert "tools go with messages" in caught.value.body["message"]
+
+
+# -- what clients rely on: the SDK's stream helpers, history, valid JSON strings ----------
+
+class Order(BaseModel):
+    reference: str = Field(max_length=40)
+    note: str | None = Field(None, min_length=1, max_length=40)
+
+
+def test_sdk_stream_helper_accumulates_tool_calls(client):
+    with client.chat.completions.stream(
+            model=ADAPTER, messages=MESSAGES, tools=TOOLS, tool_choice="required",
+            parallel_tool_calls=False, temperature=1.0, seed=5, max_tokens=120) as stream:
+        final = stream.get_final_completion()
+    [call] = final.choices[0].message.tool_calls
+    assert final.choices[0].finish_reason == "tool_calls"
+    check_call(call)
+
+
+def test_sdk_stream_helper_parses_response_format(client):
+    for seed in range(8):
+        with client.chat.completions.stream(
+                model=ADAPTER, messages=MESSAGES, response_format=Order, temperature=1.0,
+                seed=seed, max_tokens=200) as stream:
+            final = stream.get_final_completion()
+        assert isinstance(final.choices[0].message.parsed, Order)
+
+
+@pytest.mark.parametrize("kind", ["plain", "tools", "structured"])
+def test_each_response_message_is_accepted_back_as_history(client, kind):
+    request = {"plain": {},
+               "tools": {"tools": TOOLS, "tool_choice": "required",
+                         "parallel_tool_calls": False},
+               "structured": {"response_format": {"type": "json_schema", "json_schema": {
+                   "name": "ticket", "schema": TICKET_SCHEMA}}}}[kind]
+    messages = list(MESSAGES)
+    for turn in range(3):
+        response = client.chat.completions.create(
+            model=ADAPTER, messages=messages, temperature=1.0, seed=turn, max_tokens=120,
+            **request)
+        message = response.choices[0].message
+        messages.append(message.model_dump())  # as applications keep history
+        for call in message.tool_calls or ():
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": "done"})
+        messages.append({"role": "user", "content": "and then?"})
+
+
+def test_length_bounded_strings_are_valid_json_at_temperature_1(client):
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 40},
+                                               "t": {"type": "string", "minLength": 2,
+                                                     "maxLength": 8}},
+              "required": ["s", "t"], "additionalProperties": False}
+    choices = sampled_choices(client, max_tokens=120, response_format={
+        "type": "json_schema", "json_schema": {"name": "strings", "schema": schema}})
+    finished = [c for c in choices if c.finish_reason == "stop"]
+    assert len(finished) >= SAMPLES // 2
+    for choice in finished:
+        jsonschema.validate(json.loads(choice.message.content), schema)
+
+
+def test_tool_arguments_with_bounded_strings_always_parse(client):
+    note = {"type": "function", "function": {"name": "note", "parameters": {
+        "type": "object", "properties": {"text": {"type": "string", "maxLength": 30}},
+        "required": ["text"], "additionalProperties": False}}}
+    choices = sampled_choices(client, tools=[note], tool_choice="required",
+                              parallel_tool_calls=False, max_tokens=120)
+    for choice in (c for c in choices if c.finish_reason != "length"):
+        [call] = choice.message.tool_calls
+        jsonschema.validate(json.loads(call.function.arguments),
+                            note["function"]["parameters"])
+
+
+def test_an_answer_that_breaks_its_schema_is_a_named_error_and_counted(client, vllm_server):
+    """The grammar's date pattern admits year 0000, which is no date: a bias towards 0
+    makes the model write it, and the server refuses to pass it on as valid."""
+    schema = {"type": "object", "properties": {"day": {"type": "string", "format": "date"}},
+              "required": ["day"], "additionalProperties": False}
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(
+            model=ADAPTER, messages=MESSAGES, temperature=0, max_tokens=40,
+            logit_bias={"20": 100},  # the token "0"
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "day", "schema": schema}})
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "invalid_structured_output"
+    assert caught.value.body["param"] == "response_format"
+    with pytest.raises(openai.APIError) as streamed:
+        list(client.chat.completions.create(
+            model=ADAPTER, messages=MESSAGES, temperature=0, max_tokens=40, stream=True,
+            logit_bias={"20": 100}, response_format={
+                "type": "json_schema", "json_schema": {"name": "day", "schema": schema}}))
+    assert "invalid_structured_output" in str(streamed.value.body)
+    assert read_metric(vllm_server.url, "loraloop_structured_outputs_invalid_total") >= 2
+
+
+def test_complete_calls_are_returned_when_the_answer_runs_out_of_tokens(client):
+    """Parallel calls allowed and required: the model keeps calling until max_tokens; the
+    calls it completed come back as calls (finish_reason length), for every choice."""
+    response = client.chat.completions.create(
+        model=ADAPTER, messages=MESSAGES, tools=[REFUND], tool_choice="required", n=4,
+        temperature=1.0, seed=2, max_tokens=110)
+    for choice in response.choices:
+        if choice.finish_reason == "length":
+            assert choice.message.tool_calls, choice.message.content
+            for call in choice.message.tool_calls:
+                check_call(call)
+
+
+def test_the_end_tag_inside_an_argument_does_not_lose_the_call(client):
+    echo = {"type": "function", "function": {"name": "echo", "parameters": {
+        "type": "object", "properties": {"text": {"enum": ["a </tool_call> b"]}},
+        "required": ["text"], "additionalProperties": False}}}
+    response = client.chat.completions.create(
+        model=ADAPTER, messages=MESSAGES, tools=[echo], temperature=0, max_tokens=60,
+        tool_choice={"type": "function", "function": {"name": "echo"}})
+    [call] = response.choices[0].message.tool_calls
+    assert json.loads(call.function.arguments) == {"text": "a </tool_call> b"}
+
+
+@pytest.mark.parametrize(("fields", "param"), [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "^(a{1,200}){1,200}$"}}}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "^(a)\\1$"}}}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "pattern": "^(a)\\1$"}}}}}],
+      "tool_choice": "required"}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "description": "x" * (1 << 20)}}}]}, "tools"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice"),
+], ids=["costly-pattern", "backreference", "tool-backreference", "1MB-tool", "tool-choice"])
+def test_grammars_that_cannot_be_built_are_400s_naming_the_field(client, fields, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=ADAPTER, messages=MESSAGES, max_tokens=8,
+                                       **fields)
+    error = caught.value.body
+    assert error["param"] == param, error
+    assert ".cc:" not in error["message"] and "/project" not in error["message"]
+
+
+def test_a_hostile_schema_does_not_stall_another_tenants_chat(vllm_server):
+    """A 57 KB schema of 2,000 optional properties (under the size limit) once compiled for
+    36 s in the engine, next to everyone's decoding; nested counted repeats likewise. While
+    one tenant keeps sending them, another tenant's plain chat keeps its pace."""
+    hostile = [
+        {"type": "object", "properties": {f"field_{i:04d}": {"type": "string"}
+                                          for i in range(2000)}},
+        {"type": "object", "properties": {f"p{i}": {
+            "type": "string", "pattern": "^((a{1,30}){1,30}){1,30}$"} for i in range(4)}},
+    ]
+    acme = openai.OpenAI(base_url=f"{vllm_server.url}/v1", max_retries=0,
+                         api_key=vllm_server.tenant_keys["acme"])
+    globex = openai.OpenAI(base_url=f"{vllm_server.url}/v1", max_retries=0,
+                           api_key=vllm_server.tenant_keys["globex"])
+
+    def chat_p95(count: int = 30) -> float:
+        times = []
+        for seed in range(count):
+            started = time.perf_counter()
+            globex.chat.completions.create(model="globex/chat", messages=MESSAGES,
+                                           max_tokens=8, seed=seed)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[int(0.95 * (count - 1))]
+
+    alone = chat_p95()
+    stop = threading.Event()
+    refused = []
+
+    def attack() -> None:
+        # Sent again as soon as each is answered (after a breath: on a 2-core machine a
+        # client in a tight loop would measure this test process's own CPU use).
+        while not stop.wait(0.05):
+            for schema in hostile:
+                try:
+                    acme.chat.completions.create(
+                        model=ADAPTER, messages=MESSAGES, max_tokens=8, response_format={
+                            "type": "json_schema",
+                            "json_schema": {"name": "hostile", "schema": schema}})
+                except openai.BadRequestError as error:
+                    refused.append(error.body["param"])
+
+    attackers = [threading.Thread(target=attack)]  # one hostile request in flight at a time
+    for thread in attackers:
+        thread.start()
+    try:
+        during = chat_p95()
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=60)
+    # 2x, with 50 ms for the noise of a shared 2-core machine on a fast small model.
+    assert during <= 2 * alone + 0.05, (alone, during)
+    assert refused and set(refused) == {"response_format"}

@@ -28,7 +28,7 @@ from loraloop.trainer.demo_model import build_fresh_adapter
 
 from ..conftest import ADMIN_KEY, BASE_MODEL_NAME
 from ..oracle_tasks import AVOID_RULES, TASKS, questions
-from ..support import wait_until
+from ..support import recording_endpoint, wait_until
 
 RUN_TIMEOUT_S = 240
 FINISHED = ("promoted", "rejected", "candidate", "failed", "identical")
@@ -40,7 +40,10 @@ def start_trainer(model: Path, data_dir: Path, log: Path, *, lease_s: float = 30
                "--data-dir", str(data_dir), "--poll-s", "0.3", "--lease-s", str(lease_s)]
     if server_url:  # policies that sample the live version ask this server
         command += ["--server-url", server_url]
-    env = {**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY}
+    # JUDGE_LOOP_KEY: the key of an LLM judge that is this very server, the one variable
+    # this trainer lets judges use (the server allows JUDGE_*, its default).
+    env = {**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY, "JUDGE_LOOP_KEY": ADMIN_KEY,
+           "LORALOOP_JUDGE_KEY_VARIABLES": "JUDGE_LOOP_KEY", "JUDGE_OTHER_KEY": "other-secret"}
     with open(log, "wb") as output:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
@@ -320,6 +323,24 @@ def test_a_judge_that_inverts_every_preference_promotes_nothing(
     assert "judged_win_rate" in last["reason"]
 
 
+def test_a_judge_key_the_trainer_does_not_allow_fails_the_run_and_sends_nothing(
+        vllm_server, trainer, admin, adapter_dirs):
+    """The server allows JUDGE_OTHER_KEY (JUDGE_*), this trainer does not: the policy is
+    accepted when set, the trainer refuses the judge when it builds it, the run fails saying
+    why, and the judge's endpoint never hears from the trainer."""
+    adapter = "loop/judge-key"
+    with recording_endpoint() as (url, seen):
+        new_adapter(admin, adapter, adapter_dirs["acme/support"], min_pairs=8, judge={
+            "kind": "llm", "url": url, "model": "m", "rubric": "r",
+            "api_key_env": "JUDGE_OTHER_KEY"})
+        send_batch(vllm_server, preference_feedback(adapter, user_messages(8, seed=17)))
+        run = wait_for_run(admin, adapter, trainer)
+    assert run["status"] == "failed", run
+    assert "JUDGE_OTHER_KEY is not a variable judges may use" in run["reason"], run["reason"]
+    assert seen == []
+    assert admin.show_adapter(adapter)["live_version"] == 1
+
+
 def test_a_run_whose_llm_judge_never_answers_in_shape_ends_cleanly_and_counts_it(
         vllm_server, trainer, admin, adapter_dirs):
     """The judge is a model behind this very server, asked without structured outputs: its
@@ -329,7 +350,7 @@ def test_a_run_whose_llm_judge_never_answers_in_shape_ends_cleanly_and_counts_it
     new_adapter(admin, adapter, adapter_dirs["acme/support"], min_pairs=48, judge={
         "kind": "llm", "url": f"{vllm_server.url}/v1", "model": BASE_MODEL_NAME,
         "rubric": "Prefer answers that start with the word refund.",
-        "api_key_env": "LORALOOP_ADMIN_KEY", "structured": False})
+        "api_key_env": "JUDGE_LOOP_KEY", "structured": False})
     send_batch(vllm_server, preference_feedback(adapter, user_messages(48, seed=13)))
     run = wait_for_run(admin, adapter, trainer)
     assert run["status"] == "rejected" and "judged_win_rate_min" in run["reason"], run

@@ -180,3 +180,26 @@ def test_a_base_no_trainer_knows_fails_with_the_names_it_knows(fleet):
     assert job["reason"] == (
         "refused: this trainer knows no base named 'nowhere' (it knows: successor); name one "
         "of those, or add nowhere=MODEL to the trainers' LORALOOP_TRANSFER_TARGETS")
+
+
+def test_a_tenant_sees_its_jobs_status_but_not_the_fleets_bases(fleet):
+    old, _, _ = fleet
+    with AdminClient(old.url, ADMIN_KEY) as admin:
+        key = admin.issue_key("upgrade")["key"]
+        jobs = admin.transfers(ADAPTER)
+        versions = admin.list_versions(ADAPTER)
+    with httpx.Client(base_url=old.url, timeout=30) as console:
+        console.post("/console/session", json={"key": key}).raise_for_status()
+        seen = console.get(f"/admin/v1/adapters/{ADAPTER}/transfers").json()
+        seen_versions = console.get(f"/admin/v1/adapters/{ADAPTER}/versions").json()
+    assert [(j["id"], j["status"]) for j in seen] == [(j["id"], j["status"]) for j in jobs]
+    generic = {"passed": "carried to the new base model",
+               "failed": "the transfer could not be done; an operator can see why"}
+    assert all(j["reason"] == generic.get(j["status"]) for j in seen)
+    assert all(j["to_base_fingerprint"] is None and j["worker"] is None for j in seen)
+    fingerprints = {v["base_fingerprint"] for v in versions} - {
+        v["base_fingerprint"] for v in versions if v["version"] == 1}
+    assert fingerprints  # the carried version's base, which the tenant must not learn here
+    text = json.dumps(seen) + json.dumps(seen_versions)
+    assert not any(fingerprint in text for fingerprint in fingerprints)
+    assert "LORALOOP_TRANSFER_TARGETS" not in text

@@ -14,7 +14,7 @@ import pytest
 
 from loraloop.trainer.transfer import TransferFigures, TransferResult
 
-from ..benchmarks import bench_adapters, bench_transfer, common
+from ..benchmarks import bench_adaptation, bench_adapters, bench_transfer, common
 from ..benchmarks.bench_adapters import WORKLOADS, Workload
 
 
@@ -136,3 +136,13 @@ def test_equal_steps_give_every_count_the_largest_counts_steps():
         assert equal.epochs == epochs
         assert equal.epochs * -(-count * 5 // 16) == 120  # 64 prompts: 20 steps an epoch
         assert equal == dataclasses.replace(settings, epochs=epochs)
+
+
+def test_each_adaptation_round_reports_the_answers_length_beside_the_reward():
+    task = bench_adaptation.TASKS["short"]
+    questions = len(bench_adaptation.HELD_OUT)
+    short = [["yes."] * 2 for _ in range(questions)]
+    long = [["yes and then some more words."] * 2 for _ in range(questions)]
+    figures = bench_adaptation.oracle_figures(task, long, short)
+    assert figures["mean_words"] == 6.0
+    assert bench_adaptation.oracle_figures(task, short, short)["mean_words"] == 1.0

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from loraloop.adapters.policy import JudgePolicy, LLMJudgePolicy, RuleJudgePolicy
 
-from .protocol import Comparison, Judge, Tally, Verdict
+from .protocol import Comparison, Judge, JudgeUnavailable, Tally, Verdict
 
-__all__ = ["Comparison", "Judge", "Tally", "Verdict", "judge_for"]
+__all__ = ["Comparison", "Judge", "JudgeUnavailable", "Tally", "Verdict", "judge_for"]
 
 
-def judge_for(policy: JudgePolicy, tokenizer) -> Judge:
-    """The judge a policy names; ValueError when it cannot be built here (a Python judge
-    that does not import, an LLM judge whose key variable is unset)."""
+def judge_for(policy: JudgePolicy, tokenizer, *, key_variables: tuple[str, ...] = ()) -> Judge:
+    """The judge a policy names; JudgeUnavailable (a ValueError) when it cannot be built here
+    (a Python judge that does not import, an LLM judge whose key variable is unset or not in
+    `key_variables`, the operator's allow-list: none unless given)."""
     if isinstance(policy, RuleJudgePolicy):
         from .rules import RuleJudge
 
@@ -19,7 +20,7 @@ def judge_for(policy: JudgePolicy, tokenizer) -> Judge:
     if isinstance(policy, LLMJudgePolicy):
         from .llm import LLMJudge
 
-        return LLMJudge(policy)
+        return LLMJudge(policy, key_variables=key_variables)
     from .function import FunctionJudge
 
     return FunctionJudge(policy)

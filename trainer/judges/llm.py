@@ -6,11 +6,18 @@ prompt is fixed and versioned; its hash (with the rubric's) is part of the judge
 is stored with every score. Replies that do not parse are abstentions, counted. Each call has
 a timeout, failed calls are retried with backoff, and in one run the judge makes at most
 `max_calls` calls and takes at most `max_seconds`: past either, it abstains.
-The endpoint's key comes from the trainer's environment, never from the registry.
+
+httpx's timeouts are per operation (connect, each read), so an endpoint that drips a byte at
+a time would hold a call for ever: each call runs on an event loop of its own under one
+deadline (the policy's timeout_s, or what is left of the run's budget) covering connect,
+headers and the whole body, and the reply is read as a stream, abandoned past MAX_REPLY_BYTES.
+The endpoint's key comes from the trainer's environment, from a variable the operator allows
+judges to use, never from the registry.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,10 +27,11 @@ import time
 import httpx
 import regex
 
+from loraloop.adapters.judge_keys import key_refusal
 from loraloop.adapters.policy import LLMJudgePolicy
 from loraloop.adapters.prompts import StoredPrompt
 
-from .protocol import MAX_NAME_CHARS, Comparison, Tally, Verdict
+from .protocol import MAX_NAME_CHARS, Comparison, JudgeUnavailable, Tally, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +76,13 @@ SCORE_FORMAT = {"type": "json_schema", "json_schema": {"name": "score", "strict"
 _LEADING_WINNER = regex.compile(r"^\W*(A|B)\b")
 # Enough for the JSON verdict whatever the tokenizer: its reason is at most 160 characters.
 MAX_REPLY_TOKENS = 256
+# A verdict's reply is a few hundred bytes; anything near this is not one.
+MAX_REPLY_BYTES = 1 << 20
 BACKOFF_S = 0.5
+
+
+class ReplyTooLarge(Exception):
+    pass
 
 
 def _hash(text: str) -> str:
@@ -76,8 +90,10 @@ def _hash(text: str) -> str:
 
 
 class LLMJudge:
-    def __init__(self, policy: LLMJudgePolicy, *, transport: httpx.BaseTransport | None = None
-                 ) -> None:
+    def __init__(self, policy: LLMJudgePolicy, *, key_variables: tuple[str, ...] = (),
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        """`key_variables`: the variables the operator lets judges use as their key (none
+        unless given)."""
         self.policy = policy
         prompts = _hash(PAIRWISE_PROMPT + SCORE_PROMPT)
         self.name = (f"llm:{PROMPT_VERSION}-{prompts}:rubric-{_hash(policy.rubric)}:"
@@ -85,18 +101,13 @@ class LLMJudge:
         self.tally = Tally()
         self.calls = 0
         self._deadline: float | None = None  # set by the first call: the run's time budget
-        headers = {}
-        if policy.api_key_env:
-            key = os.environ.get(policy.api_key_env)
-            if not key:
-                raise ValueError(f"the judge's key variable {policy.api_key_env} is not set in "
-                                 "the trainer's environment")
-            headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.Client(base_url=str(policy.url).rstrip("/"), headers=headers,
-                                  timeout=policy.timeout_s, transport=transport)
+        self._headers = _auth_headers(policy.api_key_env, key_variables)
+        self._transport = transport
+        # Built once: each call has a client of its own, on an event loop of its own.
+        self._tls = httpx.create_ssl_context()
 
     def close(self) -> None:
-        self._http.close()
+        pass  # every call closes its own connection
 
     def compare(self, prompt: StoredPrompt, first: str, second: str) -> Comparison:
         forward = self._ask_pairwise(prompt, first, second)
@@ -152,23 +163,63 @@ class LLMJudge:
                 return Verdict.abstain("time budget spent")
             self.calls += 1
             try:
-                response = self._http.post("/chat/completions", json=body,
-                                           timeout=min(self.policy.timeout_s, left))
+                status, content = self._post(body, min(self.policy.timeout_s, left))
+            except (TimeoutError, httpx.TimeoutException):
+                failure = "timed out"
+            except ReplyTooLarge:
+                return Verdict.abstain("reply too large")  # retrying will not help
             except httpx.HTTPError as exc:
                 failure = f"unreachable ({type(exc).__name__})"
             else:
-                if response.status_code < 300:
+                if status < 300:
                     try:
-                        return response.json()["choices"][0]["message"]["content"] or ""
+                        return json.loads(content)["choices"][0]["message"]["content"] or ""
                     except (ValueError, KeyError, IndexError, TypeError):
                         return Verdict.abstain("malformed response")
-                failure = f"HTTP {response.status_code}"
-                if response.status_code < 500 and response.status_code != 429:
+                failure = f"HTTP {status}"
+                if status < 500 and status != 429:
                     return Verdict.abstain(f"refused ({failure})")  # retrying will not help
             if attempt < self.policy.retries:
                 time.sleep(min(BACKOFF_S * 2**attempt, max(self._deadline - time.monotonic(), 0)))
         logger.warning("judge %s: giving up on a call: %s", self.name, failure)
         return Verdict.abstain(failure)
+
+
+    def _post(self, body: dict, seconds: float) -> tuple[int, bytes]:
+        """(status, reply body) of one call that ends within `seconds`, whatever the endpoint
+        does: TimeoutError past it, ReplyTooLarge past MAX_REPLY_BYTES."""
+        async def within() -> tuple[int, bytes]:
+            return await asyncio.wait_for(self._stream(body, seconds), seconds)
+
+        return asyncio.run(within())
+
+    async def _stream(self, body: dict, seconds: float) -> tuple[int, bytes]:
+        async with httpx.AsyncClient(
+                base_url=str(self.policy.url).rstrip("/"), headers=self._headers,
+                timeout=seconds, transport=self._transport, verify=self._tls) as http, \
+                http.stream("POST", "/chat/completions", json=body) as response:
+            if response.status_code >= 300:
+                return response.status_code, b""
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_REPLY_BYTES:
+                    raise ReplyTooLarge
+            return response.status_code, bytes(content)
+
+
+def _auth_headers(variable: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The bearer header from the key variable, checked again here (the operator's
+    allow-list may have changed since the policy was set): no request goes out without it."""
+    if variable is None:
+        return {}
+    if why := key_refusal(variable, allowed):
+        raise JudgeUnavailable(f"the judge's key variable is refused: {why}")
+    key = os.environ.get(variable)
+    if not key:
+        raise JudgeUnavailable(f"the judge's key variable {variable} is not set in the "
+                               "trainer's environment")
+    return {"Authorization": f"Bearer {key}"}
 
 
 def _json(reply: str):

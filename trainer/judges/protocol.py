@@ -18,6 +18,12 @@ from loraloop.adapters.prompts import StoredPrompt
 MAX_NAME_CHARS = 128
 
 
+class JudgeUnavailable(ValueError):
+    """A policy's judge cannot be built here: its Python function does not import, or its
+    key variable is unset or not one the operator lets judges use. The message says why
+    and how to fix it; whatever the judge serves fails with it (a ValueError, as before)."""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One answer judged: `score` in [0, 1], or None when the judge abstained."""

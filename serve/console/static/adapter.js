@@ -5,7 +5,7 @@
 import { clearCanary, rollback, startTraining } from "./actions.js";
 import { adapterPath, api } from "./api.js";
 import { barChart, lineChart, stackedChart } from "./charts.js";
-import { el, fill, section } from "./dom.js";
+import { el, fill, isolated, section } from "./dom.js";
 import { hourKey, hourLabel, lastHours } from "./hours.js";
 import { lineageGraph } from "./lineage.js";
 import { rolloutText } from "./overview.js";
@@ -83,7 +83,7 @@ export async function renderAdapter(main, session, adapterId) {
   const admin = session.role === "admin";
   fill(main, 
     el("h1", {}, adapter.id),
-    el("p", { class: "description" }, adapter.description || ""),
+    el("p", { class: "description" }, isolated(adapter.description || "")),
     summary(adapter),
     admin ? adapterActions(adapter, refresh) : null,
     section("Versions", versionsTable(adapter, versions, session, refresh)),

@@ -46,9 +46,16 @@ export function table(headings, rows, attributes = {}) {
     el("tbody", {}, rows));
 }
 
+// User-supplied text in an element of its own whose direction is isolated: a right-to-left
+// override left open in one tag or reason cannot reverse what comes after it.
+export function isolated(text) {
+  return el("bdi", {}, text);
+}
+
 export function entries(mapping) {
   const pairs = Object.entries(mapping || {});
-  return pairs.length ? pairs.map(([k, v]) => `${k}=${v}`).join(", ") : "—";
+  if (!pairs.length) return "—";
+  return pairs.flatMap(([k, v], i) => [i ? ", " : null, isolated(`${k}=${v}`)]);
 }
 
 // Replaces a node's children; arrays among them are flattened, data becomes text.

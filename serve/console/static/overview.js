@@ -1,7 +1,7 @@
 // The overview: every tenant the session may see, its adapters, and how each one stands.
 
 import { adapterPath, api } from "./api.js";
-import { el, fill, section, table, when } from "./dom.js";
+import { el, fill, isolated, section, table, when } from "./dom.js";
 
 // What is rolling out: today a canary and its share of the traffic. Progressive rollouts,
 // once the registry has them, report their step here too.
@@ -32,7 +32,7 @@ async function standing(adapter) {
 function adapterRow({ adapter, run, pending, requests, tokens }) {
   return el("tr", { "data-adapter": adapter.id },
     el("td", {}, el("a", { href: `#/adapters/${adapter.id}` }, adapter.id)),
-    el("td", { class: "description" }, adapter.description || ""),
+    el("td", { class: "description" }, isolated(adapter.description || "")),
     el("td", { class: "live" }, adapter.live_version ? `v${adapter.live_version}` : "none"),
     el("td", {}, rolloutText(adapter)),
     el("td", { class: "number requests" }, requests),

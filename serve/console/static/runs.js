@@ -1,6 +1,6 @@
 // An adapter's training runs, newest first, with the progress of those still running.
 
-import { el, table, when } from "./dom.js";
+import { el, isolated, table, when } from "./dom.js";
 
 export const ACTIVE = new Set(["queued", "running"]);
 
@@ -32,7 +32,7 @@ export function runsTable(runs) {
     el("td", { class: "number" }, run.pairs ?? "—"),
     el("td", {}, progress(run)),
     el("td", {}, figures(run.metrics)),
-    el("td", {}, run.reason || ""),
+    el("td", {}, isolated(run.reason || "")),
     el("td", {}, when(run.started_at)),
     el("td", {}, when(run.finished_at)))), { class: "runs" });
 }

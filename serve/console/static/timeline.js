@@ -1,6 +1,6 @@
 // An adapter's history as a timeline, newest first: what happened, who did it, and why.
 
-import { el, when } from "./dom.js";
+import { el, isolated, when } from "./dom.js";
 
 function change(event) {
   const from = event.from_version ? `v${event.from_version}` : null;
@@ -17,5 +17,5 @@ export function timeline(events) {
       el("span", { class: "kind" }, event.kind.replaceAll("_", " ")),
       el("span", { class: "change" }, change(event)),
       el("span", { class: "actor" }, event.actor),
-      event.reason ? el("q", { class: "reason" }, event.reason) : null)));
+      event.reason ? el("q", { class: "reason" }, isolated(event.reason)) : null)));
 }

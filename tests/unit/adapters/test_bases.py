@@ -59,8 +59,9 @@ def test_a_server_routes_only_versions_of_its_base(registry, successor_registry,
     new_view = read_serving_view(registry.db, successor_registry.adapters.base)
     assert {v.number for v in old_view.servable} == {1, 2, 3}
     assert {v.number for v in new_view.servable} == {4}
-    assert old_view.elsewhere == {(ADAPTER, 4)}
-    assert new_view.elsewhere == {(ADAPTER, 1), (ADAPTER, 2), (ADAPTER, 3)}
+    old, new = registry.adapters.base, successor_registry.adapters.base
+    assert old_view.elsewhere == {(ADAPTER, 4): new}
+    assert new_view.elsewhere == {(ADAPTER, n): old for n in (1, 2, 3)}
     assert [a.live_version for a in old_view.adapters] == [1]
     assert [a.live_version for a in new_view.adapters] == [4]
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from loraloop.adapters.base_model import BaseModelInfo
+from loraloop.adapters.base_model import TOKENIZER_FILES, BaseModelInfo
 from loraloop.adapters.errors import AdapterInvalid
 from loraloop.adapters.validation import CONFIG_FILE, MAX_PROBLEMS, WEIGHTS_FILE, validate_adapter
 from loraloop.trainer.demo_model import DemoModelShape, build_demo_model, build_random_adapter
@@ -95,6 +95,9 @@ def test_fingerprint_is_stable_and_tells_shapes_apart(base, base_dir, tmp_path):
 def test_sharded_checkpoint_reads_like_a_single_file(base, base_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    for name in TOKENIZER_FILES:  # the same base: its weights, in shards, and its tokenizer
+        if (base_dir / name).exists():
+            shutil.copy(base_dir / name, tmp_path / "sharded" / name)
     assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
     sharded = BaseModelInfo.load(tmp_path / "sharded")
     assert sharded.fingerprint == base.fingerprint

@@ -34,8 +34,8 @@ def sample(client: TestClient, name: str, **labels) -> float | None:
 
 def test_rollout_metrics_follow_requests_shadows_and_decisions(demo_model, adapter_dirs,
                                                                 tmp_path):
-    app = create_app(server_settings(demo_model, tmp_path, registry_poll_s=0.05),
-                     ScriptedEngine())
+    app = create_app(server_settings(demo_model, tmp_path, registry_poll_s=0.05,
+                                     metrics={"adapter_names": True}), ScriptedEngine())
     state = app.state.loraloop
     rollout = start_rollout(state, adapter_dirs)
     book = state.registry.rollouts

@@ -93,10 +93,11 @@ def test_a_rollouts_version_that_cannot_be_served_is_not_warmed(tmp_path):
 def test_a_version_of_another_base_is_never_routed_and_operators_learn_why(tmp_path):
     view = _serving_view()
     view = ServingView(view.revision, view.adapters, view.servable, {}, (),
-                       elsewhere=frozenset({("a/one", 3)}))
+                       elsewhere={("a/one", 3): "f" * 64}, base="e" * 64)
     snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
-    with pytest.raises(AdapterNotFound, match="made for another base model"):
+    with pytest.raises(AdapterNotFound, match="made for another base model") as operator:
         snapshot.resolve("a/one@3")  # an operator's request
+    assert "f" * 12 in operator.value.message and "e" * 12 in operator.value.message
     with pytest.raises(AdapterNotFound) as tenant:
         snapshot.resolve("a/one@3", tenant="a")
     assert "base model" not in tenant.value.message

@@ -54,7 +54,7 @@ class LoggedEngine(ReferenceEngine):
 
 
 def shadow_results(state: ServerState) -> dict[str, float]:
-    results = ("answered", "dropped_full", "dropped_busy", "failed")
+    results = ("answered", "dropped_full", "dropped_busy", "dropped_stale", "failed")
     return {result: state.metrics.registry.get_sample_value(
         "loraloop_shadow_requests_total", {"adapter": ADAPTER, "result": result}) or 0
         for result in results}
@@ -69,7 +69,8 @@ async def until_shadows(state: ServerState, done: int, timeout_s: float = 30) ->
 
 def stored_pairs(state: ServerState) -> list[tuple]:
     with state.registry.db.reading() as session:
-        return [(row.step, row.served_version, StoredPrompt.from_json(row.prompt),
+        return [(row.step, row.served_version,
+                 None if row.prompt is None else StoredPrompt.from_json(row.prompt),
                  row.candidate_answer, row.baseline_answer)
                 for row in session.scalars(select(ShadowComparison)
                                            .order_by(ShadowComparison.id))]
@@ -132,8 +133,35 @@ def test_a_full_queue_or_a_busy_engine_drops_shadows(demo_model, adapter_dirs, t
 
     assert asyncio.run(scenario()) == [("v1 says hi", f"{ADAPTER}@1")] * 3
     assert shadow_results(state) == {"answered": 1, "dropped_full": 2, "dropped_busy": 1,
-                                     "failed": 0}
+                                     "dropped_stale": 0, "failed": 0}
     assert [r.split("-")[0] for r in engine.started] == ["chatcmpl"] * 4 + ["shadow"]
+
+
+def test_a_shadow_queued_in_a_step_the_rollout_left_is_dropped_and_counted(
+        demo_model, adapter_dirs, tmp_path):
+    """Its pair would be evidence for a step no longer decided: filed under the old step, it
+    would never be judged, and silently so."""
+    engine = ScriptedEngine()
+    state = build_state(server_settings(demo_model, tmp_path), engine)
+
+    async def scenario():
+        await serving(state)
+        rollout = start_rollout(state, adapter_dirs)
+        await state.watcher.refresh()
+        await ask(state)  # queued in the shadow step; no runner yet
+        book = state.registry.rollouts
+        assert book.acquire(rollout.id, worker="d", lease_s=30)
+        book.advance(rollout.id, worker="d", decision={}, reason="better", step=0)
+        await state.watcher.refresh()  # the server routes the watch now
+        runner = asyncio.create_task(state.rollouts.shadows.run())
+        await until_shadows(state, 1)
+        runner.cancel()
+        await state.rollouts.shadows.writer.flush()
+
+    asyncio.run(scenario())
+    assert shadow_results(state)["dropped_stale"] == 1
+    assert stored_pairs(state) == []
+    assert not any(r.startswith("shadow") for r in engine.started)
 
 
 def test_a_failing_shadow_never_touches_the_users_request(demo_model, adapter_dirs, tmp_path):
@@ -178,3 +206,26 @@ def test_pairs_wait_for_the_registry_within_a_bound(demo_model, adapter_dirs, tm
     asyncio.run(writer.flush())
     assert [pair[3:] for pair in stored_pairs(state)] == [("b2", "b1"), ("c2", "c1")]
     away.dispose()
+
+
+def test_the_server_drops_shadow_texts_past_their_retention(demo_model, adapter_dirs,
+                                                            tmp_path):
+    settings = server_settings(demo_model, tmp_path, shadow={"retention_s": 0.3})
+    state = build_state(settings, ScriptedEngine())
+    rollout = start_rollout(state, adapter_dirs)
+    writer = state.rollouts.shadows.writer
+    writer.flush_s = writer.forget_s = 0.05
+    assert writer.retention_s == 0.3  # from the settings
+
+    async def scenario() -> list[tuple]:
+        running = asyncio.create_task(writer.run())
+        writer.add(ShadowPair(rollout.id, 0, 1, StoredPrompt(text=PROMPT), "v2", "v1"))
+        deadline = time.monotonic() + 10
+        while not stored_pairs(state) or stored_pairs(state)[0][2] is not None:
+            assert time.monotonic() < deadline, stored_pairs(state)
+            await asyncio.sleep(0.05)
+        running.cancel()
+        return stored_pairs(state)
+
+    assert asyncio.run(scenario()) == [(0, 1, None, None, None)]
+    assert state.registry.rollouts.evidence(rollout).unjudged == 1  # the comparison stays

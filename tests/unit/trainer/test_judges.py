@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
-from loraloop.trainer.judges import judge_for
+from loraloop.trainer.judges import JudgeUnavailable, judge_for
 
 from ...support import hanging_endpoint
 
@@ -81,7 +81,7 @@ def test_python_judges_are_imported_and_held_to_their_contract(tmp_path, monkeyp
     broken = judge({"kind": "python", "target": "my_judges:broken"})
     assert broken.score(PROMPT, "x").rationale == "raised RuntimeError"
     assert judge({"kind": "python", "target": "my_judges:wild"}).score(PROMPT, "x").score is None
-    with pytest.raises(ValueError, match="cannot be imported"):
+    with pytest.raises(JudgeUnavailable, match="cannot be imported"):
         judge({"kind": "python", "target": "my_judges:missing"})
 
 
@@ -101,7 +101,8 @@ def llm_judge(replies, monkeypatch, **fields):
     policy = TrainingPolicy.model_validate({"judge": {
         "kind": "llm", "url": "http://judge.test/v1", "model": "judge-model", "rubric": "brief",
         "api_key_env": "JUDGE_KEY", "retries": 1, **fields}}).judge
-    return LLMJudge(policy, transport=httpx.MockTransport(answer)), seen
+    return LLMJudge(policy, key_variables=("JUDGE_*",),
+                    transport=httpx.MockTransport(answer)), seen
 
 
 def test_llm_judge_asks_both_orders_and_abstains_when_they_disagree(monkeypatch):
@@ -139,8 +140,8 @@ def test_llm_judge_needs_its_key_in_the_environment(monkeypatch):
     policy = TrainingPolicy.model_validate({"judge": {
         "kind": "llm", "url": "http://judge.test/v1", "model": "m", "rubric": "r",
         "api_key_env": "JUDGE_KEY"}}).judge
-    with pytest.raises(ValueError, match="JUDGE_KEY is not set"):
-        judge_for(policy, None)
+    with pytest.raises(JudgeUnavailable, match="JUDGE_KEY is not set"):
+        judge_for(policy, None, key_variables=("JUDGE_*",))
 
 
 def test_a_hanging_judge_keeps_the_run_within_its_time_budget():
@@ -153,4 +154,4 @@ def test_a_hanging_judge_keeps_the_run_within_its_time_budget():
     assert [c.winner for c in comparisons] == [None] * 5
     assert elapsed < 2 + 0.5 + 1  # the budget, one call's timeout, and slack
     assert llm.tally.judged == 5
-    assert set(llm.tally.abstained) == {"unreachable (ReadTimeout)", "time budget spent"}
+    assert set(llm.tally.abstained) == {"timed out", "time budget spent"}

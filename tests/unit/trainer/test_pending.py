@@ -289,3 +289,19 @@ def test_with_a_rollout_plan_a_passing_candidate_starts_its_rollout(open_loop):
     rollout = loop.rollouts.current(ADAPTER)
     assert (rollout.candidate, rollout.baseline, rollout.stage) == (2, 1, "shadow")
     assert rollout.created_by == "trainer:w"
+
+
+def test_a_run_that_changes_nothing_ends_unchanged_not_rejected(open_loop):
+    """A learning rate so small the weights move by rounding only: the candidate answers as
+    version 1 does, and the run says training did nothing rather than that the gate failed."""
+    loop = open_loop(min_pairs=8, epochs=1, learning_rate=1e-7,
+                     judge={"kind": "rules", "required": [f"^{MARKER}"]})
+    loop.submit(preferences(user_messages(8, seed=7)))
+    assert loop.trainer.run_once() is True
+    (run,) = loop.training.runs(ADAPTER)
+    assert run.status == "unchanged", run
+    assert run.reason.startswith("training changed nothing: ") and "steps" in run.reason
+    version = loop.adapters.version(ADAPTER, run.candidate_version)
+    assert version.status == "rejected" and version.metrics["kl_from_live"] < 1e-5
+    assert loop.adapters.get(ADAPTER).live_version == 1
+    assert "gate failed" not in run.reason

@@ -138,7 +138,18 @@ def test_the_watch_rolls_back_on_a_drop_and_completes_at_its_end():
     assert decide(watching, evidence(wins=3, losses=2), NOW).action == "wait"
     assert decide(watching, evidence(losses=8), NOW).cause == "judge"
     over = rollout(step=2, elapsed_s=901)
-    assert decide(over, evidence(wins=3, losses=2), NOW).action == "advance"
+    assert decide(over, evidence(wins=4, losses=4), NOW).action == "advance"
+
+
+def test_a_watch_that_ends_without_its_comparisons_does_what_the_plan_says():
+    over = rollout(step=2, elapsed_s=901)  # watch.min_comparisons: 8 by default
+    quiet = decide(over, evidence(wins=3, losses=2), NOW)
+    assert (quiet.action, quiet.cause) == ("rollback", "undecided")
+    assert "5 of watch.min_comparisons 8" in quiet.reason
+    lenient = rollout(step=2, elapsed_s=901,
+                      plan=PLAN.model_copy(update={"undecided": "advance"}))
+    assert decide(lenient, evidence(wins=3, losses=2), NOW).action == "advance"
+    assert decide(over, evidence(), NOW).action == "rollback"  # users went quiet
 
 
 def test_the_wilson_interval_brackets_the_rate():

@@ -120,3 +120,33 @@ def test_a_worse_candidate_is_rolled_back_with_the_evidence(registry, three_vers
     assert ended.status == "rolled_back" and ended.decision["cause"] == "judge"
     assert ended.decision["losses"] == 8 and ended.decision["log_lr_worse"] > 2.99
     assert registry.adapters.version(ADAPTER, 2).status == "rejected"
+
+
+def test_a_driver_acting_on_a_record_read_before_another_moved_the_rollout_changes_nothing(
+        registry, three_versions, demo_model, monkeypatch):
+    """Driver a reads the rollouts at step 0 and is held (a slow judge elsewhere); driver b
+    takes this rollout, advances it to step 1, and its lease lapses; a then takes it back
+    with the record it read before. Its decision, made on step 0's evidence, must not move
+    the rollout again: step 1 is left only on step 1's own evidence."""
+    three_versions.promote(ADAPTER, 1, actor="op")
+    three_versions.set_policy(ADAPTER, POLICY, actor="op")
+    rollout = registry.rollouts.start(ADAPTER, 2, POLICY.rollout, actor="op")
+    read_by_a = registry.rollouts.unfinished()  # a's pass begins
+    feed(registry, rollout.id, 0, 8)
+    b = RolloutDriver(registry, demo_model, worker="b", lease_s=30)
+    assert b.drive_once() == [f"{ADAPTER}: advance"]
+    with registry.db.transaction(routing_change=False) as session:  # b's lease lapses
+        session.execute(update(Rollout).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+    a = RolloutDriver(registry, demo_model, worker="a", lease_s=30)
+    monkeypatch.setattr(registry.rollouts, "unfinished", lambda: read_by_a)
+    assert a.drive_once() == []  # refused: the rollout left step 0 since a read it
+    current = registry.rollouts.current(ADAPTER)
+    assert (current.status, current.step) == ("active", 1)
+    assert registry.adapters.get(ADAPTER).live_version == 1  # not promoted on step 0's wins
+    advances = [e for e in registry.adapters.history(ADAPTER) if e.kind == "rollout_advance"]
+    assert [(e.actor, e.detail["step"]) for e in advances] == [("rollout:b", 1)]
+    monkeypatch.undo()
+    assert a.drive_once() == []  # read afresh: step 1 has no evidence of its own yet
+    feed(registry, rollout.id, 1, 8)
+    assert a.drive_once() == [f"{ADAPTER}: advance"]
+    assert registry.adapters.get(ADAPTER).live_version == 2

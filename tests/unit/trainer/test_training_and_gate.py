@@ -29,8 +29,8 @@ from loraloop.serve.cli.demo import DEMO_POLICY as DEMO_POLICY_FIELDS
 from loraloop.serve.cli.demo import MARKER, answers, user_messages
 from loraloop.trainer.dpo import train_dpo
 from loraloop.trainer.evaluate import Scorer, weights_changed
-from loraloop.trainer.gate import evaluate_candidate
-from loraloop.trainer.judges import judge_for
+from loraloop.trainer.gate import evaluate_candidate, judge_answers, judged_checks
+from loraloop.trainer.judges import Comparison, judge_for
 from loraloop.trainer.pairs import (
     PreferencePair,
     ScoredCompletion,
@@ -411,5 +411,82 @@ def test_a_hanging_judge_ends_the_gate_in_time_with_the_reason(
     assert report.metrics["judged_wins"] + report.metrics["judged_losses"] == 0
     assert "in 0 of the 0 comparisons it decided" in report.failures()
     assert judge.tally.judged == report.metrics["judged_undecided"] > 0
-    assert set(judge.tally.abstained) <= {"unreachable (ReadTimeout)", "time budget spent"}
+    assert set(judge.tally.abstained) <= {"timed out", "time budget spent"}
     assert judging_s < 30  # the likelihood checks, plus at most the judge's 1.5 s budget
+
+
+# --- With a judge, what users read decides ------------------------------------------------
+
+
+def longer_preferred(pair: PreferencePair) -> PreferencePair:
+    """The marker pair with its preferred answer twice as long: less probable for every
+    version, so held-out accuracy says little about what the judge rewards."""
+    return PreferencePair(pair.prompt, f"{pair.chosen} {pair.rejected}", pair.rejected,
+                          pair.feedback_ids)
+
+
+def test_a_significant_judged_win_is_promoted_below_the_accuracy_floor(
+        scorer, parent, marker_split, marker_run):
+    _, held_out = marker_split
+    output, result, _ = marker_run
+    policy = judged_policy()
+    report = gate_run(scorer, output, parent, [longer_preferred(p) for p in held_out], result,
+                      policy, judge=judge_for(policy.judge, scorer.tokenizer))
+    assert report.metrics["heldout_accuracy"] < policy.gate.min_accuracy  # the old veto
+    assert report.metrics["judged_win_rate_lower_bound"] > 0.5
+    assert report.passed and report.promote, report.failures()
+    assert report.unchanged is None
+
+
+def test_a_significant_drop_in_held_out_accuracy_vetoes_a_judged_win(
+        scorer, parent, marker_split, marker_run):
+    """Held-out pairs that prefer answers without the marker: the candidate now orders them
+    wrong where the live version ordered them right, whatever the judge says."""
+    _, held_out = marker_split
+    output, result, _ = marker_run
+    policy = judged_policy()
+    report = gate_run(scorer, output, parent, [swapped(p) for p in held_out], result, policy,
+                      judge=judge_for(policy.judge, scorer.tokenizer))
+    assert report.metrics["judged_win_rate_lower_bound"] > 0.5
+    assert not report.promote
+    assert "heldout_accuracy_not_worse" in failed_checks(report), report.failures()
+
+
+class AnswersTwice:
+    """A stand-in scorer whose candidate answers each prompt as the live version does, then
+    the same words again: longer, and nothing else."""
+
+    def answers(self, adapter, prompts, max_new_tokens=32, *, temperature=0.0, seed=0):
+        words = answers(4 * len(prompts), seed=seed + 1)  # a few words each
+        texts = [" ".join(words[4 * i:4 * i + 4]) for i in range(len(prompts))]
+        return [f"{t} {t}" if adapter == "candidate" else t for t in texts]
+
+
+class PrefersLonger:
+    """A stand-in judge with a length bias, as judges that score whole answers often have."""
+
+    name = "prefers-longer"
+
+    def compare(self, prompt, first: str, second: str) -> Comparison:
+        return Comparison(0 if len(first.split()) > len(second.split()) else 1, "longer")
+
+
+def test_a_candidate_that_only_answers_longer_does_not_win_the_length_controlled_comparison():
+    policy = judged_policy()
+    held_out = marker_pairs(12, seed=3)
+    judged = judge_answers(AnswersTwice(), PrefersLonger(), "candidate", "live", held_out,
+                           policy)
+    assert judged.wins == judged.compared and judged.losses == 0  # raw: longer always wins
+    assert judged.longer_wins == judged.wins and judged.decided == 0
+    assert judged.candidate_words == pytest.approx(2 * judged.live_words)
+    failures = {c.name for c in judged_checks(judged, policy, "prefers-longer") if not c.passed}
+    assert failures == {"judged_win_rate_min", "judged_win_rate_significant"}
+    raw = policy.model_copy(update={"gate": policy.gate.model_copy(
+        update={"length_control": False})})
+    uncontrolled = judge_answers(AnswersTwice(), PrefersLonger(), "candidate", "live",
+                                 held_out, raw)
+    assert uncontrolled.decided == judged.wins and uncontrolled.win_rate == 1.0
+    capped = raw.gate.model_copy(update={"max_length_ratio": 1.5})
+    checks = judged_checks(uncontrolled, raw.model_copy(update={"gate": capped}),
+                           "prefers-longer")
+    assert {c.name for c in checks if not c.passed} == {"length_ratio_max"}

@@ -118,6 +118,39 @@ def test_another_end_token_and_chat_template_are_named(demo_model, tmp_path):
     assert isinstance(refused.value, ValueError)
 
 
+def refusal(teacher_base: Path, student_base: Path) -> str:
+    with pytest.raises(TokenizerMismatch) as refused:
+        check_same_tokenizer(teacher_base, student_base)
+    return str(refused.value)
+
+
+def _with_tokenizer_json(demo_model: Path, target: Path, change) -> Path:
+    copy = Path(shutil.copytree(demo_model, target))
+    saved = json.loads((copy / "tokenizer.json").read_text())
+    change(saved)
+    (copy / "tokenizer.json").write_text(json.dumps(saved))
+    return copy
+
+
+def test_a_prefix_space_in_the_pre_tokenizer_is_named(demo_model, tmp_path):
+    """Same vocabulary, same special tokens, same template: other ids for the same text."""
+    copy = _with_tokenizer_json(demo_model, tmp_path / "copy",
+                                lambda saved: saved["pre_tokenizer"].update(add_prefix_space=True))
+    message = refusal(demo_model, copy)
+    assert "the pre-tokenizers differ" in message
+    assert "'hello world' encodes to" in message
+    assert "vocabulary" not in message and "another id" not in message
+
+
+def test_other_merges_and_normalizer_are_named(demo_model, tmp_path):
+    def change(saved: dict) -> None:
+        saved["model"]["merges"] = saved["model"]["merges"][::-1]
+        saved["normalizer"] = {"type": "Lowercase"}
+
+    message = refusal(demo_model, _with_tokenizer_json(demo_model, tmp_path / "copy", change))
+    assert "the merges differ" in message and "the normalizers differ" in message
+
+
 def test_bases_of_one_family_pass(demo_model, successor_model):
     check_same_tokenizer(demo_model, successor_model)
 

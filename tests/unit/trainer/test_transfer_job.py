@@ -175,6 +175,27 @@ def test_an_unknown_target_or_too_few_prompts_are_refused(registry, demo_model,
         "completions")
 
 
+def carried_under(registry: Registry, trainer: TransferRunner, transfer: dict) -> str:
+    """The reason of a job run under this transfer policy, which must have been refused."""
+    registry.adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
+        {"enabled": False, "transfer": {**QUICK, **transfer}}), actor="test")
+    job, _ = registry.transfers.queue(ADAPTER, "successor", actor="op")
+    trainer.run_once()
+    return refused(registry, job.id)
+
+
+def test_the_gate_refuses_to_decide_on_too_few_held_out_prompts_or_positions(
+        registry, demo_model, successor_model):
+    trainer = runner(registry, demo_model, {"successor": successor_model})
+    assert carried_under(registry, trainer, {"min_prompts": 2, "max_prompts": 2}) == (
+        "refused: undecided: 2 prompts keep 1 out of training for the gate, and it decides on "
+        "at least transfer.min_held_out_prompts 2. Add golden_prompts to the policy, or raise "
+        "transfer.held_out_fraction")
+    few_positions = {"min_prompts": 8, "max_prompts": 8, "min_held_out_positions": 100_000}
+    assert carried_under(registry, trainer, few_positions).startswith(
+        "refused: undecided: the 2 held-out prompts gave ")
+
+
 def test_a_trainer_without_targets_leaves_the_jobs_alone(registry, demo_model):
     job, _ = registry.transfers.queue(ADAPTER, "successor", actor="op")
     assert not runner(registry, demo_model, {}).run_once()
