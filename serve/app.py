@@ -95,7 +95,8 @@ def _rollout_traffic(settings: ServeSettings, engine: Engine, registry: Registry
 
 
 def _console_sessions(settings: ServeSettings, registry: Registry) -> ConsoleSessions:
-    return ConsoleSessions(registry.sessions, settings.console_idle_minutes * 60)
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return ConsoleSessions(registry.sessions, settings.console_idle_minutes * 60, admin_key)
 
 
 def _tool_format(settings: ServeSettings, renderer: PromptRenderer):

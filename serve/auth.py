@@ -28,7 +28,7 @@ from loraloop.adapters.tenants import key_matches, key_prefix
 from .errors import CsrfRefused, Forbidden, InvalidRequest, Unauthenticated
 from .headers import ACTOR_HEADER
 from .middleware import facts_of
-from .sessions import ADMIN_SUBJECT, CSRF_HEADER, SESSION_COOKIE
+from .sessions import ADMIN, CSRF_HEADER, SESSION_COOKIE
 from .state import ServerState, get_state
 
 ACTOR_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
@@ -121,8 +121,11 @@ def _session_principal(session: SessionRecord, request: Request, response: Respo
             and not state.sessions.csrf_valid(session, request.headers.get(CSRF_HEADER))):
         raise CsrfRefused(f"This change came with a console session but without its "
                           f"{CSRF_HEADER} header; reload the console and try again.")
-    if session.subject == ADMIN_SUBJECT:
+    if session.subject == state.sessions.admin_subject:
         principal = Principal(tenant=None, is_admin=True, name=session.actor, via_session=True)
+    elif session.subject.startswith(f"{ADMIN}:"):
+        raise Unauthenticated("The admin credential changed since this session signed in; "
+                              "sign in again with the current one.")
     else:
         active = state.routes.snapshot.keys.get(session.subject)
         if active is None:

@@ -7,11 +7,13 @@ value of the session's: a page on another origin can make the browser send the c
 cannot read the token. A session ends after `idle_s` without use (each use slides it, written
 at most every RENEW_AFTER_S so that a busy page does not write at every call) and after
 MAX_AGE_S in any case. Whether a tenant key is still valid is the caller's check, on every
-request, so that a revoked key's session dies at once.
+request, so that a revoked key's session dies at once; an admin session names a digest of the
+admin credential it signed in with, so that changing the credential ends every admin session.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,7 +23,7 @@ from loraloop.adapters.schema import utcnow
 
 SESSION_COOKIE = "loraloop_session"
 CSRF_HEADER = "X-CSRF-Token"
-ADMIN_SUBJECT = "admin"
+ADMIN = "admin"  # how an admin names the admin sessions in a listing
 MAX_AGE_S = 12 * 3600
 RENEW_AFTER_S = 30
 # A cookie's token is 43 characters; anything much longer is not one of ours.
@@ -29,9 +31,12 @@ MAX_COOKIE_CHARS = 128
 
 
 class ConsoleSessions:
-    def __init__(self, book: ConsoleSessionBook, idle_s: int,
+    def __init__(self, book: ConsoleSessionBook, idle_s: int, admin_key: str | None = None,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.book, self.idle_s, self._clock = book, idle_s, clock
+        # "admin:<digest>": a session signed in with another admin credential is no admin's.
+        credential = hashlib.sha256((admin_key or "").encode()).hexdigest()[:16]
+        self.admin_subject = f"{ADMIN}:{credential}"
 
     def issue(self, subject: str, actor: str, client: str | None = None
               ) -> tuple[SessionRecord, str]:
@@ -61,6 +66,10 @@ class ConsoleSessions:
         """Sign out: the cookie's session ends everywhere; None when it had none live."""
         session = self.read(cookie)
         return None if session is None else self.book.revoke(session.id, actor=actor)
+
+    def subject(self, named: str) -> str:
+        """A listing's subject as stored: "admin" means the admin sessions."""
+        return self.admin_subject if named == ADMIN else named
 
     @staticmethod
     def csrf_valid(session: SessionRecord, token: str | None) -> bool:

@@ -416,7 +416,8 @@ class SessionPublic(BaseModel):
     """A console session as admins see it: who, from where, since when; never its tokens."""
 
     id: int
-    subject: str = Field(description="admin, or the prefix of the tenant key it signed in with")
+    subject: str = Field(description="admin:<digest of the admin credential>, or the prefix of "
+                         "the tenant key it signed in with")
     actor: str
     client: str | None = Field(description="the address it signed in from")
     issued_at: datetime

@@ -21,9 +21,10 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 async def list_sessions(state: StateDep, subject: SessionSubject | None = None,
                         limit: Annotated[int, Query(ge=1, le=500)] = 100
                         ) -> list[SessionPublic]:
-    """Newest first, ended ones too; `subject`: "admin" or a tenant key's prefix."""
-    sessions = await service.offload(state.registry.sessions.list, subject=subject,
-                                     limit=limit)
+    """Newest first, ended ones too; `subject`: "admin" (the sessions of the admin
+    credential in force) or a tenant key's prefix."""
+    stored = None if subject is None else state.sessions.subject(subject)
+    sessions = await service.offload(state.registry.sessions.list, subject=stored, limit=limit)
     return [SessionPublic.of(s, live=state.sessions.is_live(s)) for s in sessions]
 
 
@@ -37,6 +38,6 @@ async def revoke_session(state: StateDep, admin: Admin,
 @router.post("/revoke")
 async def revoke_sessions(state: StateDep, admin: Admin, subject: SessionSubject) -> dict:
     """End every live session of one subject: an operator's (admin) or one key's."""
-    ended = await service.offload(state.registry.sessions.revoke_all, subject,
-                                  actor=admin.name)
+    ended = await service.offload(state.registry.sessions.revoke_all,
+                                  state.sessions.subject(subject), actor=admin.name)
     return {"subject": subject, "ended": ended}

@@ -20,7 +20,7 @@ from loraloop.adapters.tenants import key_prefix
 
 from ..auth import Caller, Principal, clear_session_cookie, identify_key, set_session_cookie
 from ..errors import InvalidRequest, RateLimited, Unauthenticated
-from ..sessions import ADMIN_SUBJECT, SESSION_COOKIE
+from ..sessions import SESSION_COOKIE
 from ..state import ServerState, get_state
 from .protocol import SessionPublic, SignIn
 
@@ -59,7 +59,7 @@ async def sign_in(body: SignIn, request: Request, response: Response,
         logger.warning("console sign-in from %s refused: not a valid key", client)
         raise
     if principal.is_admin:
-        subject, actor = ADMIN_SUBJECT, f"console:{body.name or 'admin'}"
+        subject, actor = state.sessions.admin_subject, f"console:{body.name or 'admin'}"
     elif body.name is not None:
         raise InvalidRequest("Only the admin credential signs in with a name.", param="name")
     else:

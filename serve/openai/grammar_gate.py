@@ -30,14 +30,18 @@ from ..errors import InvalidRequest
 logger = logging.getLogger(__name__)
 _REMEMBERED = 1024  # grammars whose outcome is kept
 _START_S = 120  # for the worker to import the backend and read the tokenizer
+_CACHE_BYTES = 64 << 20  # the worker's compile cache; outcomes are remembered here anyway
 
 
 def _compile_loop(conn, tokenizer) -> None:
     """The worker: compile each (kind, spec) it is sent; answer None, or why it failed."""
     import xgrammar  # the engine's grammar backend; only this process needs it
 
+    # With its compile cache on, as the engine runs it: some grammars build only without
+    # it, and those must be refused here rather than fail in the engine.
     compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer),
-                                        max_threads=1, cache_enabled=False)
+                                        max_threads=1, cache_enabled=True,
+                                        cache_limit_bytes=_CACHE_BYTES)
     conn.send("ready")
     while True:
         try:

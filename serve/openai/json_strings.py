@@ -31,6 +31,10 @@ _LENGTHS = ("minLength", "maxLength")
 # decode as three U+FFFD each and so break the bound (seen at temperature 1 through an
 # adapter). Left out too: characters beyond U+FFFF (emoji), which a regex class cannot name.
 BOUNDED_CHAR = r"[ -\u07ff\u1000-\ud7ff\ue000-\uffff]"
+# The backend, with its compile cache on as the engine runs it, fails to build a repeat of
+# more than 128 ("per_rule_fsm_hashes ... has_value() is false"; 160 fails, 128 builds): a
+# longer bound is written as consecutive repeats of at most this many.
+MAX_REPEAT = 128
 _VALUES = ("enum", "const", "default", "examples")  # keywords whose values are not schemas
 _ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated",
                 "readOnly", "writeOnly"}
@@ -126,8 +130,22 @@ def _rewrite_string(node: dict, param: str, where: str, max_bound: int) -> None:
     if low > max_bound:
         raise InvalidRequest(f"{param}: a string{at} has minLength {low}; structured outputs "
                              f"take at most {max_bound}.", param=param)
-    upper = "" if high is None or high > max_bound else high
-    node["pattern"] = f"^{BOUNDED_CHAR}{{{low},{upper}}}$"
+    high = None if high is None or high > max_bound else high
+    node["pattern"] = f"^{bounded_chars(low, high)}$"
+
+
+def bounded_chars(low: int, high: int | None) -> str:
+    """BOUNDED_CHAR from `low` to `high` times (None: no upper bound), as consecutive
+    repeats of at most MAX_REPEAT each."""
+    span, parts = (low if high is None else high), []
+    while span > 0:
+        size = min(MAX_REPEAT, span)
+        least = min(low, size)
+        parts.append(f"{BOUNDED_CHAR}{{{least},{size}}}")
+        low, span = low - least, span - size
+    if high is None:
+        parts.append(f"{BOUNDED_CHAR}*")
+    return "".join(parts) or f"{BOUNDED_CHAR}{{0}}"
 
 
 def _check_pattern(pattern: str, param: str, at: str) -> None:

@@ -19,9 +19,10 @@ from ..support import ServerProcess
 TENANT = "sessions"
 
 
-def start(demo_model: Path, data: Path, log: Path) -> ServerProcess:
+def start(demo_model: Path, data: Path, log: Path, admin_key: str = ADMIN_KEY
+          ) -> ServerProcess:
     return start_server(["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS],
-                        log, data).wait_ready()
+                        log, data, env={"LORALOOP_ADMIN_KEY": admin_key}).wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,18 @@ def test_signed_out_cookies_are_refused_everywhere_and_restarts_keep_live_ones(f
     fleet["one"] = restarted = start(fleet["model"], fleet["data"], fleet["logs"] / "one-2.log")
     assert replay(restarted, kept, kept_token)[0] == 200
     assert replay(restarted, ended, ended_token) == (401, 401)
+
+
+def test_changing_the_admin_credential_ends_the_admin_sessions(fleet):
+    _, cookie, token = sign_in(fleet["one"], ADMIN_KEY)
+    rotated = start(fleet["model"], fleet["data"], fleet["logs"] / "rotated.log",
+                    admin_key="a-new-admin-credential-0123456789")
+    try:
+        assert replay(rotated, cookie, token) == (401, 401)
+        _, fresh, fresh_token = sign_in(rotated, "a-new-admin-credential-0123456789")
+        assert replay(rotated, fresh, fresh_token)[0] == 200
+    finally:
+        rotated.stop()
 
 
 def test_an_admin_lists_and_revokes_sessions(fleet):

@@ -11,10 +11,11 @@ import pytest
 from loraloop.adapters.console_sessions import ConsoleSessionBook
 from loraloop.adapters.db import Database
 from loraloop.adapters.schema import utcnow
-from loraloop.serve.sessions import ADMIN_SUBJECT, MAX_AGE_S, RENEW_AFTER_S, ConsoleSessions
+from loraloop.serve.sessions import MAX_AGE_S, RENEW_AFTER_S, ConsoleSessions
 from loraloop.serve.sign_ins import SignInThrottle
 
 IDLE_S = 1800
+ADMIN = "admin:0123456789abcdef"  # as stored for the admin credential's sessions
 
 
 @pytest.fixture
@@ -30,13 +31,13 @@ def replica(db: Database, now: list) -> ConsoleSessions:
     def clock():
         return now[0]
 
-    return ConsoleSessions(ConsoleSessionBook(db, clock=clock), IDLE_S, clock=clock)
+    return ConsoleSessions(ConsoleSessionBook(db, clock=clock), IDLE_S, "admin-key", clock=clock)
 
 
 def test_two_sign_ins_in_the_same_second_get_different_cookies_and_tokens(db):
     sessions = replica(db, [utcnow()])
-    first, first_cookie = sessions.issue(ADMIN_SUBJECT, "console:alice")
-    second, second_cookie = sessions.issue(ADMIN_SUBJECT, "console:alice")
+    first, first_cookie = sessions.issue(ADMIN, "console:alice")
+    second, second_cookie = sessions.issue(ADMIN, "console:alice")
     assert first_cookie != second_cookie and first.csrf_token != second.csrf_token
     assert sessions.read(first_cookie).id == first.id
     assert sessions.csrf_valid(first, first.csrf_token)
@@ -47,7 +48,7 @@ def test_two_sign_ins_in_the_same_second_get_different_cookies_and_tokens(db):
 def test_signing_out_ends_the_session_on_every_replica_and_after_a_restart(db, database):
     now = [utcnow()]
     one, other = replica(db, now), replica(db, now)
-    _, kept = one.issue(ADMIN_SUBJECT, "console:alice")
+    _, kept = one.issue(ADMIN, "console:alice")
     _, ended = one.issue("llk_abcdefgh", "tenant:acme")
     assert other.read(ended) is not None
     assert one.end(ended, actor="sign-out") is not None
@@ -65,7 +66,7 @@ def test_signing_out_ends_the_session_on_every_replica_and_after_a_restart(db, d
 def test_a_session_idles_out_and_use_slides_it(db):
     now = [utcnow()]
     sessions = replica(db, now)
-    _, cookie = sessions.issue(ADMIN_SUBJECT, "console:alice")
+    _, cookie = sessions.issue(ADMIN, "console:alice")
     now[0] += timedelta(seconds=RENEW_AFTER_S - 1)
     assert not sessions.slide(sessions.read(cookie))  # too soon to write
     now[0] += timedelta(seconds=IDLE_S - RENEW_AFTER_S)
@@ -94,7 +95,7 @@ def session_issued(sessions: ConsoleSessions, cookie: str):
 
 def test_unknown_forged_and_oversized_cookies_are_refused(db):
     sessions = replica(db, [utcnow()])
-    _, cookie = sessions.issue(ADMIN_SUBJECT, "console:alice")
+    _, cookie = sessions.issue(ADMIN, "console:alice")
     for forged in ("", cookie[:-1] + ("A" if cookie[-1] != "A" else "B"), "x" * 10_000):
         assert sessions.read(forged) is None
 
@@ -102,16 +103,16 @@ def test_unknown_forged_and_oversized_cookies_are_refused(db):
 def test_an_admin_lists_and_revokes_an_operators_sessions(db):
     now = [utcnow()]
     sessions = replica(db, now)
-    _, alice = sessions.issue(ADMIN_SUBJECT, "console:alice", "127.0.0.2")
-    _, bob = sessions.issue(ADMIN_SUBJECT, "console:bob")
+    _, alice = sessions.issue(ADMIN, "console:alice", "127.0.0.2")
+    _, bob = sessions.issue(ADMIN, "console:bob")
     _, tenant = sessions.issue("llk_abcdefgh", "tenant:acme")
-    listed = sessions.book.list(subject=ADMIN_SUBJECT)
+    listed = sessions.book.list(subject=ADMIN)
     assert [s.actor for s in listed] == ["console:bob", "console:alice"]
     assert listed[1].client == "127.0.0.2"
     assert not hasattr(listed[0], "token_hash")
     revoked = sessions.book.revoke(listed[0].id, actor="admin:carol")
     assert (revoked.revoked_by, sessions.read(bob)) == ("admin:carol", None)
-    assert sessions.book.revoke_all(ADMIN_SUBJECT, actor="admin:carol") == 1
+    assert sessions.book.revoke_all(ADMIN, actor="admin:carol") == 1
     assert sessions.read(alice) is None and sessions.read(tenant) is not None
 
 
