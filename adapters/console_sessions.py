@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from .db import Database
 from .errors import NotFound
-from .schema import ConsoleSession, utcnow
+from .schema import ConsoleSession, utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -29,27 +29,23 @@ class SessionRecord:
     actor: str  # how the history names what this session does
     csrf_token: str
     client: str | None  # the address it signed in from
-    issued_at: datetime
+    issued_at: datetime  # UTC, as every time below
     last_seen_at: datetime
     revoked_at: datetime | None
     revoked_by: str | None
 
     @classmethod
     def of(cls, row: ConsoleSession) -> SessionRecord:
-        return cls(row.id, row.subject, row.actor, row.csrf_token, row.client, row.issued_at,
-                   row.last_seen_at, row.revoked_at, row.revoked_by)
+        revoked = utc(row.revoked_at) if row.revoked_at is not None else None
+        return cls(row.id, row.subject, row.actor, row.csrf_token, row.client,
+                   utc(row.issued_at), utc(row.last_seen_at), revoked, row.revoked_by)
 
     def live_at(self, now: datetime, idle: timedelta, max_age: timedelta) -> bool:
         return (self.revoked_at is None and self.seen_ago(now) <= idle
-                and now - _aware(self.issued_at) <= max_age)
+                and now - self.issued_at <= max_age)
 
     def seen_ago(self, now: datetime) -> timedelta:
-        return now - _aware(self.last_seen_at)
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes for what was written in UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=utcnow().tzinfo)
+        return now - self.last_seen_at
 
 
 def _hash(token: str) -> str:

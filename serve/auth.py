@@ -43,7 +43,12 @@ class Principal:
     is_admin: bool
     name: str  # how the audit trail names the caller
     key_prefix: str | None = None  # a tenant key's, to sign a console session in with
-    via_session: bool = False  # a console session cookie, not a key, identified the caller
+    # The CSRF token of the console session that identified the caller; None: a key did.
+    session_csrf: str | None = None
+
+    @property
+    def via_session(self) -> bool:
+        return self.session_csrf is not None
 
     @property
     def scope(self) -> str | None:
@@ -122,7 +127,8 @@ def _session_principal(session: SessionRecord, request: Request, response: Respo
         raise CsrfRefused(f"This change came with a console session but without its "
                           f"{CSRF_HEADER} header; reload the console and try again.")
     if session.subject == state.sessions.admin_subject:
-        principal = Principal(tenant=None, is_admin=True, name=session.actor, via_session=True)
+        principal = Principal(tenant=None, is_admin=True, name=session.actor,
+                              session_csrf=session.csrf_token)
     elif session.subject.startswith(f"{ADMIN}:"):
         raise Unauthenticated("The admin credential changed since this session signed in; "
                               "sign in again with the current one.")
@@ -132,7 +138,7 @@ def _session_principal(session: SessionRecord, request: Request, response: Respo
             raise Unauthenticated("The key this session signed in with was revoked; sign in "
                                   "again with a valid key.")
         principal = Principal(tenant=active.tenant, is_admin=False, name=session.actor,
-                              key_prefix=session.subject, via_session=True)
+                              key_prefix=session.subject, session_csrf=session.csrf_token)
     if state.sessions.slide(session):
         set_session_cookie(response, request, request.cookies[SESSION_COOKIE],
                            state.sessions.idle_s)

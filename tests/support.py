@@ -205,23 +205,11 @@ def hanging_endpoint(hang_s: float) -> Iterator[str]:
     """A real HTTP endpoint that takes `hang_s` over every POST and then answers 500 (a judge
     having a bad day). Yields its OpenAI-style base URL."""
 
-    class Hanging(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(hang_s)
-            self.send_response(500)
-            self.end_headers()
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        time.sleep(hang_s)
 
-        def log_message(self, *_) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hanging)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _failing_endpoint(answer) as url:
+        yield url
 
 
 @contextmanager
@@ -230,26 +218,36 @@ def recording_endpoint() -> Iterator[tuple[str, list[str | None]]]:
     none) and answers 500. Yields its OpenAI-style base URL and the list it records in."""
     seen: list[str | None] = []
 
-    class Recording(http.server.BaseHTTPRequestHandler):
+    def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
+        seen.append(handler.headers.get("Authorization"))
+
+    with _failing_endpoint(answer) as url:
+        yield url, seen
+
+
+@contextmanager
+def _failing_endpoint(before_answering) -> Iterator[str]:
+    """A loopback HTTP server that reads each POST, calls `before_answering` with the
+    handler, then answers 500; yields its OpenAI-style base URL."""
+
+    class Failing(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
+            before_answering(self)
             self.send_response(500)
             self.end_headers()
 
         def log_message(self, *_) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/v1", seen
+        yield f"http://127.0.0.1:{server.server_port}/v1"
     finally:
         server.shutdown()
         server.server_close()
 
-
-# -- metrics ----------------------------------------------------------------------------
 
 def read_metric(url: str, name: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text

@@ -355,6 +355,21 @@ def trainer_progress(registry, log_path: Path):
     return seen
 
 
+def started_mid_run(registry, demo_model: Path, tmp_path: Path, url: str, log_path: Path):
+    """A trainer process on the registry, once it is in the middle of training a run;
+    (the process, what changes while it works)."""
+    trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
+    progress = trainer_progress(registry, log_path)
+    try:
+        wait_while_progressing(lambda: mid_training(registry), progress, 120,
+                               "a run in the middle of training")
+    except BaseException:  # the caller never gets the process to stop
+        trainer.kill()
+        trainer.wait()
+        raise
+    return trainer, progress
+
+
 def mid_training(registry) -> bool:
     return any(r.status == "running" and r.progress.get("step")
                for r in registry.training.runs(ADAPTER))
@@ -388,10 +403,7 @@ def test_a_trainer_mid_run_through_a_database_outage_loses_at_most_that_run(
         try:
             # Long enough a run to be caught in the middle of it.
             adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=16, epochs=40)
-            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
-            progress = trainer_progress(registry, log_path)
-            wait_while_progressing(lambda: mid_training(registry), progress, 120,
-                                   "a run in the middle of training")
+            trainer, progress = started_mid_run(registry, demo_model, tmp_path, url, log_path)
             with postgres_stopped(version):
                 time.sleep(8)  # longer than the lease: the run's claim lapses meanwhile
             # The run that lost its lease stops at its next step; the next one trains.
@@ -425,19 +437,13 @@ def test_a_trainer_stopped_mid_run_exits_at_once_and_its_feedback_goes_back(
         trainer, log_path = None, tmp_path / "trainer.log"
         try:
             adapter_with_feedback(registry, adapter_dirs[ADAPTER], pairs=16, epochs=100)
-            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
-            wait_while_progressing(lambda: mid_training(registry),
-                                   trainer_progress(registry, log_path), 120,
-                                   "a run in the middle of training")
+            trainer, _ = started_mid_run(registry, demo_model, tmp_path, url, log_path)
             stop_trainer(trainer, log_path, within_s=15)
             (stopped,) = registry.training.runs(ADAPTER)
             assert stopped.status == "failed" and stopped.reason.startswith("stopped:"), stopped
             assert registry.feedback.stats(ADAPTER).by_status == {"pending": 16}
 
-            trainer = start_trainer(demo_model, tmp_path / "data", url, log_path)
-            wait_while_progressing(lambda: mid_training(registry),
-                                   trainer_progress(registry, log_path), 120,
-                                   "a second run in the middle of training")
+            trainer, _ = started_mid_run(registry, demo_model, tmp_path, url, log_path)
             with postgres_stopped(version):
                 stop_trainer(trainer, log_path, within_s=15)
             # Nothing could be written: the run's lease lapses, and its feedback goes back.

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from transformers import AutoTokenizer
 
 from loraloop.serve.engine.protocol import OutputConstraint
 from loraloop.serve.errors import InvalidRequest
 from loraloop.serve.openai.grammar_gate import GrammarGate
-from loraloop.trainer.demo_model import build_demo_model
 
 SMALL = OutputConstraint("json_schema", json.dumps({"type": "object", "properties": {
     "a": {"type": "string"}}}))
@@ -22,15 +22,18 @@ SLOW = OutputConstraint("json_schema", json.dumps({"type": "object", "properties
     f"p{i}": {"type": "string"} for i in range(1000)}}), param="tools")
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(build_demo_model(tmp_path_factory.mktemp("m") / "m"))
+@contextmanager
+def opened(tokenizer, timeout_s: float) -> Iterator[GrammarGate]:
+    gate = GrammarGate(tokenizer, timeout_s=timeout_s)
+    try:
+        yield gate
+    finally:
+        gate.stop()
 
 
 def test_grammars_compile_once_and_slow_ones_are_refused_in_time(tokenizer):
     async def scenario():
-        gate = GrammarGate(tokenizer, timeout_s=0.5)
-        try:
+        with opened(tokenizer, 0.5) as gate:
             await gate.check(SMALL, "acme")
             worker = gate._worker
             await gate.check(SMALL, "globex")  # remembered: no second compile
@@ -43,38 +46,30 @@ def test_grammars_compile_once_and_slow_ones_are_refused_in_time(tokenizer):
             with pytest.raises(InvalidRequest):  # refused at once the next time
                 await asyncio.wait_for(gate.check(SLOW, "acme"), 0.1)
             await gate.check(SMALL, "acme")  # a fresh worker serves what follows
-        finally:
-            gate.stop()
 
     asyncio.run(scenario())
 
 
 def test_a_grammar_the_backend_refuses_is_a_400_without_its_internals(tokenizer):
     async def scenario():
-        gate = GrammarGate(tokenizer, timeout_s=30)
-        try:
+        with opened(tokenizer, 30) as gate:
             with pytest.raises(InvalidRequest) as caught:
                 await gate.check(OutputConstraint("json_schema", json.dumps(
                     {"type": "string", "pattern": "^(a)\\1$"})), None)
             assert caught.value.param == "response_format"
             assert "Backreference" in caught.value.message
             assert ".cc" not in caught.value.message and "/project" not in caught.value.message
-        finally:
-            gate.stop()
 
     asyncio.run(scenario())
 
 
 def test_a_request_that_ends_first_stops_its_compile(tokenizer):
     async def scenario():
-        gate = GrammarGate(tokenizer, timeout_s=60)
-        try:
+        with opened(tokenizer, 60) as gate:
             await gate.check(SMALL, None)
             worker = gate._worker
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(gate.check(SLOW, "acme"), 0.5)
             assert gate._worker is None and not worker.is_alive()
-        finally:
-            gate.stop()
 
     asyncio.run(scenario())
