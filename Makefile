@@ -28,9 +28,7 @@ serve: install-serve
 demo: install-serve
 	$(BIN)/loraloop demo --url http://$(HOST):$(PORT)
 
-test: install-test
-	$(BIN)/ruff check serve adapters trainer tests
-	$(BIN)/lint-imports
+test: lint
 	bash tests/ensure-postgres.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -46,9 +44,14 @@ bench: install-bench
 	$(BIN)/python -m tests.benchmarks.bench_control --model 0.5b --parts swap $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_adaptation $(BENCH_ARGS)
 	$(BIN)/python -m tests.benchmarks.bench_transfer $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.bench_trainer $(BENCH_ARGS)
 
+# The same checks run on each commit once `pre-commit install` has set up
+# .pre-commit-config.yaml. mypy reads its packages and settings from pyproject.toml.
 lint: install-test
 	$(BIN)/ruff check serve adapters trainer tests
+	$(BIN)/ruff format --check serve adapters trainer tests
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 install-serve: $(VENV)/.installed-$(ENGINE)
@@ -85,4 +88,4 @@ fix-torch-companions:
 	fi
 
 clean:
-	rm -rf $(VENV) .loraloop .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .loraloop .pytest_cache .ruff_cache .mypy_cache *.egg-info

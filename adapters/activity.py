@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute
 
 from .db import Database
 from .schema import Feedback, adapter_row, utc, utcnow
@@ -31,7 +33,7 @@ class FeedbackActivity:
     per_hour: list[HourCount]  # oldest first; hours with none are left out
 
 
-def _hour_of(column, dialect: str):
+def _hour_of(column: InstrumentedAttribute[datetime], dialect: str) -> ColumnElement[Any]:
     if dialect == "postgresql":
         # date_trunc cuts a timestamptz at the hours of the session's time zone (half past
         # in Asia/Kolkata): cut the UTC time instead (a plain timestamp, read back as UTC).
@@ -49,11 +51,16 @@ def read_feedback_activity(db: Database, adapter_id: str, *, hours: int) -> Feed
         adapter = adapter_row(adapter_id, session=session)
         hour = _hour_of(Feedback.created_at, session.get_bind().dialect.name)
         counted = session.execute(
-            select(hour, func.count()).where(Feedback.adapter_id == adapter.id,
-                                             Feedback.created_at >= since)
-            .group_by(hour).order_by(hour)
+            select(hour, func.count())
+            .where(Feedback.adapter_id == adapter.id, Feedback.created_at >= since)
+            .group_by(hour)
+            .order_by(hour)
         ).all()
-        pending = session.scalar(select(func.count()).where(
-            Feedback.adapter_id == adapter.id, Feedback.status == PENDING))
-    return FeedbackActivity(adapter_id, pending or 0,
-                            [HourCount(_as_hour(at), count) for at, count in counted])
+        pending = session.scalar(
+            select(func.count()).where(
+                Feedback.adapter_id == adapter.id, Feedback.status == PENDING
+            )
+        )
+    return FeedbackActivity(
+        adapter_id, pending or 0, [HourCount(_as_hour(at), count) for at, count in counted]
+    )

@@ -17,7 +17,7 @@ import logging
 from sqlalchemy import exists, or_, select, update
 
 from .base_model import BaseModelInfo
-from .db import Database
+from .db import Database, rows_changed
 from .schema import AdapterVersion, LivePointer, Rollout, TransferJob
 
 logger = logging.getLogger(__name__)
@@ -30,26 +30,48 @@ def adopt_shape_only_rows(db: Database, base: BaseModelInfo) -> int:
     if not _names(db, old):
         return 0  # the usual case: no write, so no server reloads its routes for nothing
     with db.transaction() as session:
-        versions = session.execute(
-            update(AdapterVersion).where(AdapterVersion.base_fingerprint == old)
-            .values(base_fingerprint=new)).rowcount
-        session.execute(update(LivePointer).where(LivePointer.base_fingerprint == old)
-                        .values(base_fingerprint=new))
-        session.execute(update(Rollout).where(Rollout.base_fingerprint == old)
-                        .values(base_fingerprint=new))
-        session.execute(update(TransferJob).where(TransferJob.to_base_fingerprint == old)
-                        .values(to_base_fingerprint=new))
+        versions = rows_changed(
+            session,
+            update(AdapterVersion)
+            .where(AdapterVersion.base_fingerprint == old)
+            .values(base_fingerprint=new),
+        )
+        session.execute(
+            update(LivePointer)
+            .where(LivePointer.base_fingerprint == old)
+            .values(base_fingerprint=new)
+        )
+        session.execute(
+            update(Rollout).where(Rollout.base_fingerprint == old).values(base_fingerprint=new)
+        )
+        session.execute(
+            update(TransferJob)
+            .where(TransferJob.to_base_fingerprint == old)
+            .values(to_base_fingerprint=new)
+        )
     if versions:
-        logger.warning("adopted %d adapter versions stored for base shapes %s... as versions "
-                       "of this base %s... (weights and tokenizer); a base of the same shapes "
-                       "and other weights will not serve them", versions, old[:12], new[:12])
+        logger.warning(
+            "adopted %d adapter versions stored for base shapes %s... as versions "
+            "of this base %s... (weights and tokenizer); a base of the same shapes "
+            "and other weights will not serve them",
+            versions,
+            old[:12],
+            new[:12],
+        )
     return versions
 
 
 def _names(db: Database, fingerprint: str) -> bool:
     with db.reading() as session:
-        return bool(session.scalar(select(or_(
-            exists().where(AdapterVersion.base_fingerprint == fingerprint),
-            exists().where(LivePointer.base_fingerprint == fingerprint),
-            exists().where(Rollout.base_fingerprint == fingerprint),
-            exists().where(TransferJob.to_base_fingerprint == fingerprint)))))
+        return bool(
+            session.scalar(
+                select(
+                    or_(
+                        exists().where(AdapterVersion.base_fingerprint == fingerprint),
+                        exists().where(LivePointer.base_fingerprint == fingerprint),
+                        exists().where(Rollout.base_fingerprint == fingerprint),
+                        exists().where(TransferJob.to_base_fingerprint == fingerprint),
+                    )
+                )
+            )
+        )

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import torch
 
@@ -31,9 +32,17 @@ MAX_HEADER_BYTES = 100_000_000
 _LAYER_MODULE = re.compile(r"\.layers\.\d+\.")
 # Every file that can change the ids a text becomes or the prompt a chat becomes. JSON files
 # are hashed in a canonical form, so reformatting them changes nothing.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
-                   "chat_template.jinja", "chat_template.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 _HASH_CHUNK = 16 << 20
 
 
@@ -62,8 +71,14 @@ class BaseModelInfo:
     compute_dtype: torch.dtype = DEFAULT_COMPUTE_DTYPE
 
     @classmethod
-    def load(cls, model_dir: Path, aliases: Iterable[str] = (), *, dtype: str | None = None,
-             digest_cache: Path | None = None) -> BaseModelInfo:
+    def load(
+        cls,
+        model_dir: Path,
+        aliases: Iterable[str] = (),
+        *,
+        dtype: str | None = None,
+        digest_cache: Path | None = None,
+    ) -> BaseModelInfo:
         """`dtype`: what the server computes in ("float16", ...) when it overrides the
         checkpoint's own dtype; None or "auto" means the checkpoint's. `digest_cache`: a JSON
         file remembering the weight files' digests, so a restart does not hash them again."""
@@ -74,8 +89,9 @@ class BaseModelInfo:
         shapes = _shape_fingerprint(config.get("architectures") or [], tensors)
         weights = _weights_digest(model_dir, digest_cache)
         tokenizer = tokenizer_digest(model_dir)
-        identity = json.dumps({"shapes": shapes, "weights": weights, "tokenizer": tokenizer},
-                              separators=(",", ":"))
+        identity = json.dumps(
+            {"shapes": shapes, "weights": weights, "tokenizer": tokenizer}, separators=(",", ":")
+        )
         return cls(
             aliases=frozenset(names),
             fingerprint=hashlib.sha256(identity.encode()).hexdigest(),
@@ -121,8 +137,9 @@ def tokenizer_digest(model_dir: Path) -> str:
             continue
         content = path.read_bytes()
         if name.endswith(".json"):
-            content = json.dumps(json.loads(content), sort_keys=True,
-                                 separators=(",", ":")).encode()
+            content = json.dumps(
+                json.loads(content), sort_keys=True, separators=(",", ":")
+            ).encode()
         digest.update(f"{name}:{len(content)}:".encode())
         digest.update(content)
     return digest.hexdigest()
@@ -148,16 +165,21 @@ def _tensor_digests(path: Path, cache: Path | None) -> dict[str, str]:
     with open(path, "rb") as f:
         length = struct.unpack("<Q", f.read(8))[0]
         header = _read_header(path)
-        entries = sorted((entry["data_offsets"], name) for name, entry in header.items()
-                         if name != "__metadata__")
-        tensors = {name: _region_digest(f, 8 + length + start, end - start)
-                   for (start, end), name in entries}
+        entries = sorted(
+            (entry["data_offsets"], name)
+            for name, entry in header.items()
+            if name != "__metadata__"
+        )
+        tensors = {
+            name: _region_digest(f, 8 + length + start, end - start)
+            for (start, end), name in entries
+        }
     if cache is not None:
         _write_cache(cache, {**_read_cache(cache), key: {"stamp": stamp, "tensors": tensors}})
     return tensors
 
 
-def _region_digest(f, offset: int, size: int) -> str:
+def _region_digest(f: BinaryIO, offset: int, size: int) -> str:
     digest = hashlib.sha256()
     f.seek(offset)
     while size > 0:
@@ -218,30 +240,37 @@ def _read_header(path: Path) -> dict:
         return json.loads(f.read(length))
 
 
-def _compute_dtype(override: str | None, config: dict,
-                   tensors: dict[str, tuple[list[int], str]]) -> torch.dtype:
+def _compute_dtype(
+    override: str | None, config: dict, tensors: dict[str, tuple[list[int], str]]
+) -> torch.dtype:
     """The override, else the narrowest float dtype among config.json's and the linear
     weights' (a quantized checkpoint names its compute dtype only in config.json)."""
     if override not in (None, "auto"):
         return _float_dtype(override)
     names = {config.get("torch_dtype"), config.get("dtype")}
-    names |= {FLOAT_DTYPES.get(dtype) for name, (shape, dtype) in tensors.items()
-              if len(shape) == 2 and _LAYER_MODULE.search(name)}
-    found = [_float_dtype(name) for name in names
-             if isinstance(name, str) and name in FLOAT_DTYPES.values()]
+    names |= {
+        FLOAT_DTYPES.get(dtype)
+        for name, (shape, dtype) in tensors.items()
+        if len(shape) == 2 and _LAYER_MODULE.search(name)
+    }
+    found = [
+        _float_dtype(name)
+        for name in names
+        if isinstance(name, str) and name in FLOAT_DTYPES.values()
+    ]
     return min(found, key=lambda d: torch.finfo(d).max, default=DEFAULT_COMPUTE_DTYPE)
 
 
 def _float_dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"{name!r} is not a float dtype; use one of "
-                         f"{', '.join(FLOAT_DTYPES.values())} or auto")
+        raise ValueError(
+            f"{name!r} is not a float dtype; use one of {', '.join(FLOAT_DTYPES.values())} or auto"
+        )
     return dtype
 
 
-def _shape_fingerprint(architectures: list[str],
-                       tensors: dict[str, tuple[list[int], str]]) -> str:
+def _shape_fingerprint(architectures: list[str], tensors: dict[str, tuple[list[int], str]]) -> str:
     rows = sorted((name, list(shape), dtype) for name, (shape, dtype) in tensors.items())
     canonical = json.dumps({"architectures": architectures, "tensors": rows}, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

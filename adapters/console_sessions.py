@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
-from .db import Database
+from .db import Database, rows_changed
 from .errors import NotFound
 from .schema import ConsoleSession, utc, utcnow
 
@@ -37,12 +37,24 @@ class SessionRecord:
     @classmethod
     def of(cls, row: ConsoleSession) -> SessionRecord:
         revoked = utc(row.revoked_at) if row.revoked_at is not None else None
-        return cls(row.id, row.subject, row.actor, row.csrf_token, row.client,
-                   utc(row.issued_at), utc(row.last_seen_at), revoked, row.revoked_by)
+        return cls(
+            row.id,
+            row.subject,
+            row.actor,
+            row.csrf_token,
+            row.client,
+            utc(row.issued_at),
+            utc(row.last_seen_at),
+            revoked,
+            row.revoked_by,
+        )
 
     def live_at(self, now: datetime, idle: timedelta, max_age: timedelta) -> bool:
-        return (self.revoked_at is None and self.seen_ago(now) <= idle
-                and now - self.issued_at <= max_age)
+        return (
+            self.revoked_at is None
+            and self.seen_ago(now) <= idle
+            and now - self.issued_at <= max_age
+        )
 
     def seen_ago(self, now: datetime) -> timedelta:
         return now - self.last_seen_at
@@ -56,13 +68,20 @@ class ConsoleSessionBook:
     def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow) -> None:
         self.db, self.clock = db, clock
 
-    def open(self, subject: str, actor: str, *, client: str | None = None
-             ) -> tuple[SessionRecord, str]:
+    def open(
+        self, subject: str, actor: str, *, client: str | None = None
+    ) -> tuple[SessionRecord, str]:
         """A new session and the token for its cookie (shown once, like a key)."""
         token, now = secrets.token_urlsafe(32), self.clock()
-        row = ConsoleSession(token_hash=_hash(token), subject=subject, actor=actor,
-                             csrf_token=secrets.token_urlsafe(32), client=client,
-                             issued_at=now, last_seen_at=now)
+        row = ConsoleSession(
+            token_hash=_hash(token),
+            subject=subject,
+            actor=actor,
+            csrf_token=secrets.token_urlsafe(32),
+            client=client,
+            issued_at=now,
+            last_seen_at=now,
+        )
         with self.db.transaction(routing_change=False) as session:
             session.add(row)
             session.flush()
@@ -71,15 +90,19 @@ class ConsoleSessionBook:
     def find(self, token: str) -> SessionRecord | None:
         """The session of a cookie's token, ended or not; None for a token never issued."""
         with self.db.reading() as session:
-            row = session.scalar(select(ConsoleSession)
-                                 .where(ConsoleSession.token_hash == _hash(token)))
+            row = session.scalar(
+                select(ConsoleSession).where(ConsoleSession.token_hash == _hash(token))
+            )
             return SessionRecord.of(row) if row is not None else None
 
     def touch(self, session_id: int) -> None:
         """Restart a session's idle clock."""
         with self.db.transaction(routing_change=False) as session:
-            session.execute(update(ConsoleSession).where(ConsoleSession.id == session_id)
-                            .values(last_seen_at=self.clock()))
+            session.execute(
+                update(ConsoleSession)
+                .where(ConsoleSession.id == session_id)
+                .values(last_seen_at=self.clock())
+            )
 
     def revoke(self, session_id: int, *, actor: str) -> SessionRecord:
         """End a session (signing out, or an admin); ending an ended one changes nothing."""
@@ -94,10 +117,12 @@ class ConsoleSessionBook:
     def revoke_all(self, subject: str, *, actor: str) -> int:
         """End every live session of one subject (an operator's, or one key's)."""
         with self.db.transaction(routing_change=False) as session:
-            return session.execute(
+            return rows_changed(
+                session,
                 update(ConsoleSession)
                 .where(ConsoleSession.subject == subject, ConsoleSession.revoked_at.is_(None))
-                .values(revoked_at=self.clock(), revoked_by=actor)).rowcount
+                .values(revoked_at=self.clock(), revoked_by=actor),
+            )
 
     def list(self, *, subject: str | None = None, limit: int = 100) -> list[SessionRecord]:
         """Sessions, newest first, ended ones too."""

@@ -7,16 +7,18 @@ takes the write lock up front; PostgreSQL: the revision row stays locked until c
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
 
 from .errors import RegistryUnavailable
 from .schema import RegistryRevision
@@ -54,7 +56,7 @@ def sqlite_url(data_dir: Path) -> str:
 
 def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record) -> None:
+    def _connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         # Leave transaction control to the "begin" hook below, not to the sqlite3 module.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -65,7 +67,7 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin(connection) -> None:
+    def _begin(connection: Connection) -> None:
         # Writers take the lock at BEGIN: two deferred transactions that both read and then
         # write would otherwise deadlock and one would fail with "database is locked".
         read_only = connection.get_execution_options().get(_READ_ONLY, False)
@@ -77,9 +79,17 @@ class Database:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.engine = create_engine(
-            url, pool_pre_ping=not self.is_sqlite,
-            **({} if self.is_sqlite else {"pool_timeout": POOL_TIMEOUT_S,
-                                          "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}))
+            url,
+            pool_pre_ping=not self.is_sqlite,
+            **(
+                {}
+                if self.is_sqlite
+                else {
+                    "pool_timeout": POOL_TIMEOUT_S,
+                    "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+                }
+            ),
+        )
         if self.is_sqlite:
             _tune_sqlite(self.engine)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
@@ -123,10 +133,19 @@ class Database:
         config.set_main_option("script_location", str(_MIGRATIONS))
         with self.engine.begin() as connection:
             if not self.is_sqlite:
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                   {"key": _MIGRATION_LOCK_KEY})
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def rows_changed(session: Session, statement: UpdateBase) -> int:
+    """Run an UPDATE or DELETE; the number of rows it matched."""
+    result = session.execute(statement)
+    # Typed as any Result; for these statements it is the cursor's, which counts the rows.
+    assert isinstance(result, CursorResult)
+    return result.rowcount

@@ -38,8 +38,10 @@ class RegistryUnavailable(RegistryError):
     """The registry database cannot be reached (stopped, unreachable, locked past the wait).
     Nothing was written; the same request can be sent again later."""
 
-    def __init__(self, message: str = "The registry database is unavailable; nothing was "
-                 "written. Retry shortly.") -> None:
+    def __init__(
+        self,
+        message: str = "The registry database is unavailable; nothing was written. Retry shortly.",
+    ) -> None:
         super().__init__(message)
 
 

@@ -82,11 +82,18 @@ Outcome = tuple[FeedbackRecord, bool] | Exception
 # at execution. Building an IN clause of literals per group cost more than the insert.
 _feedback = Feedback.__table__
 _STORED_UNDER_KEYS = select(
-    _feedback.c.id, _feedback.c.idempotency_key, _feedback.c.request_hash,
-    _feedback.c.adapter_id, _feedback.c.version, _feedback.c.kind, _feedback.c.status,
+    _feedback.c.id,
+    _feedback.c.idempotency_key,
+    _feedback.c.request_hash,
+    _feedback.c.adapter_id,
+    _feedback.c.version,
+    _feedback.c.kind,
+    _feedback.c.status,
     _feedback.c.created_at,
-).where(_feedback.c.tenant_id == bindparam("tenant"),
-        _feedback.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+).where(
+    _feedback.c.tenant_id == bindparam("tenant"),
+    _feedback.c.idempotency_key.in_(bindparam("keys", expanding=True)),
+)
 _INSERT = insert(_feedback).returning(_feedback.c.id, sort_by_parameter_order=True)
 # Rows per INSERT statement. psycopg parses the placeholders of a statement in Python unless
 # it has at most 50 (then it caches the parse): 3 rows of 16 columns keep every page cached,
@@ -95,8 +102,10 @@ _PAGES = {"postgresql": {"insertmanyvalues_page_size": 3}}
 
 
 def key_conflict() -> Conflict:
-    return Conflict("This Idempotency-Key was already used with a different request; "
-                    "use a new key for new feedback.")
+    return Conflict(
+        "This Idempotency-Key was already used with a different request; "
+        "use a new key for new feedback."
+    )
 
 
 def unknown_adapter(adapter_id: str) -> NotFound:
@@ -112,17 +121,21 @@ class AdapterIds:
         self._rows: dict[str, tuple[int, int]] = {}
         self._names: dict[int, str] = {}
 
-    def rows(self, adapter_ids: Iterable[str], *,
-             connection: Connection) -> dict[str, tuple[int, int]]:
+    def rows(
+        self, adapter_ids: Iterable[str], *, connection: Connection
+    ) -> dict[str, tuple[int, int]]:
         """(tenant row id, adapter row id) of each adapter that exists; missing ones are
         left out (and looked up again next time: they may be created meanwhile)."""
         wanted = set(adapter_ids)
-        unknown = [tuple(a.split("/", 1)) for a in wanted - self._rows.keys()
-                   if is_valid_adapter_id(a)]
+        unknown = [
+            tuple(a.split("/", 1)) for a in wanted - self._rows.keys() if is_valid_adapter_id(a)
+        ]
         if unknown:
             found = connection.execute(
-                select(Tenant.name, Adapter.name, Adapter.tenant_id, Adapter.id).join(Tenant)
-                .where(tuple_(Tenant.name, Adapter.name).in_(unknown)))
+                select(Tenant.name, Adapter.name, Adapter.tenant_id, Adapter.id)
+                .join(Tenant)
+                .where(tuple_(Tenant.name, Adapter.name).in_(unknown))
+            )
             for tenant, name, tenant_row, adapter_row in found:
                 self._rows[f"{tenant}/{name}"] = (tenant_row, adapter_row)
                 self._names[adapter_row] = f"{tenant}/{name}"
@@ -137,14 +150,16 @@ class AdapterIds:
         return self._names[adapter_row]
 
 
-def write_group(submissions: Sequence[Submission], ids: AdapterIds, *,
-                connection: Connection) -> list[Outcome]:
+def write_group(
+    submissions: Sequence[Submission], ids: AdapterIds, *, connection: Connection
+) -> list[Outcome]:
     """Store every submission that is new, in one multi-row insert; answer the rest."""
     adapters = ids.rows({s.item.adapter_id for s in submissions}, connection=connection)
     stored = _stored_under_keys(submissions, adapters, connection=connection)
     outcomes: list[Outcome | None] = [None] * len(submissions)
     first_with_key: dict[tuple[int, str], int] = {}  # within this group
     new: list[int] = []
+    repeats: list[tuple[int, int]] = []  # (a repeat, the first with its key), within the group
     for i, s in enumerate(submissions):
         rows = adapters.get(s.item.adapter_id)
         key = (rows[0], s.idempotency_key) if rows and s.idempotency_key is not None else None
@@ -152,10 +167,12 @@ def write_group(submissions: Sequence[Submission], ids: AdapterIds, *,
             outcomes[i] = unknown_adapter(s.item.adapter_id)
         elif key in stored:
             outcomes[i] = _replay(stored[key], s, ids, connection=connection)
-        elif key in first_with_key:
-            first = submissions[first_with_key[key]]
-            # Settled once the first is inserted: the same body replays its result.
-            outcomes[i] = key_conflict() if first.request_hash != s.request_hash else None
+        elif key is not None and key in first_with_key:
+            first = first_with_key[key]
+            if submissions[first].request_hash != s.request_hash:
+                outcomes[i] = key_conflict()
+            else:  # settled once the first is inserted: the same body replays its result
+                repeats.append((i, first))
         else:
             if key is not None:
                 first_with_key[key] = i
@@ -163,15 +180,21 @@ def write_group(submissions: Sequence[Submission], ids: AdapterIds, *,
     records = _insert([submissions[i] for i in new], adapters, connection=connection)
     for i, record in zip(new, records, strict=True):
         outcomes[i] = (record, False)
-    for i, s in enumerate(submissions):
-        if outcomes[i] is None:  # a repeat, within the group, of a key inserted above
-            first = outcomes[first_with_key[(adapters[s.item.adapter_id][0], s.idempotency_key)]]
-            outcomes[i] = (first[0], True)
-    return outcomes
+    for i, first in repeats:
+        inserted = outcomes[first]
+        assert isinstance(inserted, tuple)  # the first with a key that no row had: inserted
+        outcomes[i] = (inserted[0], True)
+    settled = [outcome for outcome in outcomes if outcome is not None]
+    assert len(settled) == len(submissions)  # each submission was inserted, replayed or refused
+    return settled
 
 
-def _stored_under_keys(submissions: Sequence[Submission], adapters: dict[str, tuple[int, int]],
-                       *, connection: Connection) -> dict[tuple[int, str], Row]:
+def _stored_under_keys(
+    submissions: Sequence[Submission],
+    adapters: dict[str, tuple[int, int]],
+    *,
+    connection: Connection,
+) -> dict[tuple[int, str], Row]:
     """Rows already stored under the group's (tenant, Idempotency-Key) pairs: one query."""
     keys: dict[int, set[str]] = {}  # by tenant row id; a group seldom spans tenants
     for s in submissions:
@@ -179,44 +202,71 @@ def _stored_under_keys(submissions: Sequence[Submission], adapters: dict[str, tu
             keys.setdefault(adapters[s.item.adapter_id][0], set()).add(s.idempotency_key)
     stored = {}
     for tenant, tenant_keys in keys.items():
-        rows = connection.execute(_STORED_UNDER_KEYS, {"tenant": tenant,
-                                                       "keys": sorted(tenant_keys)})
+        rows = connection.execute(
+            _STORED_UNDER_KEYS, {"tenant": tenant, "keys": sorted(tenant_keys)}
+        )
         stored.update({(tenant, row.idempotency_key): row for row in rows})
     return stored
 
 
-def _replay(row: Row, submission: Submission, ids: AdapterIds, *,
-            connection: Connection) -> Outcome:
+def _replay(
+    row: Row, submission: Submission, ids: AdapterIds, *, connection: Connection
+) -> Outcome:
     if row.request_hash != submission.request_hash:
         return key_conflict()
-    record = FeedbackRecord(row.id, ids.name(row.adapter_id, connection=connection), row.version,
-                            row.kind, row.status, utc(row.created_at))
+    record = FeedbackRecord(
+        row.id,
+        ids.name(row.adapter_id, connection=connection),
+        row.version,
+        row.kind,
+        row.status,
+        utc(row.created_at),
+    )
     return record, True
 
 
-def _insert(submissions: list[Submission], adapters: dict[str, tuple[int, int]], *,
-            connection: Connection) -> list[FeedbackRecord]:
+def _insert(
+    submissions: list[Submission], adapters: dict[str, tuple[int, int]], *, connection: Connection
+) -> list[FeedbackRecord]:
     """One executemany-style INSERT ... RETURNING id for the lot; ids in submission order."""
     if not submissions:
         return []
     now = utcnow()  # the group commits at one moment
     values = [_values(s, adapters[s.item.adapter_id], now) for s in submissions]
-    ids = connection.execute(_INSERT, values,
-                             execution_options=_PAGES.get(connection.dialect.name, {})
-                             ).scalars().all()
-    return [FeedbackRecord(row_id, s.item.adapter_id, s.item.version, s.item.kind, "pending", now)
-            for row_id, s in zip(ids, submissions, strict=True)]
+    ids = (
+        connection.execute(
+            _INSERT, values, execution_options=_PAGES.get(connection.dialect.name, {})
+        )
+        .scalars()
+        .all()
+    )
+    return [
+        FeedbackRecord(row_id, s.item.adapter_id, s.item.version, s.item.kind, "pending", now)
+        for row_id, s in zip(ids, submissions, strict=True)
+    ]
 
 
 def _values(s: Submission, rows: tuple[int, int], now: datetime) -> dict:
     item = s.item
-    return {"tenant_id": rows[0], "adapter_id": rows[1], "version": item.version,
-            "kind": item.kind, "prompt": item.prompt.to_json(), "chosen": item.chosen,
-            "rejected": item.rejected, "completion": item.completion, "score": item.score,
-            "judge": item.judge, "rationale": item.rationale,
-            "completion_id": item.completion_id, "source": item.source, "status": "pending",
-            "idempotency_key": s.idempotency_key, "request_hash": s.request_hash,
-            "created_at": now}
+    return {
+        "tenant_id": rows[0],
+        "adapter_id": rows[1],
+        "version": item.version,
+        "kind": item.kind,
+        "prompt": item.prompt.to_json(),
+        "chosen": item.chosen,
+        "rejected": item.rejected,
+        "completion": item.completion,
+        "score": item.score,
+        "judge": item.judge,
+        "rationale": item.rationale,
+        "completion_id": item.completion_id,
+        "source": item.source,
+        "status": "pending",
+        "idempotency_key": s.idempotency_key,
+        "request_hash": s.request_hash,
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True)
@@ -255,8 +305,13 @@ class FeedbackBook:
         self.db = db
         self.adapter_ids = AdapterIds()
 
-    def submit(self, item: NewFeedback, *, idempotency_key: str | None = None,
-               request_hash: str | None = None) -> tuple[FeedbackRecord, bool]:
+    def submit(
+        self,
+        item: NewFeedback,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[FeedbackRecord, bool]:
         """Store one piece of feedback. True: a retry, answered with the first result."""
         outcome = self.submit_many([Submission(item, idempotency_key, request_hash)])[0]
         if isinstance(outcome, Exception):
@@ -292,25 +347,39 @@ class FeedbackBook:
         with self.db.transaction(routing_change=False) as session:
             for c in completions:
                 adapter = adapter_row(c.adapter_id, session=session)
-                session.add(RecordedCompletion(
-                    completion_id=c.completion_id, choice=c.choice, tenant_id=adapter.tenant_id,
-                    adapter_id=adapter.id, version=c.version, prompt=c.prompt.to_json(),
-                    output=c.output))
+                session.add(
+                    RecordedCompletion(
+                        completion_id=c.completion_id,
+                        choice=c.choice,
+                        tenant_id=adapter.tenant_id,
+                        adapter_id=adapter.id,
+                        version=c.version,
+                        prompt=c.prompt.to_json(),
+                        output=c.output,
+                    )
+                )
 
-    def recorded(self, tenant: str | None, completion_id: str,
-                 choice: int) -> RecordedCompletionRecord:
+    def recorded(
+        self, tenant: str | None, completion_id: str, choice: int
+    ) -> RecordedCompletionRecord:
         """A recorded completion; another tenant's looks exactly like a missing one."""
         with self.db.reading() as session:
             row = session.get(RecordedCompletion, (completion_id, choice))
             adapter_id = adapter_row_id_to_name(row.adapter_id, session=session) if row else None
-        if row is None or (tenant is not None and _tenant_of(adapter_id) != tenant):
-            raise NotFound(f"No recorded completion '{completion_id[:100]}' (choice {choice}). "
-                           "Completions are kept only for adapters whose policy records them.")
-        return RecordedCompletionRecord(adapter_id, row.version,
-                                        StoredPrompt.from_json(row.prompt), row.output)
+        if (
+            row is None
+            or adapter_id is None
+            or (tenant is not None and _tenant_of(adapter_id) != tenant)
+        ):
+            raise NotFound(
+                f"No recorded completion '{completion_id[:100]}' (choice {choice}). "
+                "Completions are kept only for adapters whose policy records them."
+            )
+        return RecordedCompletionRecord(
+            adapter_id, row.version, StoredPrompt.from_json(row.prompt), row.output
+        )
 
-    def recorded_prompts(self, adapter_id: str, limit: int,
-                         scan: int = 2000) -> list[StoredPrompt]:
+    def recorded_prompts(self, adapter_id: str, limit: int, scan: int = 2000) -> list[StoredPrompt]:
         """Up to `limit` distinct prompts of the adapter's recorded completions, newest first
         (looking at the newest `scan` completions only)."""
         with self.db.reading() as session:
@@ -318,19 +387,23 @@ class FeedbackBook:
             rows = session.scalars(
                 select(RecordedCompletion.prompt)
                 .where(RecordedCompletion.adapter_id == adapter.id)
-                .order_by(RecordedCompletion.created_at.desc()).limit(scan))
+                .order_by(RecordedCompletion.created_at.desc())
+                .limit(scan)
+            )
             prompts = dict.fromkeys(StoredPrompt.from_json(row) for row in rows)
         return list(prompts)[:limit]
 
-    def feedback_prompts(self, adapter_id: str, limit: int,
-                         scan: int = 2000) -> list[StoredPrompt]:
+    def feedback_prompts(self, adapter_id: str, limit: int, scan: int = 2000) -> list[StoredPrompt]:
         """Up to `limit` distinct prompts of the adapter's feedback, whatever its status
         (pending, consumed, ...), newest first (looking at the newest `scan` rows only)."""
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
             rows = session.scalars(
-                select(Feedback.prompt).where(Feedback.adapter_id == adapter.id)
-                .order_by(Feedback.id.desc()).limit(scan))
+                select(Feedback.prompt)
+                .where(Feedback.adapter_id == adapter.id)
+                .order_by(Feedback.id.desc())
+                .limit(scan)
+            )
             prompts = dict.fromkeys(StoredPrompt.from_json(row) for row in rows)
         return list(prompts)[:limit]
 
@@ -342,10 +415,13 @@ class FeedbackBook:
                 .where(Feedback.adapter_id == adapter.id)
                 .group_by(Feedback.kind, Feedback.status, Feedback.version)
             ).all()
-        by_kind, by_status, by_version = Counter(), Counter(), Counter()
+        by_kind: Counter[str] = Counter()
+        by_status: Counter[str] = Counter()
+        by_version: Counter[str] = Counter()
         for kind, status, version, count in rows:
             by_kind[kind] += count
             by_status[status] += count
             by_version[str(version) if version is not None else "unknown"] += count
-        return FeedbackStats(adapter_id, sum(by_kind.values()), dict(by_kind), dict(by_status),
-                             dict(by_version))
+        return FeedbackStats(
+            adapter_id, sum(by_kind.values()), dict(by_kind), dict(by_status), dict(by_version)
+        )

@@ -8,6 +8,7 @@ policy never stalls or depends on who reads it).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,8 +64,10 @@ def is_schema(schema: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
     if unevaluated and any(True for _ in _pattern_properties(schema)):
         # jsonschema matches patternProperties for unevaluatedProperties with Python's `re`,
         # which has no time limit; the judge bounds every other pattern search.
-        raise ValueError("unevaluatedProperties together with patternProperties is not "
-                         "supported by the rules judge; use additionalProperties")
+        raise ValueError(
+            "unevaluatedProperties together with patternProperties is not "
+            "supported by the rules judge; use additionalProperties"
+        )
     refused = [why for pattern in patterns if (why := cost_refusal(pattern))]
     if refused:
         raise ValueError("; ".join(refused))
@@ -83,12 +86,13 @@ def _check_depth(schema: Any) -> None:
         node, depth = pending.pop()
         if depth > MAX_SCHEMA_DEPTH:
             raise ValueError(f"the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
-        children = (node.values() if isinstance(node, dict)
-                    else node if isinstance(node, list) else ())
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
         pending.extend((child, depth + 1) for child in children)
 
 
-def _pattern_properties(schema: Any):
+def _pattern_properties(schema: Any) -> Iterator[str]:
     for node in _objects(schema):
         if isinstance(node.get("patternProperties"), dict):
             yield from node["patternProperties"]
@@ -105,7 +109,7 @@ def _schema_patterns(schema: Any) -> tuple[list[str], bool]:
     return patterns, unevaluated
 
 
-def _objects(schema: Any):
+def _objects(schema: Any) -> Iterator[dict[str, Any]]:
     pending = [schema]
     while pending:
         node = pending.pop()
@@ -119,7 +123,10 @@ def _objects(schema: Any):
 def key_variable_allowed(name: str | None, info: ValidationInfo) -> str | None:
     """Being set: the variable is one the operator lets judges use."""
     admission = _admission(info)
-    if (name is not None and admission is not None
-            and (why := key_refusal(name, admission.judge_key_variables))):
+    if (
+        name is not None
+        and admission is not None
+        and (why := key_refusal(name, admission.judge_key_variables))
+    ):
         raise ValueError(why)
     return name

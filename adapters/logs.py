@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 
 # Attributes every LogRecord has; anything else was passed in `extra` and belongs in the line.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "color_message",  # uvicorn repeats its message with terminal colours
+    "message",
+    "asctime",
+    "color_message",  # uvicorn repeats its message with terminal colours
 }
 
 
@@ -32,8 +34,11 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(log_format: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

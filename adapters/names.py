@@ -33,8 +33,10 @@ def is_valid_name(name: str) -> bool:
     return re.fullmatch(_PART, name) is not None
 
 
-BASE_NAME_HELP = (f"a base name is {NAME_HELP}, as the trainers' transfer_targets name the "
-                  "base models adapters may be carried to")
+BASE_NAME_HELP = (
+    f"a base name is {NAME_HELP}, as the trainers' transfer_targets name the "
+    "base models adapters may be carried to"
+)
 
 
 def is_valid_base_name(name: str) -> bool:

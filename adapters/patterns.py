@@ -91,9 +91,9 @@ def _class_end(pattern: str, start: int) -> int:
     """The index after the character class opening at `start` (escapes skipped, a leading
     `]` or `^]` taken literally)."""
     i = start + 1
-    if pattern[i:i + 1] == "^":
+    if pattern[i : i + 1] == "^":
         i += 1
-    if pattern[i:i + 1] == "]":
+    if pattern[i : i + 1] == "]":
         i += 1
     while i < len(pattern) and pattern[i] != "]":
         i += 2 if pattern[i] == "\\" else 1
@@ -103,9 +103,11 @@ def _class_end(pattern: str, start: int) -> int:
 def cost_refusal(pattern: str) -> str | None:
     """Why the pattern is refused before compiling, or None."""
     if repeat_cost(pattern) > MAX_REPEAT_COST:
-        return (f"/{pattern[:80]}/ repeats too much: its counted repeats multiply to more than "
-                f"{MAX_REPEAT_COST:,} copies once compiled; use smaller counts, or + and * "
-                "where any number will do")
+        return (
+            f"/{pattern[:80]}/ repeats too much: its counted repeats multiply to more than "
+            f"{MAX_REPEAT_COST:,} copies once compiled; use smaller counts, or + and * "
+            "where any number will do"
+        )
     return None
 
 
@@ -127,23 +129,30 @@ def _remember(verdicts: dict[str, str | None]) -> None:
     _verdicts.update(verdicts)
 
 
-def compile_in_child(patterns: list[str], seconds: float, memory_bytes: int
-                     ) -> dict[str, str | None]:
+def compile_in_child(
+    patterns: list[str], seconds: float, memory_bytes: int
+) -> dict[str, str | None]:
     """Each pattern's verdict (None: it compiled), compiled in a child process that is
     killed after `seconds` and may not map more than `memory_bytes`."""
     try:
-        done = subprocess.run([sys.executable, "-I", "-c", _CHILD, str(memory_bytes),
-                               str(math.ceil(seconds) + 1)],
-                              input=json.dumps(patterns), capture_output=True, text=True,
-                              timeout=seconds, check=False)
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _CHILD, str(memory_bytes), str(math.ceil(seconds) + 1)],
+            input=json.dumps(patterns),
+            capture_output=True,
+            text=True,
+            timeout=seconds,
+            check=False,
+        )
         lines, stalled = done.stdout.splitlines(), "did not compile (the compiler failed)"
     except subprocess.TimeoutExpired as exc:
         output = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
         lines, stalled = output.splitlines(), f"takes more than {seconds:g} s to compile"
-    verdicts = {pattern: None if reason is None else f"/{pattern[:80]}/ {reason}"
-                for pattern, reason in zip(patterns, _reasons(lines), strict=False)}
+    verdicts = {
+        pattern: None if reason is None else f"/{pattern[:80]}/ {reason}"
+        for pattern, reason in zip(patterns, _reasons(lines), strict=False)
+    }
     # The first pattern without a line is the one the child stalled on; the rest are unknown.
-    rest = patterns[len(verdicts):]
+    rest = patterns[len(verdicts) :]
     if rest:
         verdicts[rest[0]] = f"/{rest[0][:80]}/ {stalled}; simplify it"
     return verdicts

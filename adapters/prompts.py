@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ContextLengthExceeded, PromptRejected
 
@@ -36,22 +37,32 @@ class StoredMessage:
     tool_call_id: str | None = None  # a tool message: the call it answers
 
     @classmethod
-    def of(cls, role: str, content: str, tool_calls: Iterable[StoredToolCall] = (),
-           tool_call_id: str | None = None) -> StoredMessage:
+    def of(
+        cls,
+        role: str,
+        content: str,
+        tool_calls: Iterable[StoredToolCall] = (),
+        tool_call_id: str | None = None,
+    ) -> StoredMessage:
         return cls(_TEMPLATE_ROLE.get(role, role), content, tuple(tool_calls), tool_call_id)
 
     @classmethod
     def from_json(cls, stored: dict) -> StoredMessage:
-        calls = tuple(StoredToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
-                      for c in stored.get("tool_calls", ()))
+        calls = tuple(
+            StoredToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+            for c in stored.get("tool_calls", ())
+        )
         return cls(stored["role"], stored["content"], calls, stored.get("tool_call_id"))
 
     def to_json(self) -> dict:
         stored: dict = {"role": self.role, "content": self.content}
         if self.tool_calls:
             stored["tool_calls"] = [
-                {"id": c.id, "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments}}
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
                 for c in self.tool_calls
             ]
         if self.tool_call_id is not None:
@@ -78,11 +89,13 @@ class StoredPrompt:
     tools: str | None = None
 
     @classmethod
-    def chat(cls, messages: Iterable[tuple[str, str] | StoredMessage],
-             tools: list[dict] | None = None) -> StoredPrompt:
+    def chat(
+        cls, messages: Iterable[tuple[str, str] | StoredMessage], tools: list[dict] | None = None
+    ) -> StoredPrompt:
         return cls(
-            messages=tuple(m if isinstance(m, StoredMessage) else StoredMessage.of(*m)
-                           for m in messages),
+            messages=tuple(
+                m if isinstance(m, StoredMessage) else StoredMessage.of(*m) for m in messages
+            ),
             tools=json.dumps(tools, ensure_ascii=False) if tools else None,
         )
 
@@ -90,19 +103,26 @@ class StoredPrompt:
     def from_json(cls, stored: dict) -> StoredPrompt:
         if "text" in stored:
             return cls(text=stored["text"])
-        return cls.chat((StoredMessage.from_json(m) for m in stored["messages"]),
-                        stored.get("tools"))
+        return cls.chat(
+            (StoredMessage.from_json(m) for m in stored["messages"]), stored.get("tools")
+        )
+
+    @property
+    def turns(self) -> tuple[StoredMessage, ...]:
+        """The messages of a chat prompt (one without text)."""
+        assert self.messages is not None, "a text prompt has no messages"
+        return self.messages
 
     def to_json(self) -> dict:
         if self.text is not None:
             return {"text": self.text}
-        stored: dict = {"messages": [m.to_json() for m in self.messages]}
+        stored: dict = {"messages": [m.to_json() for m in self.turns]}
         if self.tools is not None:
             stored["tools"] = json.loads(self.tools)
         return stored
 
     def template_messages(self) -> list[dict]:
-        return [m.for_template() for m in self.messages]
+        return [m.for_template() for m in self.turns]
 
     def tool_definitions(self) -> list[dict] | None:
         return json.loads(self.tools) if self.tools is not None else None
@@ -112,11 +132,12 @@ class StoredPrompt:
         """Characters of text the prompt carries (what request limits count)."""
         if self.text is not None:
             return len(self.text)
-        return sum(len(m.content) + sum(len(c.arguments) for c in m.tool_calls)
-                   for m in self.messages) + len(self.tools or "")
+        return sum(
+            len(m.content) + sum(len(c.arguments) for c in m.tool_calls) for m in self.turns
+        ) + len(self.tools or "")
 
 
-def _json_or_text(arguments: str):
+def _json_or_text(arguments: str) -> object:
     try:
         return json.loads(arguments)
     except ValueError:
@@ -124,7 +145,9 @@ def _json_or_text(arguments: str):
 
 
 class PromptRenderer:
-    def __init__(self, tokenizer, max_model_len: int) -> None:
+    # A transformers tokenizer, which types each method's result as the union of every shape
+    # it can return (text or ids, one or a batch); the calls here ask for one shape each.
+    def __init__(self, tokenizer: Any, max_model_len: int) -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = len(tokenizer)  # token ids are 0 to vocab_size - 1, added ones too
@@ -145,7 +168,10 @@ class PromptRenderer:
 
         try:
             encoded = self.tokenizer.apply_chat_template(
-                messages, tools=tools, add_generation_prompt=True, tokenize=True,
+                messages,
+                tools=tools,
+                add_generation_prompt=True,
+                tokenize=True,
                 return_dict=True,
             )
         except jinja2.TemplateError as exc:
@@ -163,7 +189,12 @@ class PromptRenderer:
         return token_ids
 
     def max_tokens_for(
-        self, prompt_len: int, requested: int | None, default: int, *, prompt_param: str,
+        self,
+        prompt_len: int,
+        requested: int | None,
+        default: int,
+        *,
+        prompt_param: str,
         max_tokens_param: str,
     ) -> int:
         """How many tokens to generate; refuses prompts that leave no room in the context."""

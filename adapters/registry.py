@@ -14,7 +14,7 @@ from .base_model import BaseModelInfo, local_model_dir
 from .console_sessions import ConsoleSessionBook
 from .db import Database, sqlite_url
 from .feedback import FeedbackBook
-from .rollouts import RolloutBook
+from .rollouts.book import RolloutBook
 from .store import WeightStore
 from .tenants import TenantBook
 from .training import TrainingBook
@@ -35,15 +35,27 @@ class Registry:
     sessions: ConsoleSessionBook  # console sign-ins
 
 
-def open_registry(*, model: str, aliases: list[str], data_dir: Path, database_url: str | None,
-                  max_rank: int, max_bytes: int, dtype: str | None = None) -> Registry:
+def open_registry(
+    *,
+    model: str,
+    aliases: list[str],
+    data_dir: Path,
+    database_url: str | None,
+    max_rank: int,
+    max_bytes: int,
+    dtype: str | None = None,
+) -> Registry:
     """`dtype`: what the server computes in, which bounds adapters' gains; None or "auto":
     the checkpoint's."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     db = Database(database_url or sqlite_url(data_dir))
     db.upgrade()
-    base = BaseModelInfo.load(local_model_dir(model), aliases=[model, *aliases], dtype=dtype,
-                              digest_cache=base_digest_cache(data_dir))
+    base = BaseModelInfo.load(
+        local_model_dir(model),
+        aliases=[model, *aliases],
+        dtype=dtype,
+        digest_cache=base_digest_cache(data_dir),
+    )
     adopt_shape_only_rows(db, base)
     store = WeightStore(Path(data_dir) / "weights")
     return registry_on(db, store, RegistrationPolicy(base, max_rank, max_bytes))
@@ -58,6 +70,14 @@ def base_digest_cache(data_dir: Path) -> Path:
 def registry_on(db: Database, store: WeightStore, policy: RegistrationPolicy) -> Registry:
     """The books on an open database and store, for processes of `policy`'s base model."""
     base = policy.base.fingerprint
-    return Registry(db, store, AdapterBook(db, store, policy), TenantBook(db), FeedbackBook(db),
-                    TrainingBook(db, base), RolloutBook(db, base), TransferBook(db, base),
-                    ConsoleSessionBook(db))
+    return Registry(
+        db,
+        store,
+        AdapterBook(db, store, policy),
+        TenantBook(db),
+        FeedbackBook(db),
+        TrainingBook(db, base),
+        RolloutBook(db, base),
+        TransferBook(db, base),
+        ConsoleSessionBook(db),
+    )

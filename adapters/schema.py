@@ -10,6 +10,7 @@ update of one pointer row. Versions are never updated except for their status, n
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import ClassVar, Literal
 
 from sqlalchemy import (
     JSON,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     select,
@@ -30,6 +32,40 @@ from .errors import InvalidArgument, NotFound
 from .names import ADAPTER_ID_HELP, is_valid_adapter_id
 
 NAME_LENGTH = 63  # one part of tenant/name
+# What a status column may hold (stored as text).
+VersionStatus = Literal["candidate", "live", "retired", "rejected"]
+RolloutStatus = Literal["active", "paused", "completed", "rolled_back", "aborted", "superseded"]
+TransferStatus = Literal["queued", "running", "passed", "rejected", "failed"]
+# The changes an adapter's history records.
+EventKind = Literal[
+    "tenant_created",
+    "key_issued",
+    "key_revoked",
+    "adapter_created",
+    "register",
+    "promote",
+    "rollback",
+    "canary_set",
+    "canary_cleared",
+    "reject",
+    "retire",
+    "policy_set",
+    "training_queued",
+    "training_failed",
+    "rollout_started",
+    "rollout_advance",
+    "rollout_rollback",
+    "rollout_paused",
+    "rollout_resumed",
+    "rollout_aborted",
+    "rollout_completed",
+    "rollout_superseded",
+    "transfer_queued",
+    "transfer_started",
+    "transfer_passed",
+    "transfer_rejected",
+    "transfer_failed",
+]
 ACTOR_LENGTH = 128
 
 
@@ -38,7 +74,8 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    # Every model here maps one table (DeclarativeBase types it as any FROM clause).
+    __table__: ClassVar[Table]
 
 
 class RegistryRevision(Base):
@@ -107,7 +144,7 @@ class Adapter(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
-    # The trainer's policy for this adapter (policy.py); None: the defaults.
+    # The trainer's policy for this adapter (training_policy.py); None: the defaults.
     policy: Mapped[dict | None] = mapped_column(JSON)
 
 
@@ -137,7 +174,7 @@ class AdapterVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), nullable=False)
     number: Mapped[int] = mapped_column(Integer, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[VersionStatus] = mapped_column(String(16), nullable=False)
     content_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     storage_key: Mapped[str] = mapped_column(String(160), nullable=False)
     base_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -161,7 +198,7 @@ class Event(Base):
     __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    kind: Mapped[EventKind] = mapped_column(String(32), nullable=False)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -204,8 +241,9 @@ class Feedback(Base):
     completion_id: Mapped[str | None] = mapped_column(String(100))
     # application (posted to /v1/feedback) | trainer (its judge's scores of sampled answers):
     # only applications' scores are evidence about a version's users.
-    source: Mapped[str] = mapped_column(String(16), nullable=False, default="application",
-                                        server_default="application")
+    source: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="application", server_default="application"
+    )
     # pending | claimed | consumed | unpaired: a plain string, so a new state needs no migration
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
     run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id"))
@@ -270,7 +308,7 @@ class UsageHour(Base):
 
 
 class Rollout(Base):
-    """One new version earning its traffic (adapters/rollouts.py): its step in the plan it
+    """One new version earning its traffic (adapters/rollouts/book.py): its step in the plan it
     started with, the last decision with its figures, and the lease of the process driving
     it. `status` moves active <-> paused, then completed, rolled_back, aborted or superseded
     (an operator's own promote, rollback or canary change ended it)."""
@@ -283,7 +321,7 @@ class Rollout(Base):
     base_fingerprint: Mapped[str] = mapped_column(String(64), nullable=False)  # both versions'
     candidate_version: Mapped[int] = mapped_column(Integer, nullable=False)
     baseline_version: Mapped[int] = mapped_column(Integer, nullable=False)  # live at the start
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[RolloutStatus] = mapped_column(String(16), nullable=False)
     step: Mapped[int] = mapped_column(Integer, nullable=False)  # len(plan steps): the watch
     step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     plan: Mapped[dict] = mapped_column(JSON, nullable=False)
@@ -353,7 +391,7 @@ class TransferJob(Base):
     from_version: Mapped[int] = mapped_column(Integer, nullable=False)
     to_base: Mapped[str] = mapped_column(String(NAME_LENGTH), nullable=False)
     to_base_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[TransferStatus] = mapped_column(String(16), nullable=False)
     requested_by: Mapped[str] = mapped_column(String(ACTOR_LENGTH), nullable=False)
     worker: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -402,8 +440,9 @@ def adapter_row(adapter_id: str, *, session: Session) -> Adapter:
     return row
 
 
-def version_row(adapter: Adapter, adapter_id: str, number: int, *,
-                session: Session) -> AdapterVersion:
+def version_row(
+    adapter: Adapter, adapter_id: str, number: int, *, session: Session
+) -> AdapterVersion:
     row = session.scalar(
         select(AdapterVersion).where(
             AdapterVersion.adapter_id == adapter.id, AdapterVersion.number == number

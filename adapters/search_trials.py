@@ -43,33 +43,75 @@ def search_trial_tags(trials: Sequence[SearchTrial]) -> dict[str, str]:
         if chunks[-1] and len(",".join([*chunks[-1], row])) + 2 > MAX_TAG_CHARS:
             chunks.append([])
         chunks[-1].append(row)
-    return tags | {f"{TRIAL_TAGS}{index}": f"[{','.join(chunk)}]"
-                   for index, chunk in enumerate(chunks) if chunk}
+    return tags | {
+        f"{TRIAL_TAGS}{index}": f"[{','.join(chunk)}]"
+        for index, chunk in enumerate(chunks)
+        if chunk
+    }
 
 
 def search_trials_from_tags(tags: Mapping[str, str]) -> list[SearchTrial]:
     """The trial table that `search_trial_tags` recorded; empty when the version has none."""
-    sets = {int(name.removeprefix(MODULE_TAGS)): tuple(value.split(","))
-            for name, value in tags.items() if name.startswith(MODULE_TAGS)}
-    chunks = sorted((int(name.removeprefix(TRIAL_TAGS)), value)
-                    for name, value in tags.items() if name.startswith(TRIAL_TAGS))
+    sets = {
+        int(name.removeprefix(MODULE_TAGS)): tuple(value.split(","))
+        for name, value in tags.items()
+        if name.startswith(MODULE_TAGS)
+    }
+    chunks = sorted(
+        (int(name.removeprefix(TRIAL_TAGS)), value)
+        for name, value in tags.items()
+        if name.startswith(TRIAL_TAGS)
+    )
     return [_trial(row, sets) for _, chunk in chunks for row in json.loads(chunk)]
 
 
 def _row(trial: SearchTrial, sets: list[tuple[str, ...]]) -> list:
     modules = None if trial.target_modules is None else sets.index(trial.target_modules)
-    return [trial.number, trial.state, _short(trial.beta), _short(trial.learning_rate),
-            trial.epochs, trial.rank, modules, _short(trial.validation_accuracy),
-            _short(trial.validation_margin), _short(trial.kl_from_base),
-            None if trial.kl_from_live is None else _short(trial.kl_from_live),
-            _short(trial.seconds)]
+    return [
+        trial.number,
+        trial.state,
+        _short(trial.beta),
+        _short(trial.learning_rate),
+        trial.epochs,
+        trial.rank,
+        modules,
+        _short(trial.validation_accuracy),
+        _short(trial.validation_margin),
+        _short(trial.kl_from_base),
+        None if trial.kl_from_live is None else _short(trial.kl_from_live),
+        _short(trial.seconds),
+    ]
 
 
 def _trial(row: list, sets: Mapping[int, tuple[str, ...]]) -> SearchTrial:
-    number, state, beta, rate, epochs, rank, modules, accuracy, margin, *kl, seconds = row
-    return SearchTrial(number, state, beta, rate, epochs, rank,
-                       None if modules is None else sets[modules], accuracy, margin, *kl,
-                       seconds)
+    (
+        number,
+        state,
+        beta,
+        rate,
+        epochs,
+        rank,
+        modules,
+        accuracy,
+        margin,
+        kl_from_base,
+        kl_from_live,
+        seconds,
+    ) = row
+    return SearchTrial(
+        number,
+        state,
+        beta,
+        rate,
+        epochs,
+        rank,
+        None if modules is None else sets[modules],
+        accuracy,
+        margin,
+        kl_from_base,
+        kl_from_live,
+        seconds,
+    )
 
 
 def _short(value: float) -> float:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 
 from .db import Database
-from .rollouts import UNFINISHED_ROLLOUT, RolloutRecord
+from .pointers import UNFINISHED_ROLLOUT
+from .rollouts.book import RolloutRecord
 from .schema import (
     Adapter,
     AdapterVersion,
@@ -46,16 +47,22 @@ def read_serving_view(db: Database, base: str) -> ServingView:
     with db.reading() as session:
         revision = session.scalar(select(RegistryRevision.revision)) or 0
         adapters = session.execute(
-            select(Adapter, Tenant.name, LivePointer).join(Tenant)
-            .outerjoin(LivePointer, (LivePointer.adapter_id == Adapter.id)
-                       & (LivePointer.base_fingerprint == base))).all()
+            select(Adapter, Tenant.name, LivePointer)
+            .join(Tenant)
+            .outerjoin(
+                LivePointer,
+                (LivePointer.adapter_id == Adapter.id) & (LivePointer.base_fingerprint == base),
+            )
+        ).all()
         adapter_ids = {row.id: f"{tenant}/{row.name}" for row, tenant, _ in adapters}
         versions = session.scalars(
             select(AdapterVersion).where(AdapterVersion.status != "rejected")
         ).all()
         rollouts = session.scalars(
-            select(Rollout).where(Rollout.status.in_(UNFINISHED_ROLLOUT),
-                                  Rollout.base_fingerprint == base).order_by(Rollout.id))
+            select(Rollout)
+            .where(Rollout.status.in_(UNFINISHED_ROLLOUT), Rollout.base_fingerprint == base)
+            .order_by(Rollout.id)
+        )
         keys = session.execute(
             select(ApiKey.prefix, ApiKey.key_hash, Tenant.name)
             .join(Tenant)
@@ -63,13 +70,21 @@ def read_serving_view(db: Database, base: str) -> ServingView:
         )
         return ServingView(
             revision=revision,
-            adapters=tuple(AdapterRecord.of(row, adapter_ids[row.id], None, pointer)
-                           for row, _, pointer in adapters),
-            servable=tuple(VersionRecord.of(v, adapter_ids[v.adapter_id]) for v in versions
-                           if v.base_fingerprint == base),
+            adapters=tuple(
+                AdapterRecord.of(row, adapter_ids[row.id], None, pointer)
+                for row, _, pointer in adapters
+            ),
+            servable=tuple(
+                VersionRecord.of(v, adapter_ids[v.adapter_id])
+                for v in versions
+                if v.base_fingerprint == base
+            ),
             keys={prefix: ActiveKey(key_hash, tenant) for prefix, key_hash, tenant in keys},
             rollouts=tuple(RolloutRecord.of(r, adapter_ids[r.adapter_id]) for r in rollouts),
-            elsewhere={(adapter_ids[v.adapter_id], v.number): v.base_fingerprint
-                       for v in versions if v.base_fingerprint != base},
+            elsewhere={
+                (adapter_ids[v.adapter_id], v.number): v.base_fingerprint
+                for v in versions
+                if v.base_fingerprint != base
+            },
             base=base,
         )

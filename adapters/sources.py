@@ -26,8 +26,12 @@ def files_in_allowed_dir(path_text: str, allowed_roots: Sequence[Path]) -> dict[
     Other files that tools write beside an adapter (PEFT's README.md) are left out; pickle
     files are kept in, by name only, so that validation refuses them."""
     if not allowed_roots:
-        raise AdapterInvalid(["registering from a server path is switched off; upload the "
-                              "files instead, or set LORALOOP_ALLOWED_ADAPTER_ROOTS"])
+        raise AdapterInvalid(
+            [
+                "registering from a server path is switched off; upload the "
+                "files instead, or set LORALOOP_ALLOWED_ADAPTER_ROOTS"
+            ]
+        )
     if not Path(path_text).is_absolute():
         raise AdapterInvalid(["give the path as an absolute path inside an allowed root"])
     roots = [Path(root).resolve() for root in allowed_roots]

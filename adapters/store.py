@@ -55,9 +55,11 @@ def _no_room_as_storage_full(root: Path) -> Iterator[None]:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         free = shutil.disk_usage(root).free
-        raise StorageFull(f"The adapter store has no room left ({free} bytes free on its "
-                          "filesystem); nothing was stored. Free space or enlarge the "
-                          "volume, then send it again.") from exc
+        raise StorageFull(
+            f"The adapter store has no room left ({free} bytes free on its "
+            "filesystem); nothing was stored. Free space or enlarge the "
+            "volume, then send it again."
+        ) from exc
 
 
 def _fsync(path: Path) -> None:

@@ -8,6 +8,7 @@ constant time.
 
 from __future__ import annotations
 
+import builtins  # `list` in TenantBook is its method
 import hashlib
 import hmac
 import secrets
@@ -104,15 +105,26 @@ class TenantBook:
         key = KEY_SCHEME + secrets.token_urlsafe(32)
         with self.db.transaction() as session:
             owner = tenant_row(tenant, session=session)
-            row = ApiKey(tenant_id=owner.id, prefix=key_prefix(key), key_hash=hash_key(key),
-                         label=label, created_by=actor)
+            row = ApiKey(
+                tenant_id=owner.id,
+                prefix=key_prefix(key),
+                key_hash=hash_key(key),
+                label=label,
+                created_by=actor,
+            )
             session.add(row)
             session.flush()
-            session.add(Event(kind="key_issued", actor=actor, tenant_id=owner.id,
-                              detail={"prefix": row.prefix, "label": label}))
+            session.add(
+                Event(
+                    kind="key_issued",
+                    actor=actor,
+                    tenant_id=owner.id,
+                    detail={"prefix": row.prefix, "label": label},
+                )
+            )
             return IssuedKey(key, KeyRecord.of(row, tenant))
 
-    def list_keys(self, tenant: str) -> list[KeyRecord]:
+    def list_keys(self, tenant: str) -> builtins.list[KeyRecord]:
         with self.db.reading() as session:
             owner = tenant_row(tenant, session=session)
             rows = session.scalars(
@@ -120,8 +132,9 @@ class TenantBook:
             )
             return [KeyRecord.of(row, tenant) for row in rows]
 
-    def revoke_key(self, tenant: str, prefix: str, *, actor: str,
-                   reason: str | None = None) -> KeyRecord:
+    def revoke_key(
+        self, tenant: str, prefix: str, *, actor: str, reason: str | None = None
+    ) -> KeyRecord:
         with self.db.transaction() as session:
             owner = tenant_row(tenant, session=session)
             row = session.scalar(
@@ -131,6 +144,13 @@ class TenantBook:
                 raise NotFound(f"Tenant '{tenant}' has no key with prefix '{prefix}'.")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
-                session.add(Event(kind="key_revoked", actor=actor, tenant_id=owner.id,
-                                  reason=reason, detail={"prefix": prefix}))
+                session.add(
+                    Event(
+                        kind="key_revoked",
+                        actor=actor,
+                        tenant_id=owner.id,
+                        reason=reason,
+                        detail={"prefix": prefix},
+                    )
+                )
             return KeyRecord.of(row, tenant)

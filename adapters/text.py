@@ -17,15 +17,18 @@ def encodable(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"character {exc.start} is a lone UTF-16 surrogate, which is not "
-                         "valid Unicode text; send valid UTF-8") from None
+        raise ValueError(
+            f"character {exc.start} is a lone UTF-16 surrogate, which is not "
+            "valid Unicode text; send valid UTF-8"
+        ) from None
     return text
 
 
 def storable(text: str) -> str:
     if "\x00" in encodable(text):
-        raise ValueError(f"character {text.index(chr(0))} is NUL (\\u0000), which cannot be "
-                         "stored; remove it")
+        raise ValueError(
+            f"character {text.index(chr(0))} is NUL (\\u0000), which cannot be stored; remove it"
+        )
     return text
 
 

@@ -21,31 +21,26 @@ from datetime import datetime, timedelta
 from functools import cached_property
 
 from pydantic import ValidationError
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from .db import Database
-from .errors import Conflict, NotFound
-from .policy import TrainingPolicy
-from .prompts import StoredPrompt
-from .schema import (
-    Adapter,
-    Event,
-    Feedback,
-    LivePointer,
-    Tenant,
-    TrainingRun,
-    adapter_row,
-    utc,
-    utcnow,
+from .db import Database, rows_changed
+from .errors import NotFound
+from .leased_jobs import (
+    TRAINING_RUNS,
+    lease_until,
+    release_lease,
+    renew_lease,
+    still_held,
+    take_lease,
 )
+from .pointers import live_version
+from .prompts import StoredPrompt
+from .schema import Adapter, Event, Feedback, Tenant, TrainingRun, adapter_row, utc, utcnow
+from .training_policy import TrainingPolicy
 
 LEASE_LOST = "the trainer stopped renewing its lease (killed or stuck); the feedback went back"
 IDS_PER_STATEMENT = 500  # well under SQLite's limit on bound parameters
-
-
-class LeaseLost(Conflict):
-    """The run is no longer this worker's: it must stop without registering anything."""
 
 
 @dataclass(frozen=True)
@@ -67,13 +62,25 @@ class RunRecord:
 
     @classmethod
     def of(cls, row: TrainingRun, adapter_id: str) -> RunRecord:
-        def maybe_utc(moment):
+        def maybe_utc(moment: datetime | None) -> datetime | None:
             return utc(moment) if moment else None
 
-        return cls(row.id, adapter_id, row.status, row.requested_by, row.worker,
-                   row.parent_version, row.candidate_version, row.pairs, dict(row.progress),
-                   dict(row.metrics), row.reason, utc(row.created_at),
-                   maybe_utc(row.started_at), maybe_utc(row.finished_at))
+        return cls(
+            row.id,
+            adapter_id,
+            row.status,
+            row.requested_by,
+            row.worker,
+            row.parent_version,
+            row.candidate_version,
+            row.pairs,
+            dict(row.progress),
+            dict(row.metrics),
+            row.reason,
+            utc(row.created_at),
+            maybe_utc(row.started_at),
+            maybe_utc(row.finished_at),
+        )
 
 
 @dataclass(frozen=True)
@@ -104,8 +111,16 @@ class ClaimedFeedback:
 
     @classmethod
     def of(cls, row: Feedback) -> ClaimedFeedback:
-        return cls(row.id, row.kind, StoredPrompt.from_json(row.prompt), row.chosen,
-                   row.rejected, row.completion, row.score, utc(row.created_at))
+        return cls(
+            row.id,
+            row.kind,
+            StoredPrompt.from_json(row.prompt),
+            row.chosen,
+            row.rejected,
+            row.completion,
+            row.score,
+            utc(row.created_at),
+        )
 
 
 @dataclass(frozen=True)
@@ -116,15 +131,17 @@ class Claim:
     feedback: tuple[ClaimedFeedback, ...]
 
 
-def _claimable(now: datetime):
-    return or_(Feedback.status == "pending",
-               and_(Feedback.status == "claimed", Feedback.lease_expires_at < now))
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        Feedback.status == "pending",
+        and_(Feedback.status == "claimed", Feedback.lease_expires_at < now),
+    )
 
 
 def _chunks(ids: Collection[int]) -> Iterator[list[int]]:
     ordered = sorted(ids)
     for start in range(0, len(ordered), IDS_PER_STATEMENT):
-        yield ordered[start:start + IDS_PER_STATEMENT]
+        yield ordered[start : start + IDS_PER_STATEMENT]
 
 
 class TrainingBook:
@@ -148,8 +165,12 @@ class TrainingBook:
         queued = []
         with self.db.transaction(routing_change=False) as session:
             adapters = session.execute(
-                select(Adapter, Tenant.name).join(Tenant).where(Adapter.policy.is_not(None))
-                .order_by(Adapter.id).with_for_update(of=Adapter)).all()
+                select(Adapter, Tenant.name)
+                .join(Tenant)
+                .where(Adapter.policy.is_not(None))
+                .order_by(Adapter.id)
+                .with_for_update(of=Adapter)
+            ).all()
             for adapter, tenant in adapters:
                 try:
                     policy = TrainingPolicy.stored(adapter.policy)
@@ -158,22 +179,30 @@ class TrainingBook:
                 every_s = policy.sampling.every_s if policy.sampling else None
                 if not (policy.enabled and every_s):
                     continue
-                last = session.scalar(select(TrainingRun).where(
-                    TrainingRun.adapter_id == adapter.id)
-                    .order_by(TrainingRun.id.desc()).limit(1))
-                if last is not None and (last.status in ("queued", "running") or utc(
-                        last.started_at or last.created_at) > now - timedelta(seconds=every_s)):
+                last = session.scalar(
+                    select(TrainingRun)
+                    .where(TrainingRun.adapter_id == adapter.id)
+                    .order_by(TrainingRun.id.desc())
+                    .limit(1)
+                )
+                if last is not None and (
+                    last.status in ("queued", "running")
+                    or utc(last.started_at or last.created_at) > now - timedelta(seconds=every_s)
+                ):
                     continue
-                _queue_run(adapter, actor, f"the policy samples every {every_s} s",
-                           session=session)
+                _queue_run(adapter, actor, f"the policy samples every {every_s} s", session=session)
                 queued.append(f"{tenant}/{adapter.name}")
         return queued
 
     def runs(self, adapter_id: str, *, limit: int = 50) -> list[RunRecord]:
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
-            rows = session.scalars(select(TrainingRun).where(TrainingRun.adapter_id == adapter.id)
-                                   .order_by(TrainingRun.id.desc()).limit(limit))
+            rows = session.scalars(
+                select(TrainingRun)
+                .where(TrainingRun.adapter_id == adapter.id)
+                .order_by(TrainingRun.id.desc())
+                .limit(limit)
+            )
             return [RunRecord.of(row, adapter_id) for row in rows]
 
     def run(self, adapter_id: str, run_id: int) -> RunRecord:
@@ -188,40 +217,63 @@ class TrainingBook:
         """Per adapter with claimable feedback or a queued run: what the trainer decides on."""
         now = utcnow()
         with self.db.reading() as session:
-            counts = dict((a, (n, oldest)) for a, n, oldest in session.execute(
-                select(Feedback.adapter_id, func.count(), func.min(Feedback.created_at))
-                .where(_claimable(now)).group_by(Feedback.adapter_id)))
-            queued = set(session.scalars(
-                select(TrainingRun.adapter_id).where(TrainingRun.status == "queued")))
+            counts = dict(
+                (a, (n, oldest))
+                for a, n, oldest in session.execute(
+                    select(Feedback.adapter_id, func.count(), func.min(Feedback.created_at))
+                    .where(_claimable(now))
+                    .group_by(Feedback.adapter_id)
+                )
+            )
+            queued = set(
+                session.scalars(
+                    select(TrainingRun.adapter_id).where(TrainingRun.status == "queued")
+                )
+            )
             adapters = session.execute(
-                select(Adapter.id, Tenant.name, Adapter.name, Adapter.policy).join(Tenant)
-                .where(Adapter.id.in_(set(counts) | queued)).order_by(Adapter.id)).all()
+                select(Adapter.id, Tenant.name, Adapter.name, Adapter.policy)
+                .join(Tenant)
+                .where(Adapter.id.in_(set(counts) | queued))
+                .order_by(Adapter.id)
+            ).all()
         work = []
         for row_id, tenant, name, policy in adapters:
             pending, oldest = counts.get(row_id, (0, None))
-            work.append(PendingWork(f"{tenant}/{name}", policy, pending,
-                                    utc(oldest) if oldest else None, row_id in queued))
+            work.append(
+                PendingWork(
+                    f"{tenant}/{name}",
+                    policy,
+                    pending,
+                    utc(oldest) if oldest else None,
+                    row_id in queued,
+                )
+            )
         return work
 
     def claim(self, adapter_id: str, *, worker: str, lease_s: float) -> Claim:
         now = utcnow()
-        lease = now + timedelta(seconds=lease_s)
+        lease = lease_until(lease_s, now)
         with self.db.transaction(routing_change=False) as session:
             adapter = adapter_row(adapter_id, session=session)
             self._fail_abandoned(adapter.id, now, session=session)
-            run = session.scalar(select(TrainingRun).where(
-                TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
-                .order_by(TrainingRun.id).limit(1)) or TrainingRun(adapter_id=adapter.id)
-            run.status, run.worker, run.lease_expires_at = "running", worker, lease
-            pointer = session.get(LivePointer, (adapter.id, self.base))
-            live = pointer.live_version if pointer else None
+            run = session.scalar(
+                select(TrainingRun)
+                .where(TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
+                .order_by(TrainingRun.id)
+                .limit(1)
+            ) or TrainingRun(adapter_id=adapter.id)
+            take_lease(run, TRAINING_RUNS, worker, lease)
+            live = live_version(adapter, self.base, session=session)
             run.started_at, run.parent_version = now, live
             session.add(run)
             session.flush()
             # SKIP LOCKED: on PostgreSQL a second trainer passes over rows being claimed now.
-            rows = session.scalars(select(Feedback).where(
-                Feedback.adapter_id == adapter.id, _claimable(now))
-                .order_by(Feedback.id).with_for_update(skip_locked=True)).all()
+            rows = session.scalars(
+                select(Feedback)
+                .where(Feedback.adapter_id == adapter.id, _claimable(now))
+                .order_by(Feedback.id)
+                .with_for_update(skip_locked=True)
+            ).all()
             for row in rows:
                 row.status, row.run_id, row.lease_expires_at = "claimed", run.id, lease
             claimed = tuple(ClaimedFeedback.of(row) for row in rows)
@@ -232,8 +284,24 @@ class TrainingBook:
         now = utcnow()
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
-            rows = session.scalars(select(Feedback).where(
-                Feedback.adapter_id == adapter.id, _claimable(now)).order_by(Feedback.id))
+            rows = session.scalars(
+                select(Feedback)
+                .where(Feedback.adapter_id == adapter.id, _claimable(now))
+                .order_by(Feedback.id)
+            )
+            return tuple(ClaimedFeedback.of(row) for row in rows)
+
+    def consumed(self, adapter_id: str, *, limit: int) -> tuple[ClaimedFeedback, ...]:
+        """The newest `limit` rows earlier runs trained on (consumed), newest first: what a
+        run replays so that it adds to what those runs taught."""
+        with self.db.reading() as session:
+            adapter = adapter_row(adapter_id, session=session)
+            rows = session.scalars(
+                select(Feedback)
+                .where(Feedback.adapter_id == adapter.id, Feedback.status == "consumed")
+                .order_by(Feedback.id.desc())
+                .limit(limit)
+            )
             return tuple(ClaimedFeedback.of(row) for row in rows)
 
     def mark_unpaired(self, adapter_id: str, ids: Collection[int]) -> int:
@@ -244,34 +312,51 @@ class TrainingBook:
         with self.db.transaction(routing_change=False) as session:
             adapter = adapter_row(adapter_id, session=session)
             for chunk in _chunks(ids):
-                changed += session.execute(update(Feedback).where(
-                    Feedback.adapter_id == adapter.id, Feedback.id.in_(chunk), _claimable(now),
-                ).values(status="unpaired", run_id=None, lease_expires_at=None)).rowcount
+                changed += rows_changed(
+                    session,
+                    update(Feedback)
+                    .where(
+                        Feedback.adapter_id == adapter.id,
+                        Feedback.id.in_(chunk),
+                        _claimable(now),
+                    )
+                    .values(status="unpaired", run_id=None, lease_expires_at=None),
+                )
         return changed
 
-    def set_aside(self, run_id: int, *, worker: str, unpaired: Collection[int],
-                  waiting: Collection[int]) -> None:
+    def set_aside(
+        self, run_id: int, *, worker: str, unpaired: Collection[int], waiting: Collection[int]
+    ) -> None:
         """A run drops the claimed rows it cannot train on: `unpaired` ones for good (they
         keep the run's id, which decided it), `waiting` ones back to pending."""
         with self.db.transaction(routing_change=False) as session:
-            self._owned_run(run_id, worker, session=session)
+            still_held(TRAINING_RUNS, run_id, worker, session=session)
             for status, ids in (("unpaired", unpaired), ("pending", waiting)):
                 keep_run = run_id if status == "unpaired" else None
                 for chunk in _chunks(ids):
-                    session.execute(update(Feedback).where(
-                        Feedback.run_id == run_id, Feedback.status == "claimed",
-                        Feedback.id.in_(chunk),
-                    ).values(status=status, run_id=keep_run, lease_expires_at=None))
+                    session.execute(
+                        update(Feedback)
+                        .where(
+                            Feedback.run_id == run_id,
+                            Feedback.status == "claimed",
+                            Feedback.id.in_(chunk),
+                        )
+                        .values(status=status, run_id=keep_run, lease_expires_at=None)
+                    )
 
-    def refuse_queued(self, adapter_id: str, *, reason: str,
-                      actor: str = "trainer") -> RunRecord | None:
+    def refuse_queued(
+        self, adapter_id: str, *, reason: str, actor: str = "trainer"
+    ) -> RunRecord | None:
         """The oldest queued run ends failed without claiming anything: the trainer knows
         it could not train. None: no run was queued."""
         with self.db.transaction(routing_change=False) as session:
             adapter = adapter_row(adapter_id, session=session)
-            run = session.scalar(select(TrainingRun).where(
-                TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
-                .order_by(TrainingRun.id).limit(1))
+            run = session.scalar(
+                select(TrainingRun)
+                .where(TrainingRun.adapter_id == adapter.id, TrainingRun.status == "queued")
+                .order_by(TrainingRun.id)
+                .limit(1)
+            )
             if run is None:
                 return None
             run.status, run.reason, run.finished_at = "failed", reason, utcnow()
@@ -279,65 +364,93 @@ class TrainingBook:
             return RunRecord.of(run, adapter_id)
 
     def _fail_abandoned(self, adapter_id: int, now: datetime, *, session: Session) -> None:
-        session.execute(update(TrainingRun).where(
-            TrainingRun.adapter_id == adapter_id, TrainingRun.status == "running",
-            TrainingRun.lease_expires_at < now,
-        ).values(status="failed", reason=LEASE_LOST, finished_at=now))
-
-    def _owned_run(self, run_id: int, worker: str, *, session: Session) -> TrainingRun:
-        run = session.get(TrainingRun, run_id)
-        if run is None or run.status != "running" or run.worker != worker or (
-                utc(run.lease_expires_at) < utcnow()):
-            raise LeaseLost(f"Training run {run_id} is no longer held by {worker}.")
-        return run
+        session.execute(
+            update(TrainingRun)
+            .where(
+                TrainingRun.adapter_id == adapter_id,
+                TRAINING_RUNS.lapsed(now),
+            )
+            .values(status="failed", reason=LEASE_LOST, finished_at=now)
+        )
 
     def renew(self, run_id: int, *, worker: str, lease_s: float, progress: dict) -> None:
-        lease = utcnow() + timedelta(seconds=lease_s)
+        lease = lease_until(lease_s)
         with self.db.transaction(routing_change=False) as session:
-            run = self._owned_run(run_id, worker, session=session)
-            run.lease_expires_at, run.progress = lease, progress
-            session.execute(update(Feedback).where(Feedback.run_id == run_id,
-                                                   Feedback.status == "claimed")
-                            .values(lease_expires_at=lease))
+            renew_lease(TRAINING_RUNS, run_id, worker, lease, session=session).progress = progress
+            session.execute(
+                update(Feedback)
+                .where(Feedback.run_id == run_id, Feedback.status == "claimed")
+                .values(lease_expires_at=lease)
+            )
 
-    def consume(self, run_id: int, version: int, *, worker: str, pairs: int,
-                session: Session) -> None:
+    def consume(
+        self, run_id: int, version: int, *, worker: str, pairs: int, session: Session
+    ) -> None:
         """Inside the registration's transaction: the claimed feedback becomes consumed by
         `version`. A lost lease raises, and the registration rolls back with it."""
-        run = self._owned_run(run_id, worker, session=session)
+        run = still_held(TRAINING_RUNS, run_id, worker, session=session)
         run.candidate_version, run.pairs = version, pairs
-        session.execute(update(Feedback).where(Feedback.run_id == run_id,
-                                               Feedback.status == "claimed")
-                        .values(status="consumed", consumed_by_version=version))
+        session.execute(
+            update(Feedback)
+            .where(Feedback.run_id == run_id, Feedback.status == "claimed")
+            .values(status="consumed", consumed_by_version=version)
+        )
 
-    def finish(self, run_id: int, status: str, *, reason: str | None = None,
-               metrics: dict | None = None, release: bool = False) -> None:
+    def finish(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        reason: str | None = None,
+        metrics: dict | None = None,
+        release: bool = False,
+    ) -> None:
         """End a run. `release`: its claimed feedback goes back to pending (nothing trained)."""
         with self.db.transaction(routing_change=False) as session:
-            run = session.get(TrainingRun, run_id)
+            run = session.get_one(TrainingRun, run_id)
             run.status, run.reason, run.finished_at = status, reason, utcnow()
             run.metrics = metrics or run.metrics
+            release_lease(run, TRAINING_RUNS)
             if status == "failed":
-                tenant_id = session.get(Adapter, run.adapter_id).tenant_id
+                tenant_id = session.get_one(Adapter, run.adapter_id).tenant_id
                 _log_failure(run, tenant_id, f"trainer:{run.worker}", session=session)
             if release:
-                session.execute(update(Feedback).where(Feedback.run_id == run_id,
-                                                       Feedback.status == "claimed")
-                                .values(status="pending", run_id=None, lease_expires_at=None))
+                session.execute(
+                    update(Feedback)
+                    .where(Feedback.run_id == run_id, Feedback.status == "claimed")
+                    .values(status="pending", run_id=None, lease_expires_at=None)
+                )
 
 
-def _queue_run(adapter: Adapter, actor: str, reason: str | None, *,
-               session: Session) -> TrainingRun:
+def _queue_run(
+    adapter: Adapter, actor: str, reason: str | None, *, session: Session
+) -> TrainingRun:
     """A queued run, and the history event that says who asked for it and why."""
     run = TrainingRun(adapter_id=adapter.id, status="queued", requested_by=actor)
     session.add(run)
     session.flush()
-    session.add(Event(kind="training_queued", actor=actor, tenant_id=adapter.tenant_id,
-                      adapter_id=adapter.id, reason=reason, detail={"run": run.id}))
+    session.add(
+        Event(
+            kind="training_queued",
+            actor=actor,
+            tenant_id=adapter.tenant_id,
+            adapter_id=adapter.id,
+            reason=reason,
+            detail={"run": run.id},
+        )
+    )
     return run
 
 
 def _log_failure(run: TrainingRun, tenant_id: int, actor: str, *, session: Session) -> None:
     """A failed run's history event: the adapter's history says why it did not train."""
-    session.add(Event(kind="training_failed", actor=actor, tenant_id=tenant_id,
-                      adapter_id=run.adapter_id, reason=run.reason, detail={"run": run.id}))
+    session.add(
+        Event(
+            kind="training_failed",
+            actor=actor,
+            tenant_id=tenant_id,
+            adapter_id=run.adapter_id,
+            reason=run.reason,
+            detail={"run": run.id},
+        )
+    )

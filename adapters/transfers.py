@@ -20,30 +20,38 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from .db import Database
 from .errors import Conflict, InvalidArgument, NotFound
+from .history import log_event
+from .leased_jobs import (
+    TRANSFER_JOBS,
+    lease_until,
+    release_lease,
+    renew_lease,
+    still_held,
+    take_lease,
+)
 from .names import BASE_NAME_HELP, is_valid_base_name
+from .pointers import live_version
 from .schema import (
     Adapter,
+    EventKind,
     LivePointer,
     Tenant,
     TransferJob,
+    TransferStatus,
     adapter_row,
     adapter_row_id_to_name,
     utc,
     utcnow,
     version_row,
 )
-from .training import LeaseLost
-from .versions import log_event
 
-TransferStatus = Literal["queued", "running", "passed", "rejected", "failed"]
 ENDED: tuple[TransferStatus, ...] = ("passed", "rejected", "failed")
 # A job in one of these is returned when the same transfer is queued again.
 STANDING: tuple[TransferStatus, ...] = ("queued", "running", "passed")
@@ -87,10 +95,24 @@ class TransferRecord:
 
     @classmethod
     def of(cls, row: TransferJob, adapter_id: str) -> TransferRecord:
-        return cls(row.id, adapter_id, row.from_version, row.to_base, row.to_base_fingerprint,
-                   row.status, row.requested_by, row.worker, row.attempts, row.result_version,
-                   dict(row.progress), dict(row.metrics), row.reason, utc(row.created_at),
-                   _maybe_utc(row.started_at), _maybe_utc(row.finished_at))
+        return cls(
+            row.id,
+            adapter_id,
+            row.from_version,
+            row.to_base,
+            row.to_base_fingerprint,
+            row.status,
+            row.requested_by,
+            row.worker,
+            row.attempts,
+            row.result_version,
+            dict(row.progress),
+            dict(row.metrics),
+            row.reason,
+            utc(row.created_at),
+            _maybe_utc(row.started_at),
+            _maybe_utc(row.finished_at),
+        )
 
 
 @dataclass(frozen=True)
@@ -111,8 +133,15 @@ class TransferBook:
 
     # -- queueing ------------------------------------------------------------------------
 
-    def queue(self, adapter_id: str, to_base: str, *, actor: str, version: int | None = None,
-              reason: str | None = None) -> tuple[TransferRecord, bool]:
+    def queue(
+        self,
+        adapter_id: str,
+        to_base: str,
+        *,
+        actor: str,
+        version: int | None = None,
+        reason: str | None = None,
+    ) -> tuple[TransferRecord, bool]:
         """A job carrying `version` (default: the live one on this base) to `to_base`; False:
         the same transfer was queued, is running or passed already, and that job is returned."""
         _check_base_name(to_base)
@@ -120,23 +149,42 @@ class TransferBook:
             adapter = self._locked(adapter_row(adapter_id, session=session), session=session)
             if version is None:
                 version = self._live(adapter, adapter_id, session=session)
-            return self._queue(adapter, adapter_id, version, to_base, actor, reason,
-                               session=session)
+            return self._queue(
+                adapter, adapter_id, version, to_base, actor, reason, session=session
+            )
 
-    def queue_live(self, to_base: str, *, actor: str, reason: str | None = None
-                   ) -> list[tuple[TransferRecord, bool]]:
+    def queue_live(
+        self, to_base: str, *, actor: str, reason: str | None = None
+    ) -> list[tuple[TransferRecord, bool]]:
         """A job for the live version of every adapter with one on this base, in one
         transaction; per adapter as `queue` answers."""
         _check_base_name(to_base)
         with self.db.transaction(routing_change=False) as session:
             rows = session.execute(
-                select(Adapter, Tenant.name, LivePointer.live_version).join(Tenant)
-                .join(LivePointer, (LivePointer.adapter_id == Adapter.id)
-                      & (LivePointer.base_fingerprint == self.base))
+                select(Adapter, Tenant.name, LivePointer.live_version)
+                .join(Tenant)
+                .join(
+                    LivePointer,
+                    (LivePointer.adapter_id == Adapter.id)
+                    & (LivePointer.base_fingerprint == self.base),
+                )
                 .where(LivePointer.live_version.is_not(None))
-                .order_by(Tenant.name, Adapter.name).with_for_update(of=Adapter)).all()
-            return [self._queue(adapter, f"{tenant}/{adapter.name}", live, to_base, actor,
-                                reason, session=session) for adapter, tenant, live in rows]
+                .order_by(Tenant.name, Adapter.name)
+                .with_for_update(of=Adapter)
+            ).all()
+            return [
+                self._queue(
+                    adapter,
+                    f"{tenant}/{adapter.name}",
+                    live,
+                    to_base,
+                    actor,
+                    reason,
+                    session=session,
+                )
+                for adapter, tenant, live in rows
+                if live is not None
+            ]  # always: the query asks for live versions
 
     @staticmethod
     def _locked(adapter: Adapter, *, session: Session) -> Adapter:
@@ -145,30 +193,62 @@ class TransferBook:
         return adapter
 
     def _live(self, adapter: Adapter, adapter_id: str, *, session: Session) -> int:
-        pointer = session.get(LivePointer, (adapter.id, self.base))
-        if pointer is None or pointer.live_version is None:
-            raise Conflict(f"'{adapter_id}' has no live version on this server's base model; "
-                           "name the version to carry over.")
-        return pointer.live_version
+        live = live_version(adapter, self.base, session=session)
+        if live is None:
+            raise Conflict(
+                f"'{adapter_id}' has no live version on this server's base model; "
+                "name the version to carry over."
+            )
+        return live
 
     @staticmethod
-    def _queue(adapter: Adapter, adapter_id: str, version: int, to_base: str, actor: str,
-               reason: str | None, *, session: Session) -> tuple[TransferRecord, bool]:
+    def _queue(
+        adapter: Adapter,
+        adapter_id: str,
+        version: int,
+        to_base: str,
+        actor: str,
+        reason: str | None,
+        *,
+        session: Session,
+    ) -> tuple[TransferRecord, bool]:
         if version_row(adapter, adapter_id, version, session=session).status == "rejected":
-            raise Conflict(f"Version {version} of '{adapter_id}' was rejected; carry over "
-                           "another version.")
-        standing = session.scalar(select(TransferJob).where(
-            TransferJob.adapter_id == adapter.id, TransferJob.from_version == version,
-            TransferJob.to_base == to_base, TransferJob.status.in_(STANDING))
-            .order_by(TransferJob.id.desc()).limit(1))
+            raise Conflict(
+                f"Version {version} of '{adapter_id}' was rejected; carry over another version."
+            )
+        standing = session.scalar(
+            select(TransferJob)
+            .where(
+                TransferJob.adapter_id == adapter.id,
+                TransferJob.from_version == version,
+                TransferJob.to_base == to_base,
+                TransferJob.status.in_(STANDING),
+            )
+            .order_by(TransferJob.id.desc())
+            .limit(1)
+        )
         if standing is not None:
             return TransferRecord.of(standing, adapter_id), False
-        job = TransferJob(adapter_id=adapter.id, from_version=version, to_base=to_base,
-                          status="queued", requested_by=actor, attempts=0)
+        job = TransferJob(
+            adapter_id=adapter.id,
+            from_version=version,
+            to_base=to_base,
+            status="queued",
+            requested_by=actor,
+            attempts=0,
+        )
         session.add(job)
         session.flush()
-        log_event("transfer_queued", adapter, actor, session=session, from_version=version,
-                  reason=reason, job=job.id, to_base=to_base)
+        log_event(
+            "transfer_queued",
+            adapter,
+            actor,
+            session=session,
+            from_version=version,
+            reason=reason,
+            job=job.id,
+            to_base=to_base,
+        )
         return TransferRecord.of(job, adapter_id), True
 
     # -- reading -------------------------------------------------------------------------
@@ -177,8 +257,12 @@ class TransferBook:
         """The adapter's jobs, newest first."""
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
-            rows = session.scalars(select(TransferJob).where(TransferJob.adapter_id == adapter.id)
-                                   .order_by(TransferJob.id.desc()).limit(limit))
+            rows = session.scalars(
+                select(TransferJob)
+                .where(TransferJob.adapter_id == adapter.id)
+                .order_by(TransferJob.id.desc())
+                .limit(limit)
+            )
             return [TransferRecord.of(row, adapter_id) for row in rows]
 
     def job(self, adapter_id: str, job_id: int) -> TransferRecord:
@@ -189,11 +273,15 @@ class TransferBook:
                 raise NotFound(f"'{adapter_id}' has no transfer job {job_id}.")
             return TransferRecord.of(row, adapter_id)
 
-    def find(self, *, ids: Collection[int] | None = None, to_base: str | None = None,
-             limit: int = 100) -> list[TransferRecord]:
+    def find(
+        self, *, ids: Collection[int] | None = None, to_base: str | None = None, limit: int = 100
+    ) -> list[TransferRecord]:
         """Jobs of every adapter, newest first: those of `ids`, or to `to_base`, or all."""
-        query = select(TransferJob, Tenant.name, Adapter.name).join(
-            Adapter, Adapter.id == TransferJob.adapter_id).join(Tenant)
+        query = (
+            select(TransferJob, Tenant.name, Adapter.name)
+            .join(Adapter, Adapter.id == TransferJob.adapter_id)
+            .join(Tenant)
+        )
         if ids is not None:
             query = query.where(TransferJob.id.in_(sorted(ids)))
         if to_base is not None:
@@ -210,67 +298,117 @@ class TransferBook:
         now = utcnow()
         with self.db.transaction(routing_change=False) as session:
             while (job := self._claimable(now, session=session)) is not None:
-                adapter = session.get(Adapter, job.adapter_id)
+                adapter = session.get_one(Adapter, job.adapter_id)
                 lapsed = job.worker if job.status == "running" else None
                 if lapsed is not None and job.attempts >= MAX_ATTEMPTS:
-                    self._end(job, adapter, "failed", _actor(worker), now, session=session,
-                              reason=f"the trainer stopped renewing its lease {job.attempts} "
-                              "times (killed, or out of memory?); queue it again to retry")
+                    self._end(
+                        job,
+                        adapter,
+                        "failed",
+                        _actor(worker),
+                        now,
+                        session=session,
+                        reason=f"the trainer stopped renewing its lease {job.attempts} "
+                        "times (killed, or out of memory?); queue it again to retry",
+                    )
                     continue
-                job.status, job.worker, job.attempts = "running", worker, job.attempts + 1
-                job.lease_expires_at = now + timedelta(seconds=lease_s)
-                job.started_at, job.progress = now, {}
-                log_event("transfer_started", adapter, _actor(worker), session=session,
-                          from_version=job.from_version, job=job.id, attempt=job.attempts,
-                          reason=lapsed and f"the lease of {lapsed} lapsed; started again")
-                return TransferClaim(job.id, adapter_row_id_to_name(adapter.id, session=session),
-                                     job.from_version, job.to_base, job.attempts)
+                take_lease(job, TRANSFER_JOBS, worker, lease_until(lease_s, now))
+                job.attempts, job.started_at, job.progress = job.attempts + 1, now, {}
+                log_event(
+                    "transfer_started",
+                    adapter,
+                    _actor(worker),
+                    session=session,
+                    from_version=job.from_version,
+                    job=job.id,
+                    attempt=job.attempts,
+                    reason=lapsed and f"the lease of {lapsed} lapsed; started again",
+                )
+                return TransferClaim(
+                    job.id,
+                    adapter_row_id_to_name(adapter.id, session=session),
+                    job.from_version,
+                    job.to_base,
+                    job.attempts,
+                )
         return None
 
     @staticmethod
     def _claimable(now: datetime, *, session: Session) -> TransferJob | None:
         # SKIP LOCKED: on PostgreSQL a second trainer passes over a job being claimed now.
-        return session.scalar(select(TransferJob).where(or_(
-            TransferJob.status == "queued",
-            and_(TransferJob.status == "running", TransferJob.lease_expires_at < now)))
-            .order_by(TransferJob.id).limit(1).with_for_update(skip_locked=True))
-
-    @staticmethod
-    def _held(job_id: int, worker: str, *, session: Session) -> TransferJob:
-        job = session.get(TransferJob, job_id)
-        if job is None or job.status != "running" or job.worker != worker or (
-                utc(job.lease_expires_at) < utcnow()):
-            raise LeaseLost(f"Transfer job {job_id} is no longer held by {worker}.")
-        return job
+        return session.scalar(
+            select(TransferJob)
+            .where(or_(TransferJob.status == "queued", TRANSFER_JOBS.lapsed(now)))
+            .order_by(TransferJob.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
 
     def renew(self, job_id: int, *, worker: str, lease_s: float, progress: dict) -> None:
         with self.db.transaction(routing_change=False) as session:
-            job = self._held(job_id, worker, session=session)
-            job.lease_expires_at = utcnow() + timedelta(seconds=lease_s)
-            job.progress = progress
+            renew_lease(
+                TRANSFER_JOBS, job_id, worker, lease_until(lease_s), session=session
+            ).progress = progress
 
     def attach(self, job_id: int, version: int, *, worker: str, session: Session) -> None:
         """Inside the transaction that registers the student: the job's version. A lost
         lease raises LeaseLost, and the registration rolls back with it."""
-        self._held(job_id, worker, session=session).result_version = version
+        still_held(TRANSFER_JOBS, job_id, worker, session=session).result_version = version
 
-    def finish(self, job_id: int, status: TransferStatus, *, worker: str, reason: str,
-               metrics: dict | None = None, to_base_fingerprint: str | None = None) -> None:
+    def finish(
+        self,
+        job_id: int,
+        status: TransferStatus,
+        *,
+        worker: str,
+        reason: str,
+        metrics: dict | None = None,
+        to_base_fingerprint: str | None = None,
+    ) -> None:
         """End a job `worker` holds (LeaseLost otherwise), with the figures it ended on."""
         if status not in ENDED:
             raise ValueError(f"a job ends {', '.join(ENDED)}, not {status}")
         with self.db.transaction(routing_change=False) as session:
-            job = self._held(job_id, worker, session=session)
+            job = still_held(TRANSFER_JOBS, job_id, worker, session=session)
             job.metrics = metrics or job.metrics
             job.to_base_fingerprint = to_base_fingerprint or job.to_base_fingerprint
-            self._end(job, session.get(Adapter, job.adapter_id), status, _actor(worker),
-                      utcnow(), reason=reason, session=session)
+            self._end(
+                job,
+                session.get_one(Adapter, job.adapter_id),
+                status,
+                _actor(worker),
+                utcnow(),
+                reason=reason,
+                session=session,
+            )
 
     @staticmethod
-    def _end(job: TransferJob, adapter: Adapter, status: TransferStatus, actor: str,
-             now: datetime, *, reason: str, session: Session) -> None:
+    def _end(
+        job: TransferJob,
+        adapter: Adapter,
+        status: TransferStatus,
+        actor: str,
+        now: datetime,
+        *,
+        reason: str,
+        session: Session,
+    ) -> None:
         job.status, job.reason, job.finished_at = status, reason, now
-        job.lease_expires_at = None
-        log_event(f"transfer_{status}", adapter, actor, session=session,
-                  from_version=job.from_version, to_version=job.result_version, reason=reason,
-                  job=job.id, to_base=job.to_base, metrics=dict(job.metrics))
+        release_lease(job, TRANSFER_JOBS)
+        ended: dict[TransferStatus, EventKind] = {
+            "passed": "transfer_passed",
+            "rejected": "transfer_rejected",
+            "failed": "transfer_failed",
+        }
+        log_event(
+            ended[status],
+            adapter,
+            actor,
+            session=session,
+            from_version=job.from_version,
+            to_version=job.result_version,
+            reason=reason,
+            job=job.id,
+            to_base=job.to_base,
+            metrics=dict(job.metrics),
+        )

@@ -52,13 +52,14 @@ def hour_of(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _upsert(connection: Connection, values: dict):
+def _upsert(connection: Connection, values: dict) -> postgresql.Insert | sqlite.Insert:
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(UsageHour).values(**values)
     table = UsageHour.__table__
     return statement.on_conflict_do_update(
         index_elements=["adapter_id", "version", "hour"],
-        set_={name: table.c[name] + statement.excluded[name] for name in COUNTS})
+        set_={name: table.c[name] + statement.excluded[name] for name in COUNTS},
+    )
 
 
 class UsageBook:
@@ -70,13 +71,20 @@ class UsageBook:
         """Add one server's counts in one transaction; adapters that do not exist (any
         more) are left out."""
         with self.db.writing_rows() as connection:
-            rows = self.adapter_ids.rows({key.adapter_id for key in counts},
-                                         connection=connection)
+            rows = self.adapter_ids.rows({key.adapter_id for key in counts}, connection=connection)
             for key, count in counts.items():
                 if key.adapter_id in rows:
-                    connection.execute(_upsert(connection, {
-                        "adapter_id": rows[key.adapter_id][1], "version": key.version,
-                        "hour": key.hour, **vars(count)}))
+                    connection.execute(
+                        _upsert(
+                            connection,
+                            {
+                                "adapter_id": rows[key.adapter_id][1],
+                                "version": key.version,
+                                "hour": key.hour,
+                                **vars(count),
+                            },
+                        )
+                    )
 
     def recent(self, adapter_id: str, *, hours: int) -> list[UsageRecord]:
         """The adapter's usage in the last `hours`, oldest first; empty hours left out."""
@@ -84,8 +92,15 @@ class UsageBook:
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
             rows = session.scalars(
-                select(UsageHour).where(UsageHour.adapter_id == adapter.id,
-                                        UsageHour.hour >= since)
-                .order_by(UsageHour.hour, UsageHour.version))
-            return [UsageRecord(row.version, utc(row.hour), UsageCount(
-                row.requests, row.prompt_tokens, row.completion_tokens)) for row in rows]
+                select(UsageHour)
+                .where(UsageHour.adapter_id == adapter.id, UsageHour.hour >= since)
+                .order_by(UsageHour.hour, UsageHour.version)
+            )
+            return [
+                UsageRecord(
+                    row.version,
+                    utc(row.hour),
+                    UsageCount(row.requests, row.prompt_tokens, row.completion_tokens),
+                )
+                for row in rows
+            ]

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeGuard
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -47,10 +48,8 @@ _UNSUPPORTED_FEATURES = {
     "so train without rank_pattern",
     "alpha_pattern": "alpha_pattern is not empty; every module must share one r and "
     "lora_alpha, so train without alpha_pattern",
-    "lora_bias": "lora_bias is true; LoRA bias vectors are not served, train with "
-    "lora_bias=False",
-    "use_qalora": "use_qalora is true; QALoRA adapters are not served, train with "
-    "use_qalora=False",
+    "lora_bias": "lora_bias is true; LoRA bias vectors are not served, train with lora_bias=False",
+    "use_qalora": "use_qalora is true; QALoRA adapters are not served, train with use_qalora=False",
     "use_bdlora": "use_bdlora is set; block-diagonal LoRA is not served, train without it",
     "alora_invocation_tokens": "alora_invocation_tokens is set; Activated LoRA (aLoRA) is not "
     "served, train without alora_invocation_tokens",
@@ -93,7 +92,9 @@ def validate_adapter(
         _check_weights(present[WEIGHTS_FILE], base, config or _LoraSettings(), problems)
     if problems:
         raise AdapterInvalid(_capped(problems))
-    assert config is not None and config.is_complete()  # no problems means a sound config
+    # No problems means a sound config, every value present.
+    assert config is not None and config.rank is not None and config.alpha is not None
+    assert config.targets is not None and config.is_complete()
     return AdapterFacts(
         rank=config.rank,
         alpha=config.alpha,
@@ -173,7 +174,7 @@ def _check_config(
         return None
     if config.get("peft_type") != "LORA":
         problems.append(
-            f'peft_type is {_echo(config.get("peft_type"))}; only LoRA adapters are served '
+            f"peft_type is {_echo(config.get('peft_type'))}; only LoRA adapters are served "
             '(peft_type "LORA")'
         )
     _check_unsupported_features(config, problems)
@@ -205,9 +206,7 @@ def _check_unsupported_features(config: dict, problems: list[str]) -> None:
     problems.extend(message for key, message in _UNSUPPORTED_FEATURES.items() if config.get(key))
     bias = config.get("bias", "none")
     if bias != "none":  # vLLM loads only bias "none": it has no place for bias vectors
-        problems.append(
-            f'bias is {_echo(bias)}; bias terms are not served, train with bias="none"'
-        )
+        problems.append(f'bias is {_echo(bias)}; bias terms are not served, train with bias="none"')
     init = config.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower() not in _PLAIN_INITS:
         problems.append(
@@ -252,7 +251,7 @@ def _check_targets(
     if isinstance(targets, str):
         problems.append(
             "target_modules is a string, which PEFT treats as a regular expression (or "
-            "'all-linear'); list the module names instead, e.g. [\"q_proj\", \"v_proj\"]"
+            '\'all-linear\'); list the module names instead, e.g. ["q_proj", "v_proj"]'
         )
         return None
     if not isinstance(targets, list) or not targets:
@@ -376,8 +375,16 @@ def _check_tensor(
     return tensor
 
 
+class _TensorSlice(Protocol):
+    """What safetensors' get_slice returns (untyped there), as far as it is read here."""
+
+    def get_dtype(self) -> str: ...
+
+    def get_shape(self) -> list[int]: ...
+
+
 def _layout_problem(
-    tensor_slice, factor: str, out_in: tuple[int, int], rank: int | None
+    tensor_slice: _TensorSlice, factor: str, out_in: tuple[int, int], rank: int | None
 ) -> str | None:
     """Dtype and shape of one factor: A is (r, in_features), B is (out_features, r)."""
     dtype = tensor_slice.get_dtype()
@@ -403,8 +410,11 @@ class _Gains:
     """The largest gain of each map an adapter adds (A, scale * B, scale * B @ A), over all
     modules, against BaseModelInfo.max_gain. Factors are held only until their pair is in."""
 
-    MAPS = (("A", "lora_A"), ("sB", "scale * lora_B"),
-            ("sBA", "the update scale * lora_B @ lora_A"))
+    MAPS = (
+        ("A", "lora_A"),
+        ("sB", "scale * lora_B"),
+        ("sBA", "the update scale * lora_B @ lora_A"),
+    )
 
     def __init__(self, bound: float, scale: float | None) -> None:
         self.bound, self.scale = bound, scale
@@ -495,7 +505,7 @@ def _short(text: str) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a rank
 
 

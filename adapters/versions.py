@@ -1,4 +1,7 @@
-"""Adapters and their immutable versions, the live and canary pointers, and history.
+"""Adapters and their immutable versions, an operator's moves of their pointers, and history.
+
+How the pointers move is pointers.py's; a move here is an operator's promote, rollback or
+canary, checked and recorded.
 
 Every public method that changes something is one transaction that also writes its history
 row (adapters/db.py serializes them). Helpers take the session as a keyword and never commit.
@@ -6,11 +9,11 @@ row (adapters/db.py serializes them). Helpers take the session as a keyword and 
 
 from __future__ import annotations
 
+import builtins  # `list` in AdapterBook is its method
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,35 +22,35 @@ from . import schema
 from .base_model import BaseModelInfo
 from .db import Database
 from .errors import Conflict, InvalidArgument
-from .policy import TrainingPolicy
+from .history import log_event
+from .pointers import (
+    beside_live,
+    clear_canary,
+    current_pointer,
+    end_unfinished_rollout,
+    make_live,
+    pointer_row,
+    previous_live,
+    unfinished_rollout,
+)
 from .schema import (
     Adapter,
     AdapterVersion,
     Event,
+    EventKind,
     LivePointer,
     Rollout,
     Tenant,
+    VersionStatus,
     adapter_row,
     split_adapter_id,
     tenant_row,
     utc,
-    utcnow,
     version_row,
 )
 from .store import WeightStore
+from .training_policy import TrainingPolicy
 from .validation import validate_adapter
-
-VersionStatus = Literal["candidate", "live", "retired", "rejected"]
-
-
-EventKind = Literal[
-    "tenant_created", "key_issued", "key_revoked", "adapter_created", "register",
-    "promote", "rollback", "canary_set", "canary_cleared", "reject", "retire", "policy_set",
-    "training_queued", "training_failed", "rollout_started", "rollout_advance", "rollout_rollback",
-    "rollout_paused", "rollout_resumed", "rollout_aborted", "rollout_completed",
-    "rollout_superseded", "transfer_queued", "transfer_started", "transfer_passed",
-    "transfer_rejected", "transfer_failed",
-]
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,24 @@ class VersionRecord:
     @classmethod
     def of(cls, row: schema.AdapterVersion, adapter_id: str) -> VersionRecord:
         return cls(
-            adapter_id, row.number, row.status, row.id, row.content_hash, row.storage_key,
-            row.base_fingerprint, row.base_override_reason, row.rank, row.alpha,
-            tuple(row.target_modules), row.size_bytes, row.source, row.parent_version,
-            dict(row.metrics), dict(row.tags), utc(row.created_at), row.created_by,
+            adapter_id,
+            row.number,
+            row.status,
+            row.id,
+            row.content_hash,
+            row.storage_key,
+            row.base_fingerprint,
+            row.base_override_reason,
+            row.rank,
+            row.alpha,
+            tuple(row.target_modules),
+            row.size_bytes,
+            row.source,
+            row.parent_version,
+            dict(row.metrics),
+            dict(row.tags),
+            utc(row.created_at),
+            row.created_by,
         )
 
 
@@ -94,14 +111,27 @@ class AdapterRecord:
     records_completions: bool = False  # its training policy asks to keep completions
 
     @classmethod
-    def of(cls, row: schema.Adapter, adapter_id: str, latest: int | None,
-           pointer: LivePointer | None) -> AdapterRecord:
+    def of(
+        cls, row: schema.Adapter, adapter_id: str, latest: int | None, pointer: LivePointer | None
+    ) -> AdapterRecord:
         """`pointer`: the adapter's pointers on the reader's base model (None: none set)."""
         records = TrainingPolicy.stored(row.policy).record_completions
-        live, canary, percent = ((pointer.live_version, pointer.canary_version,
-                                  pointer.canary_percent) if pointer else (None, None, None))
-        return cls(adapter_id, row.description, utc(row.created_at), row.created_by,
-                   live, canary, percent, latest, records)
+        live, canary, percent = (
+            (pointer.live_version, pointer.canary_version, pointer.canary_percent)
+            if pointer
+            else (None, None, None)
+        )
+        return cls(
+            adapter_id,
+            row.description,
+            utc(row.created_at),
+            row.created_by,
+            live,
+            canary,
+            percent,
+            latest,
+            records,
+        )
 
 
 @dataclass(frozen=True)
@@ -119,8 +149,18 @@ class EventRecord:
 
     @classmethod
     def of(cls, row: schema.Event, tenant: str | None, adapter_id: str | None) -> EventRecord:
-        return cls(row.id, row.kind, utc(row.at), row.actor, tenant, adapter_id,
-                   row.from_version, row.to_version, row.reason, dict(row.detail))
+        return cls(
+            row.id,
+            row.kind,
+            utc(row.at),
+            row.actor,
+            tenant,
+            adapter_id,
+            row.from_version,
+            row.to_version,
+            row.reason,
+            dict(row.detail),
+        )
 
 
 NO_LIVE_VERSION = 0  # as `expected_live`: the caller expects no version to be live yet
@@ -151,91 +191,9 @@ def _latest_number(adapter: Adapter, *, session: Session) -> int | None:
     )
 
 
-def _record(adapter: Adapter, adapter_id: str, base: str, *, session: Session
-            ) -> AdapterRecord:
-    pointer = session.get(LivePointer, (adapter.id, base))
-    return AdapterRecord.of(adapter, adapter_id, _latest_number(adapter, session=session),
-                            pointer)
-
-
-def pointer_row(adapter: Adapter, base: str, *, session: Session) -> LivePointer:
-    """The adapter's pointers on one base model, locked for the change about to be made
-    (made, empty, when none was set)."""
-    pointer = session.get(LivePointer, (adapter.id, base), with_for_update=True)
-    if pointer is None:
-        pointer = LivePointer(adapter_id=adapter.id, base_fingerprint=base)
-        session.add(pointer)
-    return pointer
-
-
-def log_event(kind: str, adapter: Adapter, actor: str, *, session: Session,
-              from_version: int | None = None, to_version: int | None = None,
-              reason: str | None = None, **detail) -> None:
-    session.add(Event(kind=kind, actor=actor, tenant_id=adapter.tenant_id, adapter_id=adapter.id,
-                      from_version=from_version, to_version=to_version, reason=reason,
-                      detail=detail))
-
-
-def clear_canary(adapter: Adapter, pointer: LivePointer, actor: str, reason: str, *,
-                 session: Session) -> None:
-    if pointer.canary_version is not None:
-        log_event("canary_cleared", adapter, actor, session=session,
-                  from_version=pointer.canary_version, reason=reason)
-        pointer.canary_version = pointer.canary_percent = None
-
-
-def make_live(adapter: Adapter, pointer: LivePointer, adapter_id: str, target: AdapterVersion,
-              actor: str, *, kind: str, reason: str | None, session: Session) -> None:
-    previous = pointer.live_version
-    if previous is not None:
-        version_row(adapter, adapter_id, previous, session=session).status = "retired"
-    target.status = "live"
-    pointer.live_version = target.number
-    if pointer.canary_version == target.number:
-        clear_canary(adapter, pointer, actor, f"version {target.number} became live",
-                     session=session)
-    log_event(kind, adapter, actor, session=session, from_version=previous,
-              to_version=target.number, reason=reason)
-
-
-def beside_live(adapter: Adapter, adapter_id: str, number: int, what: str, *,
-                session: Session) -> tuple[AdapterVersion, LivePointer]:
-    """Version `number` and its base's pointers, when it may serve beside the live version
-    (as `what`: a canary, a rollout): a candidate or retired version of a base that has a
-    live version."""
-    target = version_row(adapter, adapter_id, number, session=session)
-    pointer = pointer_row(adapter, target.base_fingerprint, session=session)
-    if pointer.live_version is None:
-        raise Conflict(f"'{adapter_id}' has no live version for {what} to serve beside; "
-                       "promote one first.")
-    if number == pointer.live_version or target.status == "rejected":
-        raise Conflict(f"Version {number} of '{adapter_id}' is {target.status}; {what} "
-                       "must be a candidate or retired version.")
-    return target, pointer
-
-
-def _live_stack(adapter: Adapter, base: str, *, session: Session) -> list[int]:
-    """The versions that were live on `base`, oldest first, with rolled-back ones popped
-    off."""
-    stack: list[int] = []
-    events = session.scalars(
-        select(Event)
-        .join(AdapterVersion, (AdapterVersion.adapter_id == Event.adapter_id)
-              & (AdapterVersion.number == Event.to_version))
-        .where(Event.adapter_id == adapter.id, Event.kind.in_(("promote", "rollback")),
-               AdapterVersion.base_fingerprint == base)
-        .order_by(Event.id)
-    )
-    for event in events:
-        earlier = [i for i, v in enumerate(stack[:-1]) if v == event.to_version]
-        if event.kind == "rollback" and earlier:
-            del stack[earlier[-1] + 1:]
-        else:
-            stack.append(event.to_version)
-    return stack
-
-
-UNFINISHED_ROLLOUT = ("active", "paused")
+def _record(adapter: Adapter, adapter_id: str, base: str, *, session: Session) -> AdapterRecord:
+    pointer = current_pointer(adapter, base, session=session)
+    return AdapterRecord.of(adapter, adapter_id, _latest_number(adapter, session=session), pointer)
 
 
 def _refuse_rejecting_the_fallback(rollout: Rollout, adapter_id: str, number: int) -> None:
@@ -245,45 +203,16 @@ def _refuse_rejecting_the_fallback(rollout: Rollout, adapter_id: str, number: in
     the watch and leave its rollback nothing to return to. The operator ends the rollout
     (abort, or a promote or rollback), then rejects."""
     if rollout.baseline_version == number:
-        raise Conflict(f"Version {number} of '{adapter_id}' is the previous version of rollout "
-                       f"{rollout.id}, which compares the new version with it and rolls back "
-                       "to it; abort the rollout (or wait for it to end) before you reject "
-                       "it.")
+        raise Conflict(
+            f"Version {number} of '{adapter_id}' is the previous version of rollout "
+            f"{rollout.id}, which compares the new version with it and rolls back "
+            "to it; abort the rollout (or wait for it to end) before you reject "
+            "it."
+        )
 
 
 def _operator_change(what: str, actor: str, reason: str | None) -> str:
     return f"{what} by {actor}" + (f": {reason}" if reason else "")
-
-
-def unfinished_rollout(adapter: Adapter, base: str, *, session: Session, lock: bool = False
-                       ) -> Rollout | None:
-    """The adapter's rollout under way on `base`, if any."""
-    query = select(Rollout).where(Rollout.adapter_id == adapter.id,
-                                  Rollout.base_fingerprint == base,
-                                  Rollout.status.in_(UNFINISHED_ROLLOUT))
-    if lock:
-        query = query.with_for_update()
-    return session.scalar(query.order_by(Rollout.id.desc()).limit(1))
-
-
-def close_rollout(rollout: Rollout, status: str, reason: str | None) -> None:
-    """The rollout ends as `status`; no driver holds it any more."""
-    rollout.status, rollout.finished_at, rollout.reason = status, utcnow(), reason
-    rollout.driver = rollout.lease_expires_at = None
-
-
-def end_unfinished_rollout(adapter: Adapter, pointer: LivePointer, actor: str, why: str, *,
-                           session: Session) -> None:
-    """An operator's change of the adapter's pointers ends its rollout on that base
-    (superseded), in the same transaction, so the driver's next step finds it over."""
-    rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session, lock=True)
-    if rollout is None:
-        return
-    close_rollout(rollout, "superseded", why)
-    if pointer.canary_version == rollout.candidate_version:
-        pointer.canary_version = pointer.canary_percent = None
-    log_event("rollout_superseded", adapter, actor, session=session,
-              to_version=rollout.candidate_version, reason=why, rollout=rollout.id)
 
 
 class AdapterBook:
@@ -301,15 +230,18 @@ class AdapterBook:
         if tenant is not None:
             query = query.where(Tenant.name == tenant)
         with self.db.reading() as session:
-            return [_record(row, f"{owner}/{row.name}", self.base, session=session)
-                    for row, owner in session.execute(query)]
+            return [
+                _record(row, f"{owner}/{row.name}", self.base, session=session)
+                for row, owner in session.execute(query)
+            ]
 
     def get(self, adapter_id: str) -> AdapterRecord:
         with self.db.reading() as session:
-            return _record(adapter_row(adapter_id, session=session), adapter_id, self.base,
-                           session=session)
+            return _record(
+                adapter_row(adapter_id, session=session), adapter_id, self.base, session=session
+            )
 
-    def versions(self, adapter_id: str) -> list[VersionRecord]:
+    def versions(self, adapter_id: str) -> builtins.list[VersionRecord]:
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
             rows = session.scalars(
@@ -325,14 +257,16 @@ class AdapterBook:
             row = version_row(adapter, adapter_id, number, session=session)
             return VersionRecord.of(row, adapter_id)
 
-    def history(self, adapter_id: str, *, limit: int = 100) -> list[EventRecord]:
+    def history(self, adapter_id: str, *, limit: int = 100) -> builtins.list[EventRecord]:
         """The newest `limit` events, oldest first."""
         tenant = adapter_id.split("/", 1)[0]
         with self.db.reading() as session:
             adapter = adapter_row(adapter_id, session=session)
             rows = session.scalars(
-                select(Event).where(Event.adapter_id == adapter.id)
-                .order_by(Event.id.desc()).limit(limit)
+                select(Event)
+                .where(Event.adapter_id == adapter.id)
+                .order_by(Event.id.desc())
+                .limit(limit)
             )
             return [EventRecord.of(row, tenant, adapter_id) for row in reversed(list(rows))]
 
@@ -341,8 +275,9 @@ class AdapterBook:
 
     # -- changing ------------------------------------------------------------------------
 
-    def create(self, adapter_id: str, *, actor: str,
-               description: str | None = None) -> AdapterRecord:
+    def create(
+        self, adapter_id: str, *, actor: str, description: str | None = None
+    ) -> AdapterRecord:
         tenant, name = split_adapter_id(adapter_id)
         with self.db.transaction() as session:
             owner = tenant_row(tenant, session=session)
@@ -351,32 +286,43 @@ class AdapterBook:
             )
             if exists is not None:
                 raise Conflict(f"The adapter '{adapter_id}' already exists.")
-            adapter = Adapter(tenant_id=owner.id, name=name, description=description,
-                              created_by=actor)
+            adapter = Adapter(
+                tenant_id=owner.id, name=name, description=description, created_by=actor
+            )
             session.add(adapter)
             session.flush()
             log_event("adapter_created", adapter, actor, session=session)
             return _record(adapter, adapter_id, self.base, session=session)
 
-    def register(self, adapter_id: str, files: Mapping[str, Path], new: NewVersion, *,
-                 actor: str, within: Callable[[Session, VersionRecord], None] | None = None
-                 ) -> tuple[VersionRecord, bool]:
+    def register(
+        self,
+        adapter_id: str,
+        files: Mapping[str, Path],
+        new: NewVersion,
+        *,
+        actor: str,
+        within: Callable[[Session, VersionRecord], None] | None = None,
+    ) -> tuple[VersionRecord, bool]:
         """Validate, store, then insert the version row. False: these files were already
         registered for this adapter, and that version is returned. `within` runs inside the
         same transaction (the trainer marks its feedback consumed there)."""
         self.get(adapter_id)  # an unknown adapter is reported before a costly validation
         facts = validate_adapter(
-            files, self.registration_policy.base, max_rank=self.registration_policy.max_rank,
+            files,
+            self.registration_policy.base,
+            max_rank=self.registration_policy.max_rank,
             max_bytes=self.registration_policy.max_bytes,
             base_model_override=new.base_override_reason is not None,
         )
         stored = self.store.put(files)
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            existing = session.scalar(select(AdapterVersion).where(
-                AdapterVersion.adapter_id == adapter.id,
-                AdapterVersion.content_hash == stored.content_hash,
-            ))
+            existing = session.scalar(
+                select(AdapterVersion).where(
+                    AdapterVersion.adapter_id == adapter.id,
+                    AdapterVersion.content_hash == stored.content_hash,
+                )
+            )
             if existing is not None:
                 record = VersionRecord.of(existing, adapter_id)
                 if within is not None:
@@ -385,21 +331,36 @@ class AdapterBook:
             if new.parent_version is not None:
                 version_row(adapter, adapter_id, new.parent_version, session=session)
             version = AdapterVersion(
-                adapter_id=adapter.id, number=(_latest_number(adapter, session=session) or 0) + 1,
-                status="candidate", content_hash=stored.content_hash,
+                adapter_id=adapter.id,
+                number=(_latest_number(adapter, session=session) or 0) + 1,
+                status="candidate",
+                content_hash=stored.content_hash,
                 storage_key=stored.storage_key,
                 base_fingerprint=self.registration_policy.base.fingerprint,
-                base_override_reason=new.base_override_reason, rank=facts.rank,
-                alpha=facts.alpha, target_modules=list(facts.target_modules),
-                size_bytes=facts.size_bytes, source=new.source,
-                parent_version=new.parent_version, metrics=dict(new.metrics),
-                tags=dict(new.tags), created_by=actor,
+                base_override_reason=new.base_override_reason,
+                rank=facts.rank,
+                alpha=facts.alpha,
+                target_modules=list(facts.target_modules),
+                size_bytes=facts.size_bytes,
+                source=new.source,
+                parent_version=new.parent_version,
+                metrics=dict(new.metrics),
+                tags=dict(new.tags),
+                created_by=actor,
             )
             session.add(version)
             session.flush()
-            log_event("register", adapter, actor, session=session, to_version=version.number,
-                      reason=new.reason, content_hash=stored.content_hash, source=new.source,
-                      base=version.base_fingerprint)
+            log_event(
+                "register",
+                adapter,
+                actor,
+                session=session,
+                to_version=version.number,
+                reason=new.reason,
+                content_hash=stored.content_hash,
+                source=new.source,
+                base=version.base_fingerprint,
+            )
             record = VersionRecord.of(version, adapter_id)
             if within is not None:
                 within(session, record)
@@ -410,8 +371,9 @@ class AdapterBook:
         with self.db.reading() as session:
             return TrainingPolicy.stored(adapter_row(adapter_id, session=session).policy)
 
-    def set_policy(self, adapter_id: str, policy: TrainingPolicy, *, actor: str,
-                   reason: str | None = None) -> TrainingPolicy:
+    def set_policy(
+        self, adapter_id: str, policy: TrainingPolicy, *, actor: str, reason: str | None = None
+    ) -> TrainingPolicy:
         stored = policy.model_dump(mode="json")
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
@@ -419,8 +381,15 @@ class AdapterBook:
             log_event("policy_set", adapter, actor, session=session, reason=reason, policy=stored)
             return policy
 
-    def promote(self, adapter_id: str, number: int, *, actor: str,
-                expected_live: int | None = None, reason: str | None = None) -> AdapterRecord:
+    def promote(
+        self,
+        adapter_id: str,
+        number: int,
+        *,
+        actor: str,
+        expected_live: int | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
         """Make `number` live. With `expected_live` (NO_LIVE_VERSION for none), only if that
         is still the live version: compare-and-swap for callers that decided on stale data."""
         with self.db.transaction() as session:
@@ -436,110 +405,171 @@ class AdapterBook:
                     f"{expected_live or 'none'}; re-read it and decide again."
                 )
             if target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' was rejected; it cannot "
-                               "be promoted. Register a new version.")
+                raise Conflict(
+                    f"Version {number} of '{adapter_id}' was rejected; it cannot "
+                    "be promoted. Register a new version."
+                )
             if pointer.live_version != number:
-                end_unfinished_rollout(adapter, pointer, actor, _operator_change(
-                    f"promote of version {number}", actor, reason), session=session)
-                make_live(adapter, pointer, adapter_id, target, actor, kind="promote",
-                          reason=reason, session=session)
+                end_unfinished_rollout(
+                    adapter,
+                    pointer,
+                    actor,
+                    _operator_change(f"promote of version {number}", actor, reason),
+                    session=session,
+                )
+                make_live(
+                    adapter,
+                    pointer,
+                    adapter_id,
+                    target,
+                    actor,
+                    kind="promote",
+                    reason=reason,
+                    session=session,
+                )
             return _record(adapter, adapter_id, self.base, session=session)
 
-    def rollback(self, adapter_id: str, *, actor: str, to_version: int | None = None,
-                 reason: str | None = None) -> AdapterRecord:
+    def rollback(
+        self,
+        adapter_id: str,
+        *,
+        actor: str,
+        to_version: int | None = None,
+        reason: str | None = None,
+    ) -> AdapterRecord:
         """Make an earlier version live again: the one live before the current one, or
         `to_version`."""
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
-            base = self.base if to_version is None else version_row(
-                adapter, adapter_id, to_version, session=session).base_fingerprint
+            base = (
+                self.base
+                if to_version is None
+                else version_row(adapter, adapter_id, to_version, session=session).base_fingerprint
+            )
             pointer = pointer_row(adapter, base, session=session)
             if pointer.live_version is None:
                 raise Conflict(f"'{adapter_id}' has no live version to roll back from.")
-            number = to_version or self._previous_live(adapter, pointer, adapter_id,
-                                                       session=session)
+            number = to_version or previous_live(adapter, pointer, adapter_id, session=session)
             if number == pointer.live_version:
                 raise Conflict(f"Version {number} of '{adapter_id}' is already live.")
             target = version_row(adapter, adapter_id, number, session=session)
             if target.status == "rejected":
-                raise Conflict(f"Version {number} of '{adapter_id}' was rejected; "
-                               "roll back to another version.")
-            end_unfinished_rollout(adapter, pointer, actor, _operator_change(
-                f"rollback to version {number}", actor, reason), session=session)
-            make_live(adapter, pointer, adapter_id, target, actor, kind="rollback",
-                      reason=reason, session=session)
+                raise Conflict(
+                    f"Version {number} of '{adapter_id}' was rejected; "
+                    "roll back to another version."
+                )
+            end_unfinished_rollout(
+                adapter,
+                pointer,
+                actor,
+                _operator_change(f"rollback to version {number}", actor, reason),
+                session=session,
+            )
+            make_live(
+                adapter,
+                pointer,
+                adapter_id,
+                target,
+                actor,
+                kind="rollback",
+                reason=reason,
+                session=session,
+            )
             return _record(adapter, adapter_id, self.base, session=session)
 
-    @staticmethod
-    def _previous_live(adapter: Adapter, pointer: LivePointer, adapter_id: str, *,
-                       session: Session) -> int:
-        statuses = dict(session.execute(
-            select(AdapterVersion.number, AdapterVersion.status)
-            .where(AdapterVersion.adapter_id == adapter.id)
-        ).all())
-        stack = _live_stack(adapter, pointer.base_fingerprint, session=session)
-        for number in reversed(stack[:-1]):
-            if number != pointer.live_version and statuses.get(number) != "rejected":
-                return number
-        raise Conflict(f"'{adapter_id}' has no earlier live version; name one with to_version.")
-
-    def set_canary(self, adapter_id: str, number: int, percent: int, *, actor: str,
-                   reason: str | None = None) -> AdapterRecord:
+    def set_canary(
+        self, adapter_id: str, number: int, percent: int, *, actor: str, reason: str | None = None
+    ) -> AdapterRecord:
         if not 1 <= percent <= 99:
             raise InvalidArgument(f"The canary percent must be 1 to 99, not {percent}.")
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             _, pointer = beside_live(adapter, adapter_id, number, "a canary", session=session)
-            end_unfinished_rollout(adapter, pointer, actor, _operator_change(
-                f"canary of version {number} at {percent}%", actor, reason), session=session)
-            log_event("canary_set", adapter, actor, session=session,
-                      from_version=pointer.canary_version, to_version=number, reason=reason,
-                      percent=percent)
+            end_unfinished_rollout(
+                adapter,
+                pointer,
+                actor,
+                _operator_change(f"canary of version {number} at {percent}%", actor, reason),
+                session=session,
+            )
+            log_event(
+                "canary_set",
+                adapter,
+                actor,
+                session=session,
+                from_version=pointer.canary_version,
+                to_version=number,
+                reason=reason,
+                percent=percent,
+            )
             pointer.canary_version, pointer.canary_percent = number, percent
             return _record(adapter, adapter_id, self.base, session=session)
 
-    def clear_canary(self, adapter_id: str, *, actor: str,
-                     reason: str | None = None) -> AdapterRecord:
+    def clear_canary(
+        self, adapter_id: str, *, actor: str, reason: str | None = None
+    ) -> AdapterRecord:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             pointer = pointer_row(adapter, self.base, session=session)
             if pointer.canary_version is not None:
-                end_unfinished_rollout(adapter, pointer, actor, _operator_change(
-                    "canary cleared", actor, reason), session=session)
+                end_unfinished_rollout(
+                    adapter,
+                    pointer,
+                    actor,
+                    _operator_change("canary cleared", actor, reason),
+                    session=session,
+                )
             clear_canary(adapter, pointer, actor, reason or "cleared", session=session)
             return _record(adapter, adapter_id, self.base, session=session)
 
-    def reject(self, adapter_id: str, number: int, *, actor: str,
-               reason: str | None = None) -> VersionRecord:
+    def reject(
+        self, adapter_id: str, number: int, *, actor: str, reason: str | None = None
+    ) -> VersionRecord:
         return self._take_out(adapter_id, number, "rejected", "reject", actor, reason)
 
-    def retire(self, adapter_id: str, number: int, *, actor: str,
-               reason: str | None = None) -> VersionRecord:
+    def retire(
+        self, adapter_id: str, number: int, *, actor: str, reason: str | None = None
+    ) -> VersionRecord:
         return self._take_out(adapter_id, number, "retired", "retire", actor, reason)
 
-    def _take_out(self, adapter_id: str, number: int, status: str, kind: str, actor: str,
-                  reason: str | None) -> VersionRecord:
+    def _take_out(
+        self,
+        adapter_id: str,
+        number: int,
+        status: VersionStatus,
+        kind: EventKind,
+        actor: str,
+        reason: str | None,
+    ) -> VersionRecord:
         with self.db.transaction() as session:
             adapter = adapter_row(adapter_id, session=session)
             version = version_row(adapter, adapter_id, number, session=session)
             pointer = pointer_row(adapter, version.base_fingerprint, session=session)
             if number == pointer.live_version:
-                raise Conflict(f"Version {number} of '{adapter_id}' is live; promote or roll "
-                               f"back to another version before you {kind} it.")
+                raise Conflict(
+                    f"Version {number} of '{adapter_id}' is live; promote or roll "
+                    f"back to another version before you {kind} it."
+                )
             if version.status == "rejected" and status == "retired":
                 raise Conflict(f"Version {number} of '{adapter_id}' was rejected already.")
             if version.status != status:
-                rollout = unfinished_rollout(adapter, pointer.base_fingerprint, session=session,
-                                             lock=True)
+                rollout = unfinished_rollout(
+                    adapter, pointer.base_fingerprint, session=session, lock=True
+                )
                 if status == "rejected" and rollout is not None:
                     _refuse_rejecting_the_fallback(rollout, adapter_id, number)
                 if rollout is not None and rollout.candidate_version == number:
-                    end_unfinished_rollout(adapter, pointer, actor, _operator_change(
-                        f"{kind} of version {number}", actor, reason), session=session)
+                    end_unfinished_rollout(
+                        adapter,
+                        pointer,
+                        actor,
+                        _operator_change(f"{kind} of version {number}", actor, reason),
+                        session=session,
+                    )
                 version.status = status
                 if pointer.canary_version == number:
-                    clear_canary(adapter, pointer, actor, f"version {number} {status}",
-                                 session=session)
-                log_event(kind, adapter, actor, session=session, from_version=number,
-                          reason=reason)
+                    clear_canary(
+                        adapter, pointer, actor, f"version {number} {status}", session=session
+                    )
+                log_event(kind, adapter, actor, session=session, from_version=number, reason=reason)
             return VersionRecord.of(version, adapter_id)

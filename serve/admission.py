@@ -24,8 +24,12 @@ class Ticket:
 
 
 class AdmissionGate:
-    def __init__(self, max_in_progress: int, max_per_tenant: int | None = None,
-                 budget: TokenBudget | None = None) -> None:
+    def __init__(
+        self,
+        max_in_progress: int,
+        max_per_tenant: int | None = None,
+        budget: TokenBudget | None = None,
+    ) -> None:
         self.max_in_progress = max_in_progress
         self.max_per_tenant = max_per_tenant or max_in_progress
         self.budget = budget  # per-tenant tokens per minute; None: unlimited
@@ -40,10 +44,12 @@ class AdmissionGate:
                 f"Your tenant has {self.max_per_tenant} requests in progress, its limit; "
                 "retry after the delay in the Retry-After header."
             )
-        if tenant is not None and self.budget is not None and (
-                wait := self.budget.wait_s(tenant)):
-            raise RateLimited("Your tenant has used its tokens per minute; retry after the "
-                              "delay in the Retry-After header.", retry_after_s=wait)
+        if tenant is not None and self.budget is not None and (wait := self.budget.wait_s(tenant)):
+            raise RateLimited(
+                "Your tenant has used its tokens per minute; retry after the "
+                "delay in the Retry-After header.",
+                retry_after_s=wait,
+            )
         if self.in_progress >= self.max_in_progress:
             raise Overloaded(
                 f"The server is at capacity ({self.max_in_progress} requests in progress); "

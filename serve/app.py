@@ -25,23 +25,25 @@ from .admission import AdmissionGate
 from .console import router as console_router
 from .console.security import ConsoleHeaders
 from .engine.factory import create_engine
-from .engine.protocol import Engine
+from .engine.interface import Engine
 from .errors import install_error_handlers
 from .feedback import router as feedback_router
 from .feedback.service import FeedbackService
 from .metrics import ServeMetrics
 from .middleware import BodyLimit, ErrorBoundary, RequestMetrics
 from .openai import router as openai_router
+from .openai.answer_plan import AnswerPlanner
+from .openai.engine_inputs import EngineInputs
 from .openai.service import GenerationService
 from .registry_watch import RegistryWatcher
-from .rollout_counts import RolloutCountRecorder
-from .rollout_metrics import RolloutGauges
-from .rollout_traffic import RolloutTraffic
+from .rollouts.counts import RolloutCountRecorder
+from .rollouts.metrics import RolloutGauges
+from .rollouts.shadow import ShadowRunner
+from .rollouts.shadow_pairs import ShadowPairWriter
+from .rollouts.traffic import RolloutTraffic
 from .routing import CurrentRoutes, RoutingSnapshot
 from .sessions import ConsoleSessions
 from .settings import ServeSettings
-from .shadow import ShadowRunner
-from .shadow_pairs import ShadowPairWriter
 from .state import ServerState
 from .token_budget import TokenBudget
 from .usage import UsageRecorder
@@ -53,45 +55,93 @@ UPLOAD_OVERHEAD = 1 << 20  # multipart framing and form fields around the adapte
 
 def build_state(settings: ServeSettings, engine: Engine) -> ServerState:
     registry = open_registry(
-        model=settings.model, aliases=[settings.base_model_name], data_dir=settings.data_dir,
-        database_url=settings.database_url, max_rank=settings.max_lora_rank,
-        max_bytes=settings.max_adapter_bytes, dtype=settings.dtype,
+        model=settings.model,
+        aliases=[settings.base_model_name],
+        data_dir=settings.data_dir,
+        database_url=settings.database_url,
+        max_rank=settings.max_lora_rank,
+        max_bytes=settings.max_adapter_bytes,
+        dtype=settings.dtype,
     )
     db = registry.db
     view = read_serving_view(db, registry.adapters.base)
-    routes = CurrentRoutes(RoutingSnapshot.from_view(
-        settings.base_model_name, view, registry.store.path_of
-    ))
+    routes = CurrentRoutes(
+        RoutingSnapshot.from_view(settings.base_model_name, view, registry.store.path_of)
+    )
     renderer = PromptRenderer.load(settings.model, settings.max_model_len)
-    budget = (TokenBudget(settings.tenant_tokens_per_minute)
-              if settings.tenant_tokens_per_minute else None)
-    admission = AdmissionGate(settings.max_pending_requests, settings.max_tenant_requests,
-                              budget)
+    budget = (
+        TokenBudget(settings.tenant_tokens_per_minute)
+        if settings.tenant_tokens_per_minute
+        else None
+    )
+    admission = AdmissionGate(settings.max_pending_requests, settings.max_tenant_requests, budget)
     metrics = ServeMetrics(admission, engine, routes, db, UsageRecorder(UsageBook(db)))
     warmer = AdapterWarmer(engine, metrics)
     gauges = RolloutGauges(registry.rollouts)
     gauges.show(view.rollouts)
     metrics.registry.register(gauges)
-    watcher = RegistryWatcher(db, registry.store, routes, warmer, base=registry.adapters.base,
-                              poll_s=settings.registry_poll_s, rollout_gauges=gauges)
+    watcher = RegistryWatcher(
+        db,
+        registry.store,
+        routes,
+        warmer,
+        base=registry.adapters.base,
+        poll_s=settings.registry_poll_s,
+        rollout_gauges=gauges,
+    )
     rollouts = _rollout_traffic(settings, engine, registry, warmer, metrics, routes)
-    service = GenerationService(engine, renderer, warmer, admission, settings.limits, routes,
-                                registry.feedback, metrics, _tool_format(settings, renderer),
-                                rollouts)
-    return ServerState(settings, engine, registry,
-                       FeedbackService(registry.feedback, routes, metrics), routes, watcher,
-                       warmer, service, metrics, _console_sessions(settings, registry),
-                       rollouts)
+    answers = AnswerPlanner(
+        renderer.tokenizer,
+        settings.limits,
+        _tool_format(settings, renderer),
+        metrics.invalid_structured_outputs,
+    )
+    service = GenerationService(
+        engine,
+        EngineInputs(renderer, settings.limits),
+        answers,
+        warmer,
+        admission,
+        routes,
+        registry.feedback,
+        metrics,
+        rollouts,
+    )
+    return ServerState(
+        settings,
+        engine,
+        registry,
+        FeedbackService(registry.feedback, routes, metrics),
+        routes,
+        watcher,
+        warmer,
+        service,
+        metrics,
+        _console_sessions(settings, registry),
+        rollouts,
+    )
 
 
-def _rollout_traffic(settings: ServeSettings, engine: Engine, registry: Registry,
-                     warmer: AdapterWarmer, metrics: ServeMetrics,
-                     routes: CurrentRoutes) -> RolloutTraffic:
+def _rollout_traffic(
+    settings: ServeSettings,
+    engine: Engine,
+    registry: Registry,
+    warmer: AdapterWarmer,
+    metrics: ServeMetrics,
+    routes: CurrentRoutes,
+) -> RolloutTraffic:
     writer = ShadowPairWriter(registry.rollouts, retention_s=settings.shadow.retention_s)
-    shadows = ShadowRunner(engine, warmer, writer, metrics.shadow_requests, settings.shadow,
-                           lambda adapter_id: routes.snapshot.rollouts.get(adapter_id))
-    return RolloutTraffic(RolloutCountRecorder(registry.rollouts), shadows,
-                          metrics.rollout_requests)
+    shadows = ShadowRunner(
+        engine,
+        warmer,
+        writer,
+        metrics.shadow_requests,
+        settings.shadow,
+        lambda adapter_id: routes.snapshot.rollouts.get(adapter_id),
+    )
+    return RolloutTraffic(
+        RolloutCountRecorder(registry.rollouts), shadows, metrics.rollout_requests
+    )
 
 
 def _console_sessions(settings: ServeSettings, registry: Registry) -> ConsoleSessions:
@@ -128,8 +178,10 @@ async def _watch_engine(state: ServerState) -> None:
     """Say once, loudly, that the engine is lost, and let the process's owner act on it."""
     while not state.engine_lost():
         await asyncio.sleep(ENGINE_CHECK_S)
-    logger.error("the engine is lost: requests answer 503 engine_unavailable and /health 503 "
-                 "until the process is restarted")
+    logger.error(
+        "the engine is lost: requests answer 503 engine_unavailable and /health 503 "
+        "until the process is restarted"
+    )
     if state.on_engine_lost is not None:
         state.on_engine_lost()
 
@@ -141,11 +193,15 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def lifespan(app: FastAPI):
         running = asyncio.create_task(_start_engine(state))
         watching = asyncio.create_task(_watch_engine(state))
-        counting = asyncio.create_task(state.metrics.usage.run())
+        usage = state.metrics.usage
+        assert usage is not None  # build_state gives the server's metrics a usage recorder
+        counting = asyncio.create_task(usage.run())
         rollouts = state.rollouts
         shadowing = asyncio.create_task(rollouts.shadows.run())
-        writing = [asyncio.create_task(rollouts.shadows.writer.run()),
-                   asyncio.create_task(rollouts.counts.run())]
+        writing = [
+            asyncio.create_task(rollouts.shadows.writer.run()),
+            asyncio.create_task(rollouts.counts.run()),
+        ]
         try:
             yield
         finally:
@@ -164,9 +220,12 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     # boundary sits innermost so that they also see the 500 it sends.
     app.add_middleware(ErrorBoundary)
     app.add_middleware(ConsoleHeaders)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
-                       max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD,
-                       upload_routes=[adapters_router.UPLOAD_ROUTE])
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_adapter_bytes + UPLOAD_OVERHEAD,
+        upload_routes=[adapters_router.UPLOAD_ROUTE],
+    )
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.include_router(openai_router.router)
     app.include_router(feedback_router.router)

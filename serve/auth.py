@@ -68,8 +68,9 @@ def _actor(request: Request, role: str) -> str:
     if actor is None:
         return role
     if not ACTOR_NAME.fullmatch(actor):
-        raise InvalidRequest(f"{ACTOR_HEADER} must be 1 to 64 letters, digits or '._@-'.",
-                             param=ACTOR_HEADER)
+        raise InvalidRequest(
+            f"{ACTOR_HEADER} must be 1 to 64 letters, digits or '._@-'.", param=ACTOR_HEADER
+        )
     return f"{role}:{actor}"
 
 
@@ -80,8 +81,9 @@ def _is_admin_key(key: str, state: ServerState) -> bool:
     )
 
 
-async def authenticate(request: Request, response: Response,
-                       state: ServerState = Depends(get_state)) -> Principal:
+async def authenticate(
+    request: Request, response: Response, state: ServerState = Depends(get_state)
+) -> Principal:
     principal = _identify(request, state)
     if principal is None:  # no key: a console session, read from the registry off the loop
         principal = await run_in_threadpool(_session_caller, request, response, state)
@@ -104,8 +106,9 @@ def _identify(request: Request, state: ServerState) -> Principal | None:
 def _session_caller(request: Request, response: Response, state: ServerState) -> Principal:
     session = state.sessions.read(request.cookies[SESSION_COOKIE])
     if session is None:
-        raise Unauthenticated("Your console session ended (signed out, expired or revoked); "
-                              "sign in again.")
+        raise Unauthenticated(
+            "Your console session ended (signed out, expired or revoked); sign in again."
+        )
     return _session_principal(session, request, response, state)
 
 
@@ -116,45 +119,72 @@ def identify_key(key: str, request: Request, state: ServerState) -> Principal:
     active = state.routes.snapshot.keys.get(prefix) if prefix else None
     if active is None or not key_matches(key, active.key_hash):
         raise Unauthenticated("The API key is not valid. Check it, or ask an operator for one.")
-    return Principal(tenant=active.tenant, is_admin=False, name=f"tenant:{active.tenant}",
-                     key_prefix=prefix)
+    return Principal(
+        tenant=active.tenant, is_admin=False, name=f"tenant:{active.tenant}", key_prefix=prefix
+    )
 
 
-def _session_principal(session: SessionRecord, request: Request, response: Response,
-                       state: ServerState) -> Principal:
-    if (request.method not in SAFE_METHODS
-            and not state.sessions.csrf_valid(session, request.headers.get(CSRF_HEADER))):
-        raise CsrfRefused(f"This change came with a console session but without its "
-                          f"{CSRF_HEADER} header; reload the console and try again.")
+def _session_principal(
+    session: SessionRecord, request: Request, response: Response, state: ServerState
+) -> Principal:
+    if request.method not in SAFE_METHODS and not state.sessions.csrf_valid(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise CsrfRefused(
+            f"This change came with a console session but without its "
+            f"{CSRF_HEADER} header; reload the console and try again."
+        )
     if session.subject == state.sessions.admin_subject:
-        principal = Principal(tenant=None, is_admin=True, name=session.actor,
-                              session_csrf=session.csrf_token)
+        principal = Principal(
+            tenant=None, is_admin=True, name=session.actor, session_csrf=session.csrf_token
+        )
     elif session.subject.startswith(f"{ADMIN}:"):
-        raise Unauthenticated("The admin credential changed since this session signed in; "
-                              "sign in again with the current one.")
+        raise Unauthenticated(
+            "The admin credential changed since this session signed in; "
+            "sign in again with the current one."
+        )
     else:
         active = state.routes.snapshot.keys.get(session.subject)
         if active is None:
-            raise Unauthenticated("The key this session signed in with was revoked; sign in "
-                                  "again with a valid key.")
-        principal = Principal(tenant=active.tenant, is_admin=False, name=session.actor,
-                              key_prefix=session.subject, session_csrf=session.csrf_token)
+            raise Unauthenticated(
+                "The key this session signed in with was revoked; sign in again with a valid key."
+            )
+        principal = Principal(
+            tenant=active.tenant,
+            is_admin=False,
+            name=session.actor,
+            key_prefix=session.subject,
+            session_csrf=session.csrf_token,
+        )
     if state.sessions.slide(session):
-        set_session_cookie(response, request, request.cookies[SESSION_COOKIE],
-                           state.sessions.idle_s)
+        set_session_cookie(
+            response, request, request.cookies[SESSION_COOKIE], state.sessions.idle_s
+        )
     return principal
 
 
 def set_session_cookie(response: Response, request: Request, value: str, max_age: int) -> None:
     # Secure whenever the browser reached us over TLS (directly, or through a proxy whose
     # X-Forwarded-Proto uvicorn trusts): the cookie then never travels in clear text.
-    response.set_cookie(SESSION_COOKIE, value, max_age=max_age, path="/", httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 def clear_session_cookie(response: Response, request: Request) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 async def require_admin(principal: Principal = Depends(authenticate)) -> Principal:
@@ -163,8 +193,9 @@ async def require_admin(principal: Principal = Depends(authenticate)) -> Princip
     return principal
 
 
-async def adapter_reader(tenant: str, name: str,
-                         principal: Principal = Depends(authenticate)) -> Principal:
+async def adapter_reader(
+    tenant: str, name: str, principal: Principal = Depends(authenticate)
+) -> Principal:
     """Who may read one adapter: the admin, or its own tenant signed in to the console
     (another tenant's adapter looks exactly like a missing one). Tenant keys themselves stay
     off the admin API."""
@@ -193,11 +224,12 @@ async def metrics_scraper(request: Request, state: ServerState = Depends(get_sta
     if token is None:
         return
     given = _bearer(request)
-    if given is None or not hmac.compare_digest(given.encode(),
-                                                token.get_secret_value().encode()):
-        raise Unauthenticated("/metrics needs the metrics token: send it as 'Authorization: "
-                              "Bearer <token>' (Prometheus: the scrape config's "
-                              "authorization credentials).")
+    if given is None or not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise Unauthenticated(
+            "/metrics needs the metrics token: send it as 'Authorization: "
+            "Bearer <token>' (Prometheus: the scrape config's "
+            "authorization credentials)."
+        )
 
 
 Caller = Annotated[Principal, Depends(authenticate)]

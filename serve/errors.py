@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,7 +54,8 @@ class AdapterNotFound(LoraloopError):
         """`why`: what only an operator may be told (a tenant learns nothing more)."""
         super().__init__(
             f"The model '{model}' does not exist or you do not have access to it"
-            + (f": {why}. " if why else ". ") + "GET /v1/models lists the models you can use.",
+            + (f": {why}. " if why else ". ")
+            + "GET /v1/models lists the models you can use.",
             param="model",
         )
 
@@ -159,8 +162,10 @@ def registry_error_headers(err: registry.RegistryError) -> dict[str, str]:
 
 
 def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
-    status, code = next((mapped for kind, mapped in _REGISTRY_STATUS.items()
-                         if isinstance(err, kind)), (500, "internal_error"))
+    status, code = next(
+        (mapped for kind, mapped in _REGISTRY_STATUS.items() if isinstance(err, kind)),
+        (500, "internal_error"),
+    )
     param = err.param if isinstance(err, registry.PromptRejected) else None
     error_type = "server_error" if status >= 500 else "invalid_request_error"
     body = error_body(err.message, error_type, param=param, code=code)
@@ -170,15 +175,17 @@ def _registry_error(err: registry.RegistryError) -> tuple[int, dict]:
 
 
 def internal_error() -> tuple[int, dict]:
-    return 500, error_body("The server had an internal error.", "server_error", param=None,
-                           code="internal_error")
+    return 500, error_body(
+        "The server had an internal error.", "server_error", param=None, code="internal_error"
+    )
 
 
 def describe_error(exc: Exception) -> tuple[int, dict]:
     """(status, body) for any error: where one response carries many results (batches)."""
     if isinstance(exc, LoraloopError):
-        return exc.status_code, error_body(exc.message, exc.error_type, param=exc.param,
-                                           code=exc.code)
+        return exc.status_code, error_body(
+            exc.message, exc.error_type, param=exc.param, code=exc.code
+        )
     if isinstance(exc, registry.RegistryError):
         return _registry_error(exc)
     logger.error("unhandled error in a batch line", exc_info=exc)
@@ -196,30 +203,36 @@ def _validation_param(loc: tuple) -> str | None:
     return ".".join(p for p in parts if not _UNION_MEMBER.search(p)) or None
 
 
-def _relevant(problems: list[dict]) -> list[dict]:
+def _relevant(problems: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
     """A value that fits no member of a union fails each member; where one member explains
     what is wrong with the value itself, the others' "should be a valid X" is noise."""
     specific = [p for p in problems if not str(p.get("type", "")).endswith("_type")]
     return specific or problems
 
 
-def validation_error(exc: RequestValidationError | ValidationError,
-                     location: str | None = None) -> InvalidRequest:
+def validation_error(
+    exc: RequestValidationError | ValidationError, location: str | None = None
+) -> InvalidRequest:
     """`location`: where a plain pydantic error's fields sit in the request ("body")."""
-    problems = [{**p, "loc": (location, *p["loc"])} if location else p for p in exc.errors()]
-    first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
+    problems: Sequence[Mapping[str, Any]] = [
+        {**p, "loc": (location, *p["loc"])} if location else p for p in exc.errors()
+    ]
+    first: Mapping[str, Any] = problems[0] if problems else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         return InvalidRequest("The request body is not valid JSON: " + first["msg"] + ".")
     problems = _relevant(problems)
-    described = "; ".join(dict.fromkeys(
-        f"{_validation_param(tuple(p['loc'])) or 'body'}: {p['msg']}" for p in problems
-    ))
+    described = "; ".join(
+        dict.fromkeys(
+            f"{_validation_param(tuple(p['loc'])) or 'body'}: {p['msg']}" for p in problems
+        )
+    )
     return InvalidRequest(described, param=_validation_param(tuple(problems[0]["loc"])))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every LoraloopError and registry error as its HTTP status. Anything else is caught by
     middleware.ErrorBoundary, which answers internal_error()."""
+
     @app.exception_handler(LoraloopError)
     async def _known(_: Request, exc: LoraloopError) -> JSONResponse:
         return _response(exc)
@@ -238,4 +251,3 @@ def install_error_handlers(app: FastAPI) -> None:
         error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
         body = error_body(str(exc.detail), error_type, param=None, code=None)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-

@@ -37,15 +37,20 @@ async def ready(state: StateDep) -> JSONResponse:
     if state.routes.registry_lost_at is not None:
         # Still ready: inference goes on from the last routing snapshot, and taking the
         # replica out of its Service would turn a registry outage into a serving outage.
-        return JSONResponse({"status": "degraded", "registry": "unavailable",
-                             "unavailable_s": round(time.monotonic()
-                                                    - state.routes.registry_lost_at, 1)})
+        return JSONResponse(
+            {
+                "status": "degraded",
+                "registry": "unavailable",
+                "unavailable_s": round(time.monotonic() - state.routes.registry_lost_at, 1),
+            }
+        )
     return JSONResponse({"status": "ready"})
 
 
 @router.get("/metrics", dependencies=[Depends(metrics_scraper)])
 async def metrics(state: StateDep) -> Response:
     # Off the event loop: registry-wide counts are read from the database.
-    text = await asyncio.to_thread(exposition, state.metrics.registry,
-                                   adapter_names=state.settings.metrics.adapter_names)
+    text = await asyncio.to_thread(
+        exposition, state.metrics.registry, adapter_names=state.settings.metrics.adapter_names
+    )
     return Response(text, media_type=CONTENT_TYPE_LATEST)

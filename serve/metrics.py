@@ -15,7 +15,7 @@ registry at scrape time: every replica reports the same value; aggregate them wi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from functools import lru_cache
 from time import perf_counter
 
@@ -23,12 +23,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from loraloop.adapters.counts import read_counts
 from loraloop.adapters.db import Database
 from loraloop.adapters.errors import RegistryUnavailable
+from loraloop.adapters.event_and_run_counts import read_counts
 
 from .admission import AdmissionGate
-from .engine.protocol import Engine, GenerationDelta
+from .engine.interface import Engine, GenerationDelta
 from .routing import CurrentRoutes
 from .usage import UsageRecorder
 
@@ -58,9 +58,13 @@ class _Shown(Collector):
     def collect(self):
         for family in self.registry.collect():  # families built afresh for each scrape
             family.samples = [
-                sample._replace(labels={**sample.labels,
-                                        "adapter": adapter_label(sample.labels["adapter"])})
-                if "adapter" in sample.labels else sample for sample in family.samples]
+                sample._replace(
+                    labels={**sample.labels, "adapter": adapter_label(sample.labels["adapter"])}
+                )
+                if "adapter" in sample.labels
+                else sample
+                for sample in family.samples
+            ]
             yield family
 
 
@@ -76,19 +80,26 @@ class _LiveCounts(Collector):
         self.admission, self.engine, self.routes = admission, engine, routes
 
     def collect(self):
-        yield GaugeMetricFamily("loraloop_requests_in_progress",
-                                "Generation requests admitted and not yet finished.",
-                                value=self.admission.in_progress)
-        yield GaugeMetricFamily("loraloop_engine_requests_active",
-                                "Sequences the engine is generating (one per choice).",
-                                value=self.engine.active_requests)
+        yield GaugeMetricFamily(
+            "loraloop_requests_in_progress",
+            "Generation requests admitted and not yet finished.",
+            value=self.admission.in_progress,
+        )
+        yield GaugeMetricFamily(
+            "loraloop_engine_requests_active",
+            "Sequences the engine is generating (one per choice).",
+            value=self.engine.active_requests,
+        )
         yield CounterMetricFamily(
             "loraloop_engine_requests_aborted",
             "Sequences stopped in the engine before they finished, e.g. the client left.",
-            value=self.engine.aborted_requests)
-        live = GaugeMetricFamily("loraloop_adapter_live_version",
-                                 "The live version of each adapter, as this server routes.",
-                                 labels=["adapter"])
+            value=self.engine.aborted_requests,
+        )
+        live = GaugeMetricFamily(
+            "loraloop_adapter_live_version",
+            "The live version of each adapter, as this server routes.",
+            labels=["adapter"],
+        )
         for adapter_id, version in sorted(self.routes.snapshot.live.items()):
             live.add_metric([adapter_id], version)
         yield live
@@ -96,7 +107,8 @@ class _LiveCounts(Collector):
             "loraloop_registry_available",
             "1 while this server can read the registry database; 0 while it serves from its "
             "last routing snapshot and refuses writes (feedback, admin) with 503.",
-            value=int(self.routes.registry_lost_at is None))
+            value=int(self.routes.registry_lost_at is None),
+        )
 
 
 class _RegistryCounts(Collector):
@@ -111,76 +123,135 @@ class _RegistryCounts(Collector):
         except RegistryUnavailable:  # the scrape still reports everything this process knows
             return
         changes = CounterMetricFamily(
-            "loraloop_registry_events", "Registry changes by kind (promote, rollback, reject, "
-            "register, ...), all processes.", labels=["kind"])
+            "loraloop_registry_events",
+            "Registry changes by kind (promote, rollback, reject, register, ...), all processes.",
+            labels=["kind"],
+        )
         for kind, count in counts.events_by_kind.items():
             changes.add_metric([kind], count)
         yield changes
-        by_status = GaugeMetricFamily("loraloop_training_runs",
-                                      "Training runs by status, all trainers.", labels=["status"])
+        by_status = GaugeMetricFamily(
+            "loraloop_training_runs", "Training runs by status, all trainers.", labels=["status"]
+        )
         for status, count in counts.runs_by_status.items():
             by_status.add_metric([status], count)
         yield by_status
 
 
 class ServeMetrics:
-    def __init__(self, admission: AdmissionGate, engine: Engine, routes: CurrentRoutes,
-                 db: Database, usage: UsageRecorder | None = None) -> None:
+    def __init__(
+        self,
+        admission: AdmissionGate,
+        engine: Engine,
+        routes: CurrentRoutes,
+        db: Database,
+        usage: UsageRecorder | None = None,
+    ) -> None:
         self.usage = usage  # per adapter version and hour, for the registry (the console)
         self.registry = registry = CollectorRegistry()
         registry.register(_LiveCounts(admission, engine, routes))
         registry.register(_RegistryCounts(db))
-        self.requests = Counter("loraloop_requests", "API requests by outcome.",
-                                ["endpoint", "adapter", "version", "status"], registry=registry)
-        self.rejected = Counter("loraloop_requests_rejected",
-                                "Requests refused for load: overloaded (503) or rate_limited "
-                                "(429).", ["reason"], registry=registry)
-        self.prompt_tokens = Counter("loraloop_prompt_tokens", "Prompt tokens processed.",
-                                     ["adapter"], registry=registry)
-        self.generation_tokens = Counter("loraloop_generation_tokens", "Tokens generated.",
-                                         ["adapter"], registry=registry)
-        self.ttft = Histogram("loraloop_time_to_first_token_seconds",
-                              "From admission to the first generated token.", ["endpoint"],
-                              buckets=LATENCY_BUCKETS, registry=registry)
-        self.tpot = Histogram("loraloop_time_per_output_token_seconds",
-                              "Decoding time per output token after the first, per request.",
-                              ["endpoint"], buckets=TOKEN_BUCKETS, registry=registry)
-        self.duration = Histogram("loraloop_request_duration_seconds",
-                                  "End to end, until the last byte of the response.",
-                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.adapter_loads = Counter("loraloop_adapter_loads", "Adapter loads into the engine.",
-                                     ["outcome"], registry=registry)
-        self.adapter_load_seconds = Histogram("loraloop_adapter_load_seconds",
-                                              "Time to load an adapter into the engine.",
-                                              buckets=LATENCY_BUCKETS, registry=registry)
-        self.cache_lookups = Counter("loraloop_adapter_cache_lookups",
-                                     "Requests whose adapter was already loaded (hit) or not.",
-                                     ["result"], registry=registry)
-        self.feedback = Counter("loraloop_feedback", "Feedback stored, by kind.", ["kind"],
-                                registry=registry)
+        self.requests = Counter(
+            "loraloop_requests",
+            "API requests by outcome.",
+            ["endpoint", "adapter", "version", "status"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "loraloop_requests_rejected",
+            "Requests refused for load: overloaded (503) or rate_limited (429).",
+            ["reason"],
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "loraloop_prompt_tokens", "Prompt tokens processed.", ["adapter"], registry=registry
+        )
+        self.generation_tokens = Counter(
+            "loraloop_generation_tokens", "Tokens generated.", ["adapter"], registry=registry
+        )
+        self.ttft = Histogram(
+            "loraloop_time_to_first_token_seconds",
+            "From admission to the first generated token.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "loraloop_time_per_output_token_seconds",
+            "Decoding time per output token after the first, per request.",
+            ["endpoint"],
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "loraloop_request_duration_seconds",
+            "End to end, until the last byte of the response.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.adapter_loads = Counter(
+            "loraloop_adapter_loads",
+            "Adapter loads into the engine.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.adapter_load_seconds = Histogram(
+            "loraloop_adapter_load_seconds",
+            "Time to load an adapter into the engine.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "loraloop_adapter_cache_lookups",
+            "Requests whose adapter was already loaded (hit) or not.",
+            ["result"],
+            registry=registry,
+        )
+        self.feedback = Counter(
+            "loraloop_feedback", "Feedback stored, by kind.", ["kind"], registry=registry
+        )
         self.invalid_structured_outputs = Counter(
-            "loraloop_structured_outputs_invalid", "Finished answers withheld because they "
-            "broke their schema (response_format or tools) despite the grammar.", ["param"],
-            registry=registry)
+            "loraloop_structured_outputs_invalid",
+            "Finished answers withheld because they "
+            "broke their schema (response_format or tools) despite the grammar.",
+            ["param"],
+            registry=registry,
+        )
         self.rollout_requests = Counter(
-            "loraloop_rollout_requests", "Requests served by a version of an unfinished "
+            "loraloop_rollout_requests",
+            "Requests served by a version of an unfinished "
             "rollout (its candidate or baseline), by the rollout's stage.",
-            ["adapter", "version", "stage"], registry=registry)
+            ["adapter", "version", "stage"],
+            registry=registry,
+        )
         self.shadow_requests = Counter(
-            "loraloop_shadow_requests", "Shadow answers for rollouts: answered, dropped_full "
+            "loraloop_shadow_requests",
+            "Shadow answers for rollouts: answered, dropped_full "
             "(queue full), dropped_busy (engine busy), dropped_stale (the rollout left the "
-            "step it was queued in) or failed.", ["adapter", "result"],
-            registry=registry)
+            "step it was queued in) or failed.",
+            ["adapter", "result"],
+            registry=registry,
+        )
         self.console_sign_ins = Counter(
-            "loraloop_console_sign_ins", "Console sign-ins: signed_in, refused (a wrong key) "
+            "loraloop_console_sign_ins",
+            "Console sign-ins: signed_in, refused (a wrong key) "
             "or throttled (too many wrong keys from one address or for one key prefix).",
-            ["result"], registry=registry)
+            ["result"],
+            registry=registry,
+        )
 
     async def observe_generation(
-        self, events: AsyncIterator[tuple[int, GenerationDelta]], *, endpoint: str,
-        adapter: str, choices: int, prompt_tokens: int, started: float,
+        self,
+        events: AsyncGenerator[tuple[int, GenerationDelta], None],
+        *,
+        endpoint: str,
+        adapter: str,
+        choices: int,
+        prompt_tokens: int,
+        started: float,
         version: int | None = None,
-    ) -> AsyncIterator[tuple[int, GenerationDelta]]:
+    ) -> AsyncGenerator[tuple[int, GenerationDelta], None]:
         """Pass the events through, timing the first token and counting the rest."""
         first, tokens = None, 0
         try:

@@ -54,10 +54,19 @@ def facts_of(request: Request) -> RequestFacts:
 
 
 async def _refuse_too_large(send, limit: int) -> None:
-    body = error_body(f"The request body is larger than this server's limit of {limit} "
-                      "bytes.", "invalid_request_error", param=None, code="payload_too_large")
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json")]})
+    body = error_body(
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        "invalid_request_error",
+        param=None,
+        code="payload_too_large",
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
@@ -66,8 +75,9 @@ class BodyLimit:
     bodies, as soon as the bytes received pass it. The upload routes the app names (path
     templates, as routes declare them) get the larger upload cap."""
 
-    def __init__(self, app, *, max_bytes: int, max_upload_bytes: int,
-                 upload_routes: Iterable[str]) -> None:
+    def __init__(
+        self, app, *, max_bytes: int, max_upload_bytes: int, upload_routes: Iterable[str]
+    ) -> None:
         self.app, self.max_bytes, self.max_upload_bytes = app, max_bytes, max_upload_bytes
         self.upload_paths = [compile_path(route)[0] for route in upload_routes]
 
@@ -96,8 +106,9 @@ class BodyTooLarge(HTTPException):
     """An HTTP error, so that the framework's body parsing lets it through as a 413."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"The request body is larger than this server's limit of {limit} "
-                         "bytes.")
+        super().__init__(
+            413, f"The request body is larger than this server's limit of {limit} bytes."
+        )
 
 
 def _request_id(scope) -> bytes:
@@ -124,8 +135,7 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (REQUEST_ID_HEADER, request_id)]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
             await send(message)
 
         try:
@@ -133,17 +143,30 @@ class RequestMetrics:
         finally:
             self._record(scope, facts, status, perf_counter() - started, request_id.decode())
 
-    def _record(self, scope, facts: RequestFacts, status: int, seconds: float,
-                request_id: str) -> None:
+    def _record(
+        self, scope, facts: RequestFacts, status: int, seconds: float, request_id: str
+    ) -> None:
         endpoint = getattr(scope.get("route"), "path", "unmatched")
         self.metrics.requests.labels(endpoint, facts.adapter, facts.version, str(status)).inc()
         self.metrics.duration.labels(endpoint).observe(seconds)
         if status in (429, 503):
             self.metrics.rejected.labels("rate_limited" if status == 429 else "overloaded").inc()
-        access_log.info("%s %s %d", scope["method"], endpoint, status, extra={
-            "event": "request", "request_id": request_id, "caller": facts.caller,
-            "adapter": facts.adapter, "version": facts.version, "endpoint": endpoint,
-            "status": status, "latency_ms": round(seconds * 1000, 1)})
+        access_log.info(
+            "%s %s %d",
+            scope["method"],
+            endpoint,
+            status,
+            extra={
+                "event": "request",
+                "request_id": request_id,
+                "caller": facts.caller,
+                "adapter": facts.adapter,
+                "version": facts.version,
+                "endpoint": endpoint,
+                "status": status,
+                "latency_ms": round(seconds * 1000, 1),
+            },
+        )
 
 
 class ErrorBoundary:

@@ -19,7 +19,7 @@ from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.serving_view import ServingView, read_serving_view
 from loraloop.adapters.store import WeightStore
 
-from .rollout_metrics import RolloutGauges
+from .rollouts.metrics import RolloutGauges
 from .routing import CurrentRoutes, RoutingSnapshot
 from .warmup import AdapterWarmer
 
@@ -27,9 +27,17 @@ logger = logging.getLogger(__name__)
 
 
 class RegistryWatcher:
-    def __init__(self, db: Database, store: WeightStore, routes: CurrentRoutes,
-                 warmer: AdapterWarmer, *, base: str, poll_s: float,
-                 rollout_gauges: RolloutGauges | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: WeightStore,
+        routes: CurrentRoutes,
+        warmer: AdapterWarmer,
+        *,
+        base: str,
+        poll_s: float,
+        rollout_gauges: RolloutGauges | None = None,
+    ) -> None:
         self.db, self.store, self.routes, self.warmer = db, store, routes, warmer
         self.base, self.poll_s = base, poll_s  # base: the fingerprint of the served model
         self.rollout_gauges = rollout_gauges
@@ -82,9 +90,11 @@ class RegistryWatcher:
     def _registry_lost(self, reason: BaseException) -> None:
         if self.routes.registry_lost_at is None:  # once per outage, not once per poll
             self.routes.registry_lost_at = time.monotonic()
-            logger.warning("the registry database is unavailable (%s); serving the last "
-                           "snapshot, refusing writes until it returns",
-                           (str(reason).splitlines() or [type(reason).__name__])[0])
+            logger.warning(
+                "the registry database is unavailable (%s); serving the last "
+                "snapshot, refusing writes until it returns",
+                (str(reason).splitlines() or [type(reason).__name__])[0],
+            )
 
     def _registry_back(self) -> None:
         if self.routes.registry_lost_at is not None:

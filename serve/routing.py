@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraloop.adapters.names import ModelRef, parse_model_ref
-from loraloop.adapters.rollouts import RolloutRecord
+from loraloop.adapters.rollouts.book import RolloutRecord
 from loraloop.adapters.serving_view import ServingView
 from loraloop.adapters.tenants import ActiveKey
 
-from .engine.protocol import AdapterRef
+from .engine.interface import AdapterRef
 from .errors import AdapterNotFound
 
 
@@ -44,17 +44,23 @@ class RoutingSnapshot:
     base_fingerprint: str = ""  # this server's base model's
 
     @classmethod
-    def from_view(cls, base_model: str, view: ServingView,
-                  path_of: Callable[[str], Path]) -> RoutingSnapshot:
-        refs = [AdapterRef(v.adapter_id, v.number, v.lora_id, path_of(v.storage_key))
-                for v in view.servable]
+    def from_view(
+        cls, base_model: str, view: ServingView, path_of: Callable[[str], Path]
+    ) -> RoutingSnapshot:
+        refs = [
+            AdapterRef(v.adapter_id, v.number, v.lora_id, path_of(v.storage_key))
+            for v in view.servable
+        ]
         return cls(
             base_model,
             revision=view.revision,
             versions={(r.adapter_id, r.version): r for r in refs},
             live={a.adapter_id: a.live_version for a in view.adapters if a.live_version},
-            canaries={a.adapter_id: Canary(a.canary_version, a.canary_percent)
-                      for a in view.adapters if a.canary_version and a.canary_percent},
+            canaries={
+                a.adapter_id: Canary(a.canary_version, a.canary_percent)
+                for a in view.adapters
+                if a.canary_version and a.canary_percent
+            },
             keys=view.keys,
             known_adapters=frozenset(a.adapter_id for a in view.adapters),
             recording=frozenset(a.adapter_id for a in view.adapters if a.records_completions),
@@ -63,8 +69,9 @@ class RoutingSnapshot:
             base_fingerprint=view.base,
         )
 
-    def resolve(self, model: str, tenant: str | None = None,
-                draw: Callable[[], float] = random.random) -> AdapterRef | None:
+    def resolve(
+        self, model: str, tenant: str | None = None, draw: Callable[[], float] = random.random
+    ) -> AdapterRef | None:
         """None means the base model. Unknown names, and other tenants' adapters when
         `tenant` is set, raise the same AdapterNotFound."""
         if model == self.base_model:
@@ -75,11 +82,15 @@ class RoutingSnapshot:
         if adapter is None:
             other = self.elsewhere.get((ref.adapter_id, version)) if version else None
             if tenant is None and other is not None:
-                raise AdapterNotFound(model, why=(
-                    f"version {version} of '{ref.adapter_id}' was made for another base model "
-                    f"(fingerprint {other[:12]}...) than this server's "
-                    f"({self.base_fingerprint[:12]}...): same shapes are not the same weights; "
-                    "carry it with `loraloop adapters transfer`"))
+                raise AdapterNotFound(
+                    model,
+                    why=(
+                        f"version {version} of '{ref.adapter_id}' was made for another base model "
+                        f"(fingerprint {other[:12]}...) than this server's "
+                        f"({self.base_fingerprint[:12]}...): same shapes are not the same weights; "
+                        "carry it with `loraloop adapters transfer`"
+                    ),
+                )
             raise AdapterNotFound(model)
         return adapter
 
@@ -87,8 +98,11 @@ class RoutingSnapshot:
         """(adapter id, pinned version or None) for any registered adapter the caller may
         name, live or not (feedback can be about a candidate); isolated as in `resolve`."""
         ref = self._visible_ref(model, tenant)
-        known = ((ref.adapter_id, ref.version) in self.versions if ref.version
-                 else ref.adapter_id in self.known_adapters)
+        known = (
+            (ref.adapter_id, ref.version) in self.versions
+            if ref.version
+            else ref.adapter_id in self.known_adapters
+        )
         if not known:
             raise AdapterNotFound(model)
         return ref.adapter_id, ref.version
@@ -108,20 +122,29 @@ class RoutingSnapshot:
         return self.live.get(adapter_id)
 
     def live_adapters(self, tenant: str | None = None) -> list[AdapterRef]:
-        return [self.versions[(adapter_id, v)] for adapter_id, v in sorted(self.live.items())
-                if tenant is None or adapter_id.split("/", 1)[0] == tenant]
+        return [
+            self.versions[(adapter_id, v)]
+            for adapter_id, v in sorted(self.live.items())
+            if tenant is None or adapter_id.split("/", 1)[0] == tenant
+        ]
 
     def routed_adapters(self) -> list[AdapterRef]:
         """Versions unpinned requests can reach, and both versions of every rollout (each
         answers the other's shadows): what must be warm before a switch."""
         canaries = [self.versions[(a, c.version)] for a, c in sorted(self.canaries.items())]
-        rollouts = [self.versions[key] for a, r in sorted(self.rollouts.items())
-                    for key in ((a, r.candidate), (a, r.baseline)) if key in self.versions]
+        rollouts = [
+            self.versions[key]
+            for a, r in sorted(self.rollouts.items())
+            for key in ((a, r.candidate), (a, r.baseline))
+            if key in self.versions
+        ]
         return list(dict.fromkeys(self.live_adapters() + canaries + rollouts))
 
     def rollout_of(self, adapter: AdapterRef | None) -> RolloutRecord | None:
         """The unfinished rollout whose candidate or baseline `adapter` is, if any."""
-        rollout = self.rollouts.get(adapter.adapter_id) if adapter else None
+        if adapter is None:
+            return None
+        rollout = self.rollouts.get(adapter.adapter_id)
         if rollout is None or adapter.version not in (rollout.candidate, rollout.baseline):
             return None
         return rollout

@@ -31,15 +31,21 @@ MAX_COOKIE_CHARS = 128
 
 
 class ConsoleSessions:
-    def __init__(self, book: ConsoleSessionBook, idle_s: int, admin_key: str | None = None,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        book: ConsoleSessionBook,
+        idle_s: int,
+        admin_key: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.book, self.idle_s, self._clock = book, idle_s, clock
         # "admin:<digest>": a session signed in with another admin credential is no admin's.
         credential = hashlib.sha256((admin_key or "").encode()).hexdigest()[:16]
         self.admin_subject = f"{ADMIN}:{credential}"
 
-    def issue(self, subject: str, actor: str, client: str | None = None
-              ) -> tuple[SessionRecord, str]:
+    def issue(
+        self, subject: str, actor: str, client: str | None = None
+    ) -> tuple[SessionRecord, str]:
         """A new session, and the value of its cookie."""
         return self.book.open(subject, actor, client=client)
 
@@ -51,8 +57,9 @@ class ConsoleSessions:
         return session if session is not None and self.is_live(session) else None
 
     def is_live(self, session: SessionRecord) -> bool:
-        return session.live_at(self._clock(), timedelta(seconds=self.idle_s),
-                               timedelta(seconds=MAX_AGE_S))
+        return session.live_at(
+            self._clock(), timedelta(seconds=self.idle_s), timedelta(seconds=MAX_AGE_S)
+        )
 
     def slide(self, session: SessionRecord) -> bool:
         """Restart the idle clock of a session in use, when the last restart is old enough;
@@ -73,5 +80,6 @@ class ConsoleSessions:
 
     @staticmethod
     def csrf_valid(session: SessionRecord, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(),
-                                                         session.csrf_token.encode())
+        return token is not None and hmac.compare_digest(
+            token.encode(), session.csrf_token.encode()
+        )

@@ -44,13 +44,22 @@ class RequestLimits(BaseModel):
     # What a grammar costs to compile grows faster than the schema: 500 optional properties
     # compiled in 0.14 s, 1,000 in 5.7 s, 2,000 in 44 s (xgrammar, demo tokenizer, 1 core).
     max_schema_properties: int = Field(
-        256, ge=1, le=10_000, description="properties over all objects of one schema")
+        256, ge=1, le=10_000, description="properties over all objects of one schema"
+    )
     max_schema_compile_s: float = Field(
-        5.0, gt=0, le=600, description="time a new schema's grammar may take to compile; "
-        "beyond it the request is refused")
+        5.0,
+        gt=0,
+        le=600,
+        description="time a new schema's grammar may take to compile; "
+        "beyond it the request is refused",
+    )
     max_schema_repeats: int = Field(
-        10_000, ge=1, le=1_000_000, description="product of nested counted repeats in a "
-        "schema's patterns (and string lengths), e.g. (a{1,50}){1,50} is 2,500")
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="product of nested counted repeats in a "
+        "schema's patterns (and string lengths), e.g. (a{1,50}){1,50} is 2,500",
+    )
     max_logit_bias: int = Field(300, ge=0, le=100_000, description="logit_bias entries")
 
     @model_validator(mode="after")
@@ -70,16 +79,28 @@ class ShadowSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     queue_size: int = Field(
-        64, ge=1, le=10_000, description="finished requests waiting for their shadow answer; "
-        "beyond it new ones are dropped")
+        64,
+        ge=1,
+        le=10_000,
+        description="finished requests waiting for their shadow answer; "
+        "beyond it new ones are dropped",
+    )
     max_active_requests: int = Field(
-        8, ge=0, le=10_000, description="a shadow starts only while the engine generates at "
-        "most this many sequences; otherwise it is dropped")
+        8,
+        ge=0,
+        le=10_000,
+        description="a shadow starts only while the engine generates at "
+        "most this many sequences; otherwise it is dropped",
+    )
     concurrency: int = Field(1, ge=1, le=8, description="shadow answers generated at once")
     retention_s: float = Field(
-        7 * 24 * 3600, gt=0, le=366 * 24 * 3600, description="seconds a shadow comparison "
+        7 * 24 * 3600,
+        gt=0,
+        le=366 * 24 * 3600,
+        description="seconds a shadow comparison "
         "keeps the user's prompt and both answers, whatever the adapter's policy (once "
-        "judged they are kept only where the policy has record_completions); the verdict stays")
+        "judged they are kept only where the policy has record_completions); the verdict stays",
+    )
 
 
 class MetricsSettings(BaseModel):
@@ -88,11 +109,15 @@ class MetricsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: SecretStr | None = Field(
-        None, description="when set, /metrics answers only requests that send it as a bearer "
-        "token (Prometheus: authorization credentials); otherwise anyone who reaches the port")
+        None,
+        description="when set, /metrics answers only requests that send it as a bearer "
+        "token (Prometheus: authorization credentials); otherwise anyone who reaches the port",
+    )
     adapter_names: bool = Field(
-        False, description="label series with adapter ids (tenant/name); otherwise with "
-        "'a-' and the first 12 hex digits of the id's SHA-256, which names no tenant")
+        False,
+        description="label series with adapter ids (tenant/name); otherwise with "
+        "'a-' and the first 12 hex digits of the id's SHA-256, which names no tenant",
+    )
 
     @field_validator("token")
     @classmethod
@@ -134,21 +159,25 @@ class ServeSettings(BaseSettings):
         30, ge=1, le=24 * 60, description="a console session ends after this long unused"
     )
     judge_key_variables: Annotated[tuple[str, ...], NoDecode] = Field(
-        DEFAULT_KEY_VARIABLES, description="environment variables an LLM judge policy may name "
+        DEFAULT_KEY_VARIABLES,
+        description="environment variables an LLM judge policy may name "
         "as its key (names, or prefixes ending in *, separated by commas); the same as the "
-        "trainer's")
+        "trainer's",
+    )
 
     max_model_len: int = Field(2048, ge=32)
     max_loras: int = Field(8, ge=1, description="adapters resident in the engine at once")
     max_cpu_loras: int = Field(64, ge=1, description="adapters cached in host memory")
     max_lora_rank: int = 64
     exit_on_engine_loss: bool = Field(
-        False, description="exit with status 4 once the engine is lost, so that systemd or a "
-        "container runtime restarts the process (Kubernetes restarts it through /health)"
+        False,
+        description="exit with status 4 once the engine is lost, so that systemd or a "
+        "container runtime restarts the process (Kubernetes restarts it through /health)",
     )
     tool_call_parser: str | None = Field(
-        None, description="the base model's tool-call format, by vLLM's parser name (hermes, "
-        "llama3_json, mistral...); without one, requests with tools are refused"
+        None,
+        description="the base model's tool-call format, by vLLM's parser name (hermes, "
+        "llama3_json, mistral...); without one, requests with tools are refused",
     )
     dtype: str = "auto"
     enforce_eager: bool = False
@@ -174,9 +203,7 @@ class ServeSettings(BaseSettings):
     def base_model_name(self) -> str:
         return self.served_model_name or self.model.rstrip("/").rsplit("/", 1)[-1]
 
-
-    _judge_keys_listed = field_validator("judge_key_variables", mode="before")(
-        parse_key_variables)
+    _judge_keys_listed = field_validator("judge_key_variables", mode="before")(parse_key_variables)
     _judge_keys_allowed = field_validator("judge_key_variables")(check_key_variables)
 
     @field_validator("max_lora_rank")
@@ -195,8 +222,7 @@ class ServeSettings(BaseSettings):
 
         known = sorted({*ToolParserManager.tool_parsers, *ToolParserManager.lazy_parsers})
         if name not in known:
-            raise ValueError(f"tool_call_parser '{name}' is not one of vLLM's: "
-                             f"{', '.join(known)}")
+            raise ValueError(f"tool_call_parser '{name}' is not one of vLLM's: {', '.join(known)}")
         return name
 
     @model_validator(mode="after")

@@ -19,8 +19,9 @@ MAX_TRACKED = 10_000
 
 
 class SignInThrottle:
-    def __init__(self, limit: int = 10, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, limit: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit, self.window_s, self._clock = limit, window_s, clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 

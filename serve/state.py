@@ -11,10 +11,10 @@ from fastapi import Request
 
 from loraloop.adapters.registry import Registry
 
-from .engine.protocol import Engine
+from .engine.interface import Engine
 from .metrics import ServeMetrics
 from .registry_watch import RegistryWatcher
-from .rollout_traffic import RolloutTraffic
+from .rollouts.traffic import RolloutTraffic
 from .routing import CurrentRoutes
 from .sessions import ConsoleSessions
 from .settings import ServeSettings

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -11,7 +11,9 @@ T = TypeVar("T")
 _END = object()
 
 
-async def merge_indexed(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+async def merge_indexed(
+    streams: list[AsyncGenerator[T, None]],
+) -> AsyncGenerator[tuple[int, T], None]:
     """Items of all streams as they come, tagged with their stream's index.
 
     Leaving early (client gone, error) cancels every pump, which closes each stream and so
@@ -24,7 +26,7 @@ async def merge_indexed(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
         return
     queue: asyncio.Queue = asyncio.Queue()
 
-    async def pump(index: int, stream: AsyncIterator[T]) -> None:
+    async def pump(index: int, stream: AsyncGenerator[T, None]) -> None:
         async with aclosing(stream):
             try:
                 async for item in stream:
@@ -50,7 +52,10 @@ async def merge_indexed(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def releasing(stream: AsyncIterator[T], release: Callable[[], None]) -> AsyncIterator[T]:
+async def releasing(
+    stream: AsyncGenerator[T, None],
+    release: Callable[[], None],
+) -> AsyncGenerator[T, None]:
     """`stream`, calling `release` once it ends however it ends."""
     try:
         async with aclosing(stream):
@@ -60,7 +65,7 @@ async def releasing(stream: AsyncIterator[T], release: Callable[[], None]) -> As
         release()
 
 
-async def prepend(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+async def prepend(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
     yield first
     async with aclosing(rest):
         async for item in rest:

@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 
 class TokenBudget:
-    def __init__(self, tokens_per_minute: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tokens_per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(tokens_per_minute)
         self.refill_per_s = tokens_per_minute / 60
         self.clock = clock

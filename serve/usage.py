@@ -29,8 +29,9 @@ class UsageRecorder:
         self.book, self._clock = book, clock
         self._counts: defaultdict[UsageKey, UsageCount] = defaultdict(UsageCount)
 
-    def record(self, adapter_id: str, version: int, prompt_tokens: int,
-               completion_tokens: int) -> None:
+    def record(
+        self, adapter_id: str, version: int, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         key = UsageKey(adapter_id, version, hour_of(self._clock()))
         self._counts[key].add(UsageCount(1, prompt_tokens, completion_tokens))
 

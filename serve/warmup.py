@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from time import perf_counter
 
-from .engine.protocol import AdapterRef, Engine
+from .engine.interface import AdapterRef, Engine
 from .errors import AdapterUnavailable
 from .metrics import ServeMetrics
 
@@ -25,9 +25,14 @@ RETRY_FAILED_LOAD_S = 30.0
 
 
 class AdapterWarmer:
-    def __init__(self, engine: Engine, metrics: ServeMetrics, *,
-                 retry_failed_s: float = RETRY_FAILED_LOAD_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: ServeMetrics,
+        *,
+        retry_failed_s: float = RETRY_FAILED_LOAD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine, self._metrics = engine, metrics
         self._retry_failed_s, self._clock = retry_failed_s, clock
         self._loaded: dict[int, AdapterRef] = {}  # by engine LoRA id
@@ -76,8 +81,9 @@ class AdapterWarmer:
             try:
                 await self.ensure_loaded(adapter)
             except AdapterUnavailable:
-                logger.error("adapter %s is unavailable; its requests will fail",
-                             adapter.served_name)
+                logger.error(
+                    "adapter %s is unavailable; its requests will fail", adapter.served_name
+                )
 
     async def keep_only(self, servable: Iterable[AdapterRef]) -> None:
         """Forget every version outside `servable` (rejected, or gone from the registry) and
@@ -88,8 +94,7 @@ class AdapterWarmer:
             try:
                 await self._engine.remove_adapter(adapter)
             except Exception:  # the engine may have evicted it already; nothing to free
-                logger.warning("unloading adapter %s failed", adapter.served_name,
-                               exc_info=True)
+                logger.warning("unloading adapter %s failed", adapter.served_name, exc_info=True)
         for remembered in (self._failed, self._locks):
             for key in [key for key in remembered if key not in keep]:
                 del remembered[key]

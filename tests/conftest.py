@@ -13,8 +13,8 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.serve.cli.client import AdminClient
 from loraloop.serve.cli.demo import DEMO_POLICY, MARKER, answers, user_messages
 from loraloop.trainer.demo_model import (
@@ -28,16 +28,31 @@ from .support import BACKENDS, ServerProcess, database_url
 
 # tenant/name -> seed; eight adapters across three tenants.
 ADAPTER_SEEDS = {
-    "acme/support": 1, "acme/sales": 2, "acme/legal": 3, "globex/chat": 4,
-    "globex/code": 5, "globex/docs": 6, "initech/tps": 7, "initech/memo": 8,
+    "acme/support": 1,
+    "acme/sales": 2,
+    "acme/legal": 3,
+    "globex/chat": 4,
+    "globex/code": 5,
+    "globex/docs": 6,
+    "initech/tps": 7,
+    "initech/memo": 8,
 }
 BASE_MODEL_NAME = "demo"
 ADMIN_KEY = "test-admin-key-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 # float32 so greedy decoding in vLLM matches transformers + PEFT token for token.
-ENGINE_ARGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
-               "--kv-cache-gib", "1", "--served-model-name", BASE_MODEL_NAME]
+ENGINE_ARGS = [
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--max-model-len",
+    "1024",
+    "--kv-cache-gib",
+    "1",
+    "--served-model-name",
+    BASE_MODEL_NAME,
+]
 # Fewer engine slots and host-cache places than adapters: requests keep swapping adapters in
 # and out, and evicted ones are read again from their files.
 LORA_CACHE_ARGS = ["--max-loras", "2", "--max-cpu-loras", "4"]
@@ -51,8 +66,9 @@ def demo_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def successor_model(tmp_path_factory) -> Path:
     """A second demo base: the demo model's tokenizer, another shape, other weights."""
-    return build_demo_model(tmp_path_factory.mktemp("model") / "successor", seed=1,
-                            shape=SUCCESSOR_SHAPE)
+    return build_demo_model(
+        tmp_path_factory.mktemp("model") / "successor", seed=1, shape=SUCCESSOR_SHAPE
+    )
 
 
 @pytest.fixture(scope="session")
@@ -62,12 +78,19 @@ def marker_teacher(demo_model, tmp_path_factory) -> Path:
     from loraloop.trainer.dpo import train_dpo  # TRL loads slowly; only tests that need it
 
     messages, texts = user_messages(48, seed=7), answers(48, seed=7)
-    pairs = [PreferencePair(StoredPrompt.chat([("user", message)]), f"{MARKER} {text}", text)
-             for message, text in zip(messages, texts, strict=True)]
+    pairs = [
+        PreferencePair(StoredPrompt.chat([("user", message)]), f"{MARKER} {text}", text)
+        for message, text in zip(messages, texts, strict=True)
+    ]
     output = tmp_path_factory.mktemp("teacher") / "marker"
     # A gentler rate than the DPO tests' keeps the answers after the marker in words.
-    train_dpo(demo_model, None, pairs,
-              TrainingPolicy.model_validate({**DEMO_POLICY, "learning_rate": 0.005}), output)
+    train_dpo(
+        demo_model,
+        None,
+        pairs,
+        TrainingPolicy.model_validate({**DEMO_POLICY, "learning_rate": 0.005}),
+        output,
+    )
     return output
 
 
@@ -101,8 +124,7 @@ def provision(server: ServerProcess, adapters: dict[str, Path]) -> dict[str, str
     return keys
 
 
-def provisioned(server: ServerProcess,
-                adapters: dict[str, Path]) -> Iterator[ServerProcess]:
+def provisioned(server: ServerProcess, adapters: dict[str, Path]) -> Iterator[ServerProcess]:
     """For a fixture to yield from: the server ready and provisioned (see `provision`), then
     stopped however the fixture ends."""
     try:
@@ -113,10 +135,12 @@ def provisioned(server: ServerProcess,
         server.stop()
 
 
-def start_server(args: list[str], log_path: Path, data_dir: Path,
-                 env: dict[str, str] | None = None) -> ServerProcess:
-    return ServerProcess(args, log_path, env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})},
-                         data_dir=data_dir)
+def start_server(
+    args: list[str], log_path: Path, data_dir: Path, env: dict[str, str] | None = None
+) -> ServerProcess:
+    return ServerProcess(
+        args, log_path, env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})}, data_dir=data_dir
+    )
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +152,16 @@ def adapter_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(demo_model, adapter_dirs, adapter_root, tmp_path_factory):
     server = start_server(
-        ["--model", str(demo_model), *ENGINE_ARGS, *LORA_CACHE_ARGS,
-         "--allowed-adapter-root", str(adapter_root), "--tool-call-parser", "hermes"],
+        [
+            "--model",
+            str(demo_model),
+            *ENGINE_ARGS,
+            *LORA_CACHE_ARGS,
+            "--allowed-adapter-root",
+            str(adapter_root),
+            "--tool-call-parser",
+            "hermes",
+        ],
         tmp_path_factory.mktemp("logs") / "vllm-server.log",
         tmp_path_factory.mktemp("vllm-data"),
         env={"LORALOOP_LIMITS__MAX_TOKENS": "1000"},

@@ -21,6 +21,7 @@ Oracle = Callable[[str, str], float]  # (the user's question, the answer) -> rew
 
 SHORT_WORDS = 4
 AVOIDED_WORDS = ("people", "city", "do")
+NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 JUDGE_AGREEMENT = 0.8  # how often a noisy judge agrees with the oracle, as an AI judge might
 
 
@@ -44,6 +45,17 @@ def avoids(asked: str, answer: str) -> float:
     return float(not set(words(answer)) & set(AVOIDED_WORDS))
 
 
+def no_repeats(asked: str, answer: str) -> float:
+    """A rule on the whole answer's form: some words, none of them twice."""
+    said = words(answer)
+    return float(bool(said) and len(said) == len(set(said)))
+
+
+def has_number(asked: str, answer: str) -> float:
+    """A required content item, whatever the question: a number, in words."""
+    return float(bool(set(words(answer)) & set(NUMBER_WORDS)))
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -53,17 +65,37 @@ class Task:
 
 
 TASKS = {
-    "short": Task("short", f"answers of at most {SHORT_WORDS} words", short,
-                  "tests.oracle_tasks:noisy_short"),
-    "on_topic": Task("on_topic", "answers that name the question's topic", on_topic,
-                     "tests.oracle_tasks:noisy_on_topic"),
-    "avoid": Task("avoid", f"answers that never say {', '.join(AVOIDED_WORDS)}", avoids,
-                  "tests.oracle_tasks:noisy_avoids"),
+    "short": Task(
+        "short", f"answers of at most {SHORT_WORDS} words", short, "tests.oracle_tasks:noisy_short"
+    ),
+    "on_topic": Task(
+        "on_topic",
+        "answers that name the question's topic",
+        on_topic,
+        "tests.oracle_tasks:noisy_on_topic",
+    ),
+    "avoid": Task(
+        "avoid",
+        f"answers that never say {', '.join(AVOIDED_WORDS)}",
+        avoids,
+        "tests.oracle_tasks:noisy_avoids",
+    ),
+    "no_repeats": Task(
+        "no_repeats",
+        "answers that use no word twice",
+        no_repeats,
+        "tests.oracle_tasks:noisy_no_repeats",
+    ),
+    "number": Task(
+        "number",
+        "answers that mention a number (one to ten, in words)",
+        has_number,
+        "tests.oracle_tasks:noisy_has_number",
+    ),
 }
 
 # A rules judge that checks exactly what the `avoid` oracle wants.
-AVOID_RULES = {"kind": "rules",
-               "forbidden": [r"\b(" + "|".join(AVOIDED_WORDS) + r")\b"]}
+AVOID_RULES = {"kind": "rules", "forbidden": [r"\b(" + "|".join(AVOIDED_WORDS) + r")\b"]}
 
 
 def questions(count: int, seed: int, *, unlike: frozenset[str] = frozenset()) -> list[str]:
@@ -97,3 +129,5 @@ def _noisy(oracle: Oracle) -> Callable[[dict, str], float]:
 noisy_short = _noisy(short)
 noisy_on_topic = _noisy(on_topic)
 noisy_avoids = _noisy(avoids)
+noisy_no_repeats = _noisy(no_repeats)
+noisy_has_number = _noisy(has_number)

@@ -42,21 +42,36 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 data_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.tenant_keys: dict[str, str] = {}  # filled by whoever provisions tenants
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, "-m", "loraloop.serve.cli", "serve", "--port",
-                   str(self.port), *args]
+        command = [
+            sys.executable,
+            "-m",
+            "loraloop.serve.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            *args,
+        ]
         if data_dir is not None:
             command += ["--data-dir", str(data_dir)]
         self._log = open(log_path, "wb")  # noqa: SIM115 - open as long as the process runs
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout_s: float = 240) -> ServerProcess:
@@ -129,10 +144,21 @@ def local_postgres_cluster() -> str | None:
 def postgres_stopped(version: str) -> Iterator[None]:
     """The real PostgreSQL server stopped (fast shutdown: sessions are cut), then started
     again however the block ends, and waited for."""
+
     def cluster(action: str) -> None:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action,
-                        *(["-m", "fast"] if action == "stop" else [])],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "pg_ctlcluster",
+                "--skip-systemctl-redirect",
+                version,
+                "main",
+                action,
+                *(["-m", "fast"] if action == "stop" else []),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
     cluster("stop")
     try:
@@ -181,8 +207,9 @@ def wait_while_progressing(condition, progress, stall_s: float, what: str):
         if seen != last:
             last, changed = seen, now
         elif now - changed > scaled(stall_s):
-            raise AssertionError(f"timed out waiting for {what}: no progress in "
-                                 f"{scaled(stall_s):.0f} s")
+            raise AssertionError(
+                f"timed out waiting for {what}: no progress in {scaled(stall_s):.0f} s"
+            )
         time.sleep(0.2)
 
 
@@ -199,6 +226,7 @@ def wait_until(condition, timeout_s: float, what: str):
 
 
 # -- endpoints that fail -----------------------------------------------------------------
+
 
 @contextmanager
 def hanging_endpoint(hang_s: float) -> Iterator[str]:
@@ -267,6 +295,7 @@ def wait_for_metric(url: str, name: str, expected: float, timeout_s: float) -> f
 
 # -- oracle -----------------------------------------------------------------------------
 
+
 @cache
 def _tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
@@ -291,12 +320,14 @@ def text_ids(model_dir: Path, text: str) -> list[int]:
     return _tokenizer(model_dir)(text)["input_ids"]
 
 
-def greedy_text(model_dir: Path, adapter_dir: Path | None, prompt_ids: list[int],
-                max_new_tokens: int) -> str:
+def greedy_text(
+    model_dir: Path, adapter_dir: Path | None, prompt_ids: list[int], max_new_tokens: int
+) -> str:
     model = _model(model_dir, adapter_dir)
     with torch.no_grad():
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens,
-                             do_sample=False)
-    text = _tokenizer(model_dir).decode(out[0][len(prompt_ids):], skip_special_tokens=True)
+        out = model.generate(
+            torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False
+        )
+    text = _tokenizer(model_dir).decode(out[0][len(prompt_ids) :], skip_special_tokens=True)
     # An incomplete UTF-8 character at the very end is withheld by the server, by design.
     return text.rstrip("\ufffd")

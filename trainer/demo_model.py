@@ -40,7 +40,7 @@ CHAT_TEMPLATE = (
     "{% if tools %}"
     "{{ '<|im_start|>system\n' }}"
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% endif %}"
-    "{{ 'Call tools as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>.\n"
+    '{{ \'Call tools as <tool_call>{"name": ..., "arguments": {...}}</tool_call>.\n'
     "<tools>\n' }}"
     "{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
     "{{ '</tools><|im_end|>\n' }}"
@@ -97,11 +97,16 @@ class DemoModelShape:
 
 # A second base of the demo family: the default's tokenizer (the same vocabulary size makes the
 # same one), another shape and, built with another seed, other weights. What an adapter is
-# carried to when its base model is replaced (trainer/transfer.py); a shorter pretraining
-# still makes it answer in words.
-SUCCESSOR_SHAPE = DemoModelShape(hidden_size=192, intermediate_size=384, num_hidden_layers=3,
-                                 num_attention_heads=6, num_key_value_heads=2,
-                                 pretrain_steps=300)
+# carried to when its base model is replaced (trainer/transfers/distillation.py); a shorter
+# pretraining still makes it answer in words.
+SUCCESSOR_SHAPE = DemoModelShape(
+    hidden_size=192,
+    intermediate_size=384,
+    num_hidden_layers=3,
+    num_attention_heads=6,
+    num_key_value_heads=2,
+    pretrain_steps=300,
+)
 # The corpus the tokenizer learns from does not vary with the model's seed: every demo base of
 # one vocabulary size shares its tokenizer, as the models of a real family do.
 TOKENIZER_CORPUS_SEED = 0
@@ -109,8 +114,9 @@ TOKENIZER_CORPUS_SEED = 0
 
 def _corpus(seed: int, lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choices(VOCABULARY_WORDS, k=rng.randint(4, 16))) + "."
-            for _ in range(lines)]
+    return [
+        " ".join(rng.choices(VOCABULARY_WORDS, k=rng.randint(4, 16))) + "." for _ in range(lines)
+    ]
 
 
 def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -183,8 +189,9 @@ def build_demo_model(target: Path, *, seed: int = 0, shape: DemoModelShape | Non
     return target
 
 
-def _pretrained(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int,
-                shape: DemoModelShape) -> None:
+def _pretrained(
+    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, shape: DemoModelShape
+) -> None:
     """Pretrain `model` in place, or load the weights an earlier build on this machine made
     from the same seed, shape and code."""
     from .demo_pretraining import PretrainingRecipe, pretrain
@@ -193,12 +200,16 @@ def _pretrained(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, see
     if cached.exists():
         model.load_state_dict(load_file(cached))
         return
-    pretrain(model, tokenizer, list(dict.fromkeys(VOCABULARY_WORDS)), seed=seed,
-             recipe=PretrainingRecipe(steps=shape.pretrain_steps))
+    pretrain(
+        model,
+        tokenizer,
+        list(dict.fromkeys(VOCABULARY_WORDS)),
+        seed=seed,
+        recipe=PretrainingRecipe(steps=shape.pretrain_steps),
+    )
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.partial")
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
-              partial)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, partial)
     os.replace(partial, cached)  # whole or absent, also for builds running side by side
 
 
@@ -210,11 +221,17 @@ def _weights_cache() -> Path:
 def _cache_key(seed: int, shape: DemoModelShape) -> str:
     """Everything the weights depend on, the code that makes them included: a change to the
     corpus or the recipe makes new weights, never reuses stale ones."""
-    code = b"".join(Path(__file__).with_name(name).read_bytes()
-                    for name in ("demo_model.py", "demo_pretraining.py"))
-    facts = {"seed": seed, "shape": asdict(shape), "torch": torch.__version__,
-             "transformers": transformers.__version__,
-             "code": hashlib.sha256(code).hexdigest()}
+    code = b"".join(
+        Path(__file__).with_name(name).read_bytes()
+        for name in ("demo_model.py", "demo_pretraining.py")
+    )
+    facts = {
+        "seed": seed,
+        "shape": asdict(shape),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "code": hashlib.sha256(code).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -244,8 +261,7 @@ def build_random_adapter(
     return build_random_adapters(base_model_dir, {Path(target): seed}, rank=rank, scale=scale)[0]
 
 
-def build_fresh_adapter(base_model_dir: Path, target: Path, *, seed: int,
-                        rank: int = 8) -> Path:
+def build_fresh_adapter(base_model_dir: Path, target: Path, *, seed: int, rank: int = 8) -> Path:
     """Write a LoRA adapter as PEFT initialises one for training: random A, zero B. It answers
     exactly as the base model does, and learns from the first step (two near-zero factors
     would leave each other's gradients near zero)."""
@@ -262,9 +278,16 @@ def _with_lora(base_model_dir: Path, rank: int):
     from peft import LoraConfig, get_peft_model
 
     base = LlamaForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
-    return get_peft_model(base, LoraConfig(
-        r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_MODULES), lora_dropout=0.0,
-        task_type="CAUSAL_LM"))
+    return get_peft_model(
+        base,
+        LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            target_modules=list(LORA_TARGET_MODULES),
+            lora_dropout=0.0,
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def build_random_adapters(
@@ -272,8 +295,11 @@ def build_random_adapters(
 ) -> list[Path]:
     """`build_random_adapter` for many (directory -> seed) at once, loading the base once."""
     model = _with_lora(base_model_dir, rank)
-    lora_params = [(name, param) for name, param in model.named_parameters()
-                   if "lora_A" in name or "lora_B" in name]
+    lora_params = [
+        (name, param)
+        for name, param in model.named_parameters()
+        if "lora_A" in name or "lora_B" in name
+    ]
     for target, seed in targets.items():
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():

@@ -16,16 +16,46 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import BatchEncoding, LlamaForCausalLM, PreTrainedTokenizerFast
 
 # Topics a user asks about, and the question forms around them: every word is in the demo
 # vocabulary, so each is one token or two.
-TOPICS = ("music", "book", "water", "food", "house", "city", "country", "sun", "light",
-          "night", "story", "data", "model", "server", "ticket", "order", "refund", "account",
-          "password", "price", "world", "people", "child", "time")
-QUESTIONS = ("tell me about the {}", "what is the {}", "how can we help the {}",
-             "what do you know about the {}", "please give me a {}", "why is the {} good",
-             "where is the {}", "can you help with the {}")
+TOPICS = (
+    "music",
+    "book",
+    "water",
+    "food",
+    "house",
+    "city",
+    "country",
+    "sun",
+    "light",
+    "night",
+    "story",
+    "data",
+    "model",
+    "server",
+    "ticket",
+    "order",
+    "refund",
+    "account",
+    "password",
+    "price",
+    "world",
+    "people",
+    "child",
+    "time",
+)
+QUESTIONS = (
+    "tell me about the {}",
+    "what is the {}",
+    "how can we help the {}",
+    "what do you know about the {}",
+    "please give me a {}",
+    "why is the {} good",
+    "where is the {}",
+    "can you help with the {}",
+)
 
 # Each word's successors and their chances: a clear favourite, then a tail.
 SUCCESSOR_WEIGHTS = (0.5, 0.22, 0.13, 0.09, 0.06)
@@ -51,15 +81,16 @@ class WordChain:
     def __init__(self, words: list[str], rng: random.Random) -> None:
         self.words = words
         self.successors = {
-            word: rng.sample([other for other in words if other != word],
-                             len(SUCCESSOR_WEIGHTS))
-            for word in (START, *words)}
+            word: rng.sample([other for other in words if other != word], len(SUCCESSOR_WEIGHTS))
+            for word in (START, *words)
+        }
 
     def sentence(self, rng: random.Random, topic: str | None = None) -> str:
         word = rng.choices(self.successors[START], SUCCESSOR_WEIGHTS)[0]
         sentence = [word]
         while len(sentence) < MAX_ANSWER_WORDS and (
-                rng.random() >= END_CHANCE_PER_WORD * (len(sentence) - 1)):
+            rng.random() >= END_CHANCE_PER_WORD * (len(sentence) - 1)
+        ):
             word = rng.choices(self.successors[word], SUCCESSOR_WEIGHTS)[0]
             sentence.append(word)
         if topic is not None and rng.random() < TOPIC_CHANCE:
@@ -73,31 +104,42 @@ def question(rng: random.Random) -> tuple[str, str]:
     return rng.choice(QUESTIONS).format(topic), topic
 
 
-def _examples(tokenizer: PreTrainedTokenizerFast, chain: WordChain, rng: random.Random,
-              max_length: int) -> Iterator[list[int]]:
+def _examples(
+    tokenizer: PreTrainedTokenizerFast, chain: WordChain, rng: random.Random, max_length: int
+) -> Iterator[list[int]]:
     while True:
         if rng.random() < 0.5:
             text = chain.sentence(rng)
             ids = tokenizer(text)["input_ids"]  # BOS, then the sentence
         else:
             asked, topic = question(rng)
-            messages = [{"role": "user", "content": asked},
-                        {"role": "assistant", "content": chain.sentence(rng, topic)}]
-            ids = tokenizer.apply_chat_template(messages, return_dict=True)["input_ids"]
+            messages = [
+                {"role": "user", "content": asked},
+                {"role": "assistant", "content": chain.sentence(rng, topic)},
+            ]
+            encoded = tokenizer.apply_chat_template(messages, return_dict=True)
+            assert isinstance(encoded, BatchEncoding)  # what return_dict=True returns
+            ids = encoded["input_ids"]
         yield ids[:max_length]
 
 
-def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, words: list[str],
-             *, seed: int, recipe: PretrainingRecipe = PretrainingRecipe()) -> None:
+def pretrain(
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    words: list[str],
+    *,
+    seed: int,
+    recipe: PretrainingRecipe = PretrainingRecipe(),
+) -> None:
     """Train `model` in place on the generated corpus; the same seed gives the same weights
     (one thread: results must not depend on how many cores the machine has)."""
     rng = random.Random(seed)
     chain = WordChain(words, rng)
     examples = _examples(tokenizer, chain, rng, recipe.max_length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 20) * (1 - step / recipe.steps))
+        optimizer, lambda step: min(1.0, (step + 1) / 20) * (1 - step / recipe.steps)
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     model.train()
@@ -105,8 +147,9 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, words:
         for _ in range(recipe.steps):
             batch = [next(examples) for _ in range(recipe.batch_size)]
             input_ids, labels = _padded(batch, tokenizer.pad_token_id)
-            loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(),
-                         labels=labels).loss
+            loss = model(
+                input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels
+            ).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -122,6 +165,6 @@ def _padded(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
     for row, ids in enumerate(batch):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(ids)] = torch.tensor(ids)
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(ids)
     return input_ids, labels

@@ -1,8 +1,9 @@
 """Measurements of an adapter version on the frozen base model: how it ranks held-out
 preference pairs, and how far its next-token distributions drift from another version's.
 
-Everything is scored in float32 without gradients, on the token ids the server would see
-(see rendering.py).
+Everything is scored without gradients on the trainer's one copy of the base (its device and
+dtype; log-probabilities and KL in float32), on the token ids the server would see (see
+rendering.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraloop.adapters.names import WEIGHTS_FILE
 
 from .pairs import PreferencePair, Prompt
 from .rendering import answer_logps, encode_pair, prompt_ids
+from .shared_base import SharedBase
 
 BATCH_PAIRS = 16
 MAX_LOADED_ADAPTERS = 4  # a gate compares two versions; a few more spare reloads
@@ -37,14 +38,16 @@ class PreferenceScore:
 
 
 class Scorer:
-    """The base model, loaded once, with adapters attached and switched through PEFT."""
+    """The shared base model with adapters attached and switched through PEFT. Training
+    borrows the same base in between; the loaded adapters then load again on next use."""
 
-    def __init__(self, base_model: Path) -> None:
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        self._model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-        self._model.eval()
-        eos = self._model.generation_config.eos_token_id
+    def __init__(self, base: SharedBase | Path) -> None:
+        self.base = SharedBase.of(base)
+        self.tokenizer = self.base.tokenizer
+        self._device = self.base.placement.device
+        eos = self.base.borrow().generation_config.eos_token_id
         self._stop_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._peft: PeftModel | None = None  # the base wrapped, while adapters are loaded
         self._loaded: OrderedDict[tuple, str] = OrderedDict()  # file identity -> PEFT name
         self._names = 0
 
@@ -85,15 +88,22 @@ class Scorer:
             with self._selected(adapter_p) as model:
                 tokens, p_logits = self._greedy(model, ids, max_new_tokens)  # p_logits: [n, V]
             with self._selected(adapter_q) as model:
-                sequence = torch.tensor([[*ids, *tokens]])
+                sequence = torch.tensor([[*ids, *tokens]], device=self._device)
                 # Position t predicts token t + 1: the n positions that chose the new tokens.
                 q_logits = model(input_ids=sequence).logits[0, len(ids) - 1 : -1].float()
             per_prompt.append(float(_kl(p_logits, q_logits).mean()))
         return math.fsum(per_prompt) / len(per_prompt)
 
     @torch.no_grad()
-    def answers(self, adapter: Path | None, prompts: Sequence[Prompt], max_new_tokens: int = 32,
-                *, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    def answers(
+        self,
+        adapter: Path | None,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int = 32,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[str]:
         """Each prompt's answer, as the text a user would read: greedy, or sampled at
         `temperature` from a generator seeded by (seed, the prompt's index), so that two
         versions answering the same prompts draw the same random numbers."""
@@ -102,17 +112,20 @@ class Scorer:
             for index, prompt in enumerate(prompts):
                 ids = prompt_ids(self.tokenizer, prompt)
                 if temperature > 0:
+                    # A CPU generator on every device: the same draws wherever it runs.
                     generator = torch.Generator().manual_seed(seed * 100_003 + index)
                     tokens = self._sampled(model, ids, max_new_tokens, temperature, generator)
                 else:
                     tokens, _ = self._greedy(model, ids, max_new_tokens)
-                answers.append(self.tokenizer.decode(tokens, skip_special_tokens=True))
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                assert isinstance(text, str)  # one sequence decodes to one string
+                answers.append(text)
         return answers
 
     def _greedy(self, model, prompt: list[int], max_new_tokens: int):
         """Greedy tokens after `prompt`, stopping on end-of-sequence (kept), and the logits
         that chose each: ([n], [n, V])."""
-        input_ids, past, tokens, logits = torch.tensor([prompt]), None, [], []
+        input_ids, past, tokens, logits = self._ids(prompt), None, [], []
         for _ in range(max_new_tokens):
             out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
@@ -120,54 +133,75 @@ class Scorer:
             tokens.append(int(logits[-1].argmax()))
             if tokens[-1] in self._stop_ids:
                 break
-            input_ids = torch.tensor([[tokens[-1]]])
+            input_ids = self._ids(tokens[-1:])
         return tokens, torch.stack(logits)
 
-    def _sampled(self, model, prompt: list[int], max_new_tokens: int, temperature: float,
-                 generator: torch.Generator) -> list[int]:
-        input_ids, past, tokens = torch.tensor([prompt]), None, []
+    def _sampled(
+        self,
+        model,
+        prompt: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        generator: torch.Generator,
+    ) -> list[int]:
+        input_ids, past, tokens = self._ids(prompt), None, []
         for _ in range(max_new_tokens):
             out = model(input_ids=input_ids, past_key_values=past, use_cache=True)
             past = out.past_key_values
-            probabilities = (out.logits[0, -1].float() / temperature).softmax(-1)
+            probabilities = (out.logits[0, -1].float() / temperature).softmax(-1).cpu()
             tokens.append(int(torch.multinomial(probabilities, 1, generator=generator)))
             if tokens[-1] in self._stop_ids:
                 break
-            input_ids = torch.tensor([[tokens[-1]]])
+            input_ids = self._ids(tokens[-1:])
         return tokens
+
+    def _ids(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor([ids], device=self._device)
 
     @contextlib.contextmanager
     def _selected(self, adapter: Path | None) -> Iterator[torch.nn.Module]:
         # LoRA layers are injected into the base modules, so "no adapter" must switch them off.
         if adapter is not None:
-            name = self._load(Path(adapter))  # may wrap the base model in a PeftModel first
-            self._model.set_adapter(name)
-            yield self._model
-        elif isinstance(self._model, PeftModel):
-            with self._model.disable_adapter():
-                yield self._model
+            peft, name = self._load(Path(adapter))  # may wrap the base in a PeftModel first
+            peft.set_adapter(name)
+            yield peft
+        elif self._peft is not None:
+            with self._peft.disable_adapter():
+                yield self._peft
         else:
-            yield self._model
+            yield self.base.borrow()
 
-    def _load(self, adapter: Path) -> str:
-        """The PEFT name of `adapter`, loading it unless these very files are loaded already.
+    def _load(self, adapter: Path) -> tuple[PeftModel, str]:
+        """The model holding `adapter` and its PEFT name there, loading it unless these very
+        files are loaded already.
         A path may hold other weights later (scratch directories are reused), so the key is
         the weights file's identity, not its path."""
         weights = (adapter / WEIGHTS_FILE).stat()
         key = (str(adapter.resolve()), weights.st_ino, weights.st_mtime_ns, weights.st_size)
-        if key in self._loaded:
+        peft = self._peft
+        if peft is not None and key in self._loaded:
             self._loaded.move_to_end(key)
-            return self._loaded[key]
+            return peft, self._loaded[key]
         name = f"v{self._names}"  # PEFT adapter names may not contain dots
         self._names += 1
-        if isinstance(self._model, PeftModel):
-            self._model.load_adapter(adapter, adapter_name=name)
+        if peft is not None:
+            peft.load_adapter(adapter, adapter_name=name)
         else:
-            self._model = PeftModel.from_pretrained(self._model, adapter, adapter_name=name)
+            bare = self.base.borrow(give_back=self._unwrap)
+            peft = self._peft = PeftModel.from_pretrained(bare, adapter, adapter_name=name)
+            peft.eval()
         self._loaded[key] = name
         if len(self._loaded) > MAX_LOADED_ADAPTERS:
-            self._model.delete_adapter(self._loaded.popitem(last=False)[1])
-        return name
+            peft.delete_adapter(self._loaded.popitem(last=False)[1])
+        return peft, name
+
+    def _unwrap(self) -> None:
+        """Give the base back without LoRA layers (training is about to borrow it)."""
+        peft, self._peft = self._peft, None
+        assert peft is not None  # the give-back of the borrow that wrapped it
+        bare = peft.unload()
+        self._loaded.clear()
+        self.base.returned(bare)
 
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

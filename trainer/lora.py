@@ -20,15 +20,19 @@ from loraloop.adapters.names import ADAPTER_FILES
 ProgressCallback = Callable[[dict], None]
 
 
-def fresh_lora(base: torch.nn.Module, rank: int,
-               target_modules: Sequence[str] | None = None) -> PeftModel:
+def fresh_lora(
+    base: torch.nn.Module, rank: int, target_modules: Sequence[str] | None = None
+) -> PeftModel:
     """`base` with a trainable LoRA of `rank` on `target_modules` (by default the attention
     projections), as PEFT initialises it: random A from torch's generator, zero B."""
     config = LoraConfig(
         r=rank,
         lora_alpha=rank,
-        target_modules=(attention_projections(base) if target_modules is None
-                        else _present(base, target_modules)),
+        target_modules=(
+            attention_projections(base)
+            if target_modules is None
+            else _present(base, target_modules)
+        ),
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
     )
@@ -54,12 +58,17 @@ def attention_projections(model: torch.nn.Module) -> list[str]:
 def _present(model: torch.nn.Module, names: Sequence[str]) -> list[str]:
     """`names`, when each is a linear layer of the model: PEFT would quietly skip some
     missing ones, and registration would then refuse the adapter."""
-    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-              if isinstance(module, torch.nn.Linear)}
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
     missing = sorted(set(names) - linear)
     if missing:
-        raise ValueError(f"the base model has no linear layer named {', '.join(missing)}; "
-                         f"its linear layers are {', '.join(sorted(linear))}")
+        raise ValueError(
+            f"the base model has no linear layer named {', '.join(missing)}; "
+            f"its linear layers are {', '.join(sorted(linear))}"
+        )
     return list(names)
 
 

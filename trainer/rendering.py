@@ -54,7 +54,8 @@ def encode_pair(tokenizer, pair: PreferencePair) -> EncodedPair:
 
 def answer_logps(model, sequences: Sequence[tuple[Sequence[int], Sequence[int]]]):
     """Sum of log p(answer token | everything before it) for each (prompt, answer): [N]."""
-    input_ids, attention, is_answer = right_padded(sequences)  # each [N, T]
+    # each [N, T], on the model's device
+    input_ids, attention, is_answer = (t.to(model.device) for t in right_padded(sequences))
     logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
     targets = input_ids[:, 1:]  # position t predicts token t + 1
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)

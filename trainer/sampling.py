@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import httpx
 
 from loraloop.adapters.feedback import NewFeedback
-from loraloop.adapters.policy import SamplingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import SamplingPolicy
 
 from .judges import Judge
 
@@ -38,16 +38,23 @@ class ServerSampler:
 
     def __init__(self, url: str, admin_key: str | None) -> None:
         headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers,
-                                  timeout=REQUEST_TIMEOUT_S)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=REQUEST_TIMEOUT_S
+        )
 
     def close(self) -> None:
         self._http.close()
 
-    def sample(self, model: str, prompt: StoredPrompt, policy: SamplingPolicy,
-               seed: int) -> SampledAnswers:
-        fields = {"model": model, "n": policy.samples, "temperature": policy.temperature,
-                  "max_tokens": policy.max_tokens, "seed": seed}
+    def sample(
+        self, model: str, prompt: StoredPrompt, policy: SamplingPolicy, seed: int
+    ) -> SampledAnswers:
+        fields = {
+            "model": model,
+            "n": policy.samples,
+            "temperature": policy.temperature,
+            "max_tokens": policy.max_tokens,
+            "seed": seed,
+        }
         if prompt.text is not None:
             response = self._http.post("/v1/completions", json={**fields, "prompt": prompt.text})
             response.raise_for_status()
@@ -74,20 +81,26 @@ class SamplingRound:
 
     def lineage(self) -> dict[str, str | int]:
         listed = json.dumps([prompt.to_json() for prompt in self.prompts], sort_keys=True)
-        return {"sampled_prompts": len(self.prompts), "samples": self.samples,
-                "sampled_answers": self.answers, "scored_answers": self.scored,
-                "sampled_prompts_sha256": hashlib.sha256(listed.encode()).hexdigest()[:16]}
+        return {
+            "sampled_prompts": len(self.prompts),
+            "samples": self.samples,
+            "sampled_answers": self.answers,
+            "scored_answers": self.scored,
+            "sampled_prompts_sha256": hashlib.sha256(listed.encode()).hexdigest()[:16],
+        }
 
 
-def prompts_to_sample(policy: SamplingPolicy, recorded: Sequence[StoredPrompt]
-                      ) -> list[StoredPrompt]:
+def prompts_to_sample(
+    policy: SamplingPolicy, recorded: Sequence[StoredPrompt]
+) -> list[StoredPrompt]:
     """The policy's prompts, then the recorded ones; each once, at most max_prompts."""
     listed = [StoredPrompt.chat([("user", text)]) for text in policy.prompts]
-    return list(dict.fromkeys([*listed, *recorded]))[:policy.max_prompts]
+    return list(dict.fromkeys([*listed, *recorded]))[: policy.max_prompts]
 
 
-def judged_feedback(adapter_id: str, version: int, sampled: Sequence[SampledAnswers],
-                    judge: Judge) -> list[NewFeedback]:
+def judged_feedback(
+    adapter_id: str, version: int, sampled: Sequence[SampledAnswers], judge: Judge
+) -> list[NewFeedback]:
     """Every answer the judge scored, as score feedback for the version that answered."""
     feedback = []
     for item in sampled:
@@ -97,8 +110,17 @@ def judged_feedback(adapter_id: str, version: int, sampled: Sequence[SampledAnsw
             verdict = judge.score(item.prompt, answer)
             if verdict.score is None:
                 continue
-            feedback.append(NewFeedback(
-                adapter_id, version, "score", item.prompt, completion=answer,
-                score=verdict.score, judge=judge.name, rationale=verdict.rationale[:4000],
-                source="trainer"))
+            feedback.append(
+                NewFeedback(
+                    adapter_id,
+                    version,
+                    "score",
+                    item.prompt,
+                    completion=answer,
+                    score=verdict.score,
+                    judge=judge.name,
+                    rationale=verdict.rationale[:4000],
+                    source="trainer",
+                )
+            )
     return feedback

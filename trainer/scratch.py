@@ -31,12 +31,14 @@ def scratch_dir(staging: Path, worker: str) -> tempfile.TemporaryDirectory:
     """A fresh directory of `worker`'s, removed when the `with` block ends."""
     staging.mkdir(parents=True, exist_ok=True)
     readable = re.sub(r"[^A-Za-z0-9_.]", "_", worker)[:40]
-    return tempfile.TemporaryDirectory(dir=staging,
-                                       prefix=f"{PREFIX}{owner_tag(worker)}-{readable}-")
+    return tempfile.TemporaryDirectory(
+        dir=staging, prefix=f"{PREFIX}{owner_tag(worker)}-{readable}-"
+    )
 
 
-def remove_leftovers(staging: Path, *, worker: str,
-                     holders: Callable[[], Collection[str]]) -> list[Path]:
+def remove_leftovers(
+    staging: Path, *, worker: str, holders: Callable[[], Collection[str]]
+) -> list[Path]:
     """Remove the scratch directories whose owner holds no lease (`holders()`: the workers
     that do) or is `worker` itself, starting; the ones removed. A directory named before
     owners were ("train-..." without a digest) goes only when no one holds a lease."""

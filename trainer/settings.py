@@ -7,7 +7,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -31,38 +31,74 @@ class TrainerSettings(BaseSettings):
     max_adapter_bytes: int = Field(1 << 30, ge=1 << 10)
     trainer_poll_s: float = Field(2.0, gt=0, description="how often to look for due work")
     trainer_lease_s: float = Field(
-        60.0, ge=2, description="a run's claim on its feedback lapses this long after the "
-        "trainer last renewed it (a killed trainer's work is picked up after this)"
+        60.0,
+        ge=2,
+        description="a run's claim on its feedback lapses this long after the "
+        "trainer last renewed it (a killed trainer's work is picked up after this)",
     )
-    rollout_poll_s: float = Field(2.0, gt=0, le=300, description="how often the rollout "
-                                  "driver judges new shadow pairs and decides")
+    trainer_device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="where the trainer loads the base model and trains: auto is the "
+        "first CUDA device when there is one, else the CPU",
+    )
+    trainer_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="the base model's weights in training and scoring (LoRA weights "
+        "stay float32): auto is bfloat16 on a GPU that supports it, float16 with loss "
+        "scaling on one that does not, float32 on the CPU",
+    )
+    trainer_memory_limit_bytes: int | None = Field(
+        None,
+        ge=1 << 20,
+        description="memory a run may use on the trainer's device, weights "
+        "included (default: what is free there); a run whose plan needs more is refused "
+        "before training",
+    )
+    rollout_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="how often the rollout driver judges new shadow pairs and decides",
+    )
     rollout_lease_s: float = Field(
-        30.0, ge=2, le=3600, description="a rollout's driver lapses this long after it last "
-        "looked (another trainer then drives it)")
+        30.0,
+        ge=2,
+        le=3600,
+        description="a rollout's driver lapses this long after it last "
+        "looked (another trainer then drives it)",
+    )
     server_url: str | None = Field(
-        None, description="a server of the registry's, for on-policy sampling (policies with "
-        "`sampling`): in Kubernetes the server container beside, http://127.0.0.1:8000"
+        None,
+        description="a server of the registry's, for on-policy sampling (policies with "
+        "`sampling`): in Kubernetes the server container beside, http://127.0.0.1:8000",
     )
     admin_key: SecretStr | None = Field(
         None, description="the operators' credential, to sample any tenant's adapter"
     )
     transfer_targets: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, description="the base models adapters may be carried to, by "
+        default_factory=dict,
+        description="the base models adapters may be carried to, by "
         "name: NAME=MODEL pairs separated by commas (MODEL a directory or hub id), e.g. "
-        "successor=/models/next; transfer jobs name the target, never a path")
+        "successor=/models/next; transfer jobs name the target, never a path",
+    )
     transfer_lease_s: float = Field(
-        60.0, ge=2, le=3600, description="a transfer job's lease lapses this long after the "
-        "trainer last renewed it (another trainer then starts it again)")
+        60.0,
+        ge=2,
+        le=3600,
+        description="a transfer job's lease lapses this long after the "
+        "trainer last renewed it (another trainer then starts it again)",
+    )
     judge_key_variables: Annotated[tuple[str, ...], NoDecode] = Field(
-        DEFAULT_KEY_VARIABLES, description="environment variables an LLM judge may send as its "
-        "key (names, or prefixes ending in *, separated by commas); the same as the servers'")
+        DEFAULT_KEY_VARIABLES,
+        description="environment variables an LLM judge may send as its "
+        "key (names, or prefixes ending in *, separated by commas); the same as the servers'",
+    )
     trainer_worker: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"[:128],
         description="this trainer's name in runs and the audit trail",
     )
 
-    _judge_keys_listed = field_validator("judge_key_variables", mode="before")(
-        parse_key_variables)
+    _judge_keys_listed = field_validator("judge_key_variables", mode="before")(parse_key_variables)
     _judge_keys_allowed = field_validator("judge_key_variables")(check_key_variables)
 
     @field_validator("transfer_targets", mode="before")

@@ -24,18 +24,22 @@ Hours = Annotated[int, Query(ge=1, le=24 * 31)]
 
 
 @router.get("/feedback-activity")
-async def feedback_activity(tenant: str, name: str, state: StateDep, _: AdapterReader,
-                            hours: Hours = 24) -> FeedbackActivityPublic:
-    activity = await service.offload(read_feedback_activity, state.registry.db,
-                                     f"{tenant}/{name}", hours=hours)
-    return FeedbackActivityPublic.of(activity)
+async def feedback_activity(
+    tenant: str, name: str, state: StateDep, _: AdapterReader, hours: Hours = 24
+) -> FeedbackActivityPublic:
+    activity = await service.offload(
+        read_feedback_activity, state.registry.db, f"{tenant}/{name}", hours=hours
+    )
+    return FeedbackActivityPublic.model_validate(activity)
 
 
 @router.get("/usage")
-async def usage(tenant: str, name: str, state: StateDep, _: AdapterReader,
-                hours: Hours = 24) -> list[UsagePublic]:
+async def usage(
+    tenant: str, name: str, state: StateDep, _: AdapterReader, hours: Hours = 24
+) -> list[UsagePublic]:
     """Requests and tokens per version and hour, every server's added up (each adds its own
     every few seconds); oldest first, hours without any left out."""
-    records = await service.offload(UsageBook(state.registry.db).recent, f"{tenant}/{name}",
-                                    hours=hours)
-    return [UsagePublic.of(record) for record in records]
+    records = await service.offload(
+        UsageBook(state.registry.db).recent, f"{tenant}/{name}", hours=hours
+    )
+    return [UsagePublic.model_validate(record) for record in records]

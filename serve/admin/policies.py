@@ -13,13 +13,19 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.training_policy import TrainingPolicy
 
 from ..errors import InvalidRequest, validation_error
 
 # The request body as OpenAPI documents it: the policy's own schema.
-POLICY_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/TrainingPolicy"}}}}}
+POLICY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/TrainingPolicy"}}
+        },
+    }
+}
 
 
 def admit_policy(raw: bytes, judge_key_variables: tuple[str, ...]) -> TrainingPolicy:
@@ -45,7 +51,13 @@ def _field_path(body: Any, loc: tuple) -> tuple:
         if isinstance(node, dict) and isinstance(part, str) and part not in node and not last:
             continue
         path.append(part)
-        node = node.get(part) if isinstance(node, dict) else (
-            node[part] if isinstance(node, list) and isinstance(part, int)
-            and 0 <= part < len(node) else None)
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part]
+                if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+                else None
+            )
+        )
     return tuple(path)

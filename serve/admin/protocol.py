@@ -1,6 +1,8 @@
 """Wire types of the admin API: one model per role (`XCreate` in, `XPublic` out).
 
 Paths never appear: versions are named by adapter id and number, weights by content hash.
+Each `XPublic` shows a registry record: its fields are named here, typed in the record and
+read from it (serve/record_models.py).
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from pydantic import (
     field_validator,
 )
 
-from loraloop.adapters.activity import FeedbackActivity
+from loraloop.adapters.activity import FeedbackActivity, HourCount
 from loraloop.adapters.console_sessions import SessionRecord
 from loraloop.adapters.names import MAX_TAG_CHARS
-from loraloop.adapters.rollouts import RolloutRecord
+from loraloop.adapters.rollouts.book import RolloutRecord
 from loraloop.adapters.tenants import IssuedKey, KeyRecord, TenantRecord
 from loraloop.adapters.text import StoredText
 from loraloop.adapters.training import RunRecord
 from loraloop.adapters.transfers import TransferRecord
 from loraloop.adapters.usage import UsageRecord
 from loraloop.adapters.versions import AdapterRecord, EventRecord, VersionRecord
+
+from ..record_models import record_model
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
 AdapterId = Annotated[
@@ -61,31 +65,22 @@ class TenantCreate(Strict):
     name: Name
 
 
-class TenantPublic(BaseModel):
-    name: str
-    created_at: datetime
-    created_by: str
+_TenantFields: Any = record_model(TenantRecord, "name created_at created_by")
 
-    @classmethod
-    def of(cls, record: TenantRecord) -> TenantPublic:
-        return cls(**vars(record))
+
+class TenantPublic(_TenantFields):
+    pass
 
 
 class KeyCreate(Strict):
     label: Annotated[StoredText, StringConstraints(max_length=128)] | None = None
 
 
-class KeyPublic(BaseModel):
-    tenant: str
-    prefix: str
-    label: str | None
-    created_at: datetime
-    created_by: str
-    revoked_at: datetime | None
+_KeyFields: Any = record_model(KeyRecord, "tenant prefix label created_at created_by revoked_at")
 
-    @classmethod
-    def of(cls, record: KeyRecord) -> KeyPublic:
-        return cls(**vars(record))
+
+class KeyPublic(_KeyFields):
+    pass
 
 
 class KeyIssuedPublic(KeyPublic):
@@ -105,59 +100,41 @@ class AdapterCreate(Strict):
     description: Reason | None = None
 
 
-class AdapterPublic(BaseModel):
-    id: str
-    description: str | None
-    created_at: datetime
-    created_by: str
-    live_version: int | None
-    canary_version: int | None
-    canary_percent: int | None
-    latest_version: int | None
-
-    @classmethod
-    def of(cls, record: AdapterRecord) -> AdapterPublic:
-        fields = vars(record).copy()
-        return cls(id=fields.pop("adapter_id"), **fields)
+_AdapterFields: Any = record_model(
+    AdapterRecord,
+    "id=adapter_id description created_at created_by live_version "
+    "canary_version canary_percent latest_version",
+)
 
 
-class VersionPublic(BaseModel):
-    adapter: str
-    version: int
-    status: str
-    content_hash: str
-    base_fingerprint: str | None = Field(description="None for a tenant reader")
-    base_override_reason: str | None
-    rank: int
-    alpha: float
-    target_modules: list[str]
-    size_bytes: int
-    source: str
-    parent_version: int | None
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    created_at: datetime
-    created_by: str
+class AdapterPublic(_AdapterFields):
+    pass
 
-    @classmethod
-    def of(cls, r: VersionRecord) -> VersionPublic:
-        return cls(
-            adapter=r.adapter_id, version=r.number, status=r.status,
-            content_hash=r.content_hash, base_fingerprint=r.base_fingerprint,
-            base_override_reason=r.base_override_reason, rank=r.rank, alpha=r.alpha,
-            target_modules=list(r.target_modules), size_bytes=r.size_bytes, source=r.source,
-            parent_version=r.parent_version, metrics=dict(r.metrics), tags=dict(r.tags),
-            created_at=r.created_at, created_by=r.created_by,
-        )
 
+_VersionFields: Any = record_model(
+    VersionRecord,
+    "adapter=adapter_id version=number status content_hash base_fingerprint "
+    "base_override_reason rank alpha target_modules size_bytes source parent_version metrics "
+    "tags created_at created_by",
+    base_fingerprint=Annotated[str | None, Field(description="None for a tenant reader")],
+)
+
+
+class VersionPublic(_VersionFields):
     def seen_by(self, tenant: str | None) -> VersionPublic:
         """What a reader sees: an operator (None) everything; a tenant signed in to the
         console not which base models a carried version came from or went to (those
         identify the fleet's other bases, which are operators' business)."""
         if tenant is None:
             return self
-        return self.model_copy(update={"base_fingerprint": None, "tags": {
-            key: value for key, value in self.tags.items() if key not in OPERATOR_TAGS}})
+        return self.model_copy(
+            update={
+                "base_fingerprint": None,
+                "tags": {
+                    key: value for key, value in self.tags.items() if key not in OPERATOR_TAGS
+                },
+            }
+        )
 
 
 class VersionCreate(Strict):
@@ -193,9 +170,13 @@ FormText = Annotated[str | None, Form()]
 
 
 def version_form(
-    path: FormText = None, source: FormText = None, parent_version: FormText = None,
-    reason: FormText = None, base_model_override_reason: FormText = None,
-    metrics: FormText = None, tags: FormText = None,
+    path: FormText = None,
+    source: FormText = None,
+    parent_version: FormText = None,
+    reason: FormText = None,
+    base_model_override_reason: FormText = None,
+    metrics: FormText = None,
+    tags: FormText = None,
 ) -> VersionCreate:
     """The registration form's text fields, validated like a JSON body."""
     fields = {name: value for name, value in locals().items() if value is not None}
@@ -228,23 +209,12 @@ class CanaryRequest(Strict):
     reason: Reason | None = None
 
 
-class EventPublic(BaseModel):
-    id: int
-    kind: str
-    at: datetime
-    actor: str
-    tenant: str | None
-    adapter: str | None
-    from_version: int | None
-    to_version: int | None
-    reason: str | None
-    detail: dict[str, Any]
+_EventFields: Any = record_model(
+    EventRecord, "id kind at actor tenant adapter=adapter_id from_version to_version reason detail"
+)
 
-    @classmethod
-    def of(cls, record: EventRecord) -> EventPublic:
-        fields = vars(record).copy()
-        return cls(adapter=fields.pop("adapter_id"), **fields)
 
+class EventPublic(_EventFields):
     def seen_by(self, tenant: str | None) -> EventPublic:
         """What a reader sees: an operator (None) everything; a tenant signed in to the
         console no more than its other routes show it. Its policy is the operators' (the
@@ -255,8 +225,9 @@ class EventPublic(BaseModel):
             return self
         detail, reason = dict(self.detail), self.reason
         if self.kind == "policy_set" and isinstance(detail.get("policy"), dict):
-            detail["policy"] = {key: value for key, value in detail["policy"].items()
-                                if key in TENANT_POLICY_FIELDS}
+            detail["policy"] = {
+                key: value for key, value in detail["policy"].items() if key in TENANT_POLICY_FIELDS
+            }
         detail.pop("base", None)
         if self.kind.startswith("transfer_") and self.kind != "transfer_queued":
             reason = TENANT_TRANSFER_REASONS.get(self.kind.removeprefix("transfer_"))
@@ -265,26 +236,15 @@ class EventPublic(BaseModel):
         return self.model_copy(update={"detail": detail, "reason": reason})
 
 
-class RunPublic(BaseModel):
-    id: int
-    adapter: str
-    status: str
-    requested_by: str | None
-    worker: str | None
-    parent_version: int | None
-    candidate_version: int | None
-    pairs: int | None
-    progress: dict[str, Any]
-    metrics: dict[str, Any]
-    reason: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+_RunFields: Any = record_model(
+    RunRecord,
+    "id adapter=adapter_id status requested_by worker parent_version "
+    "candidate_version pairs progress metrics reason created_at started_at finished_at",
+)
 
-    @classmethod
-    def of(cls, record: RunRecord) -> RunPublic:
-        fields = vars(record).copy()
-        return cls(adapter=fields.pop("adapter_id"), **fields)
+
+class RunPublic(_RunFields):
+    pass
 
 
 class RolloutStart(Strict):
@@ -292,143 +252,142 @@ class RolloutStart(Strict):
     reason: Reason | None = None
 
 
-class RolloutPublic(BaseModel):
-    id: int
-    adapter: str
-    candidate_version: int
-    baseline_version: int
-    status: str
-    stage: str = Field(description="shadow, canary N%, watch, or where it ended")
-    step: int
-    stages: list[str] = Field(description="the plan's steps in order, then live and watch")
-    step_started_at: datetime
-    plan: dict[str, Any]
-    decision: dict[str, Any] = Field(description="the last analysis, with its figures")
-    driver: str | None
-    lease_expires_at: datetime | None
-    reason: str | None
-    created_at: datetime
-    created_by: str
-    finished_at: datetime | None
+_RolloutFields: Any = record_model(
+    RolloutRecord,
+    "id adapter=adapter_id candidate_version=candidate baseline_version=baseline "
+    "status stage step stages=plan.stages step_started_at plan decision driver "
+    "lease_expires_at reason created_at created_by finished_at",
+    stage=Annotated[str, Field(description="shadow, canary N%, watch, or where it ended")],
+    stages=Annotated[
+        list[str], Field(description="the plan's steps in order, then live and watch")
+    ],
+    plan=dict[str, Any],
+    decision=Annotated[dict[str, Any], Field(description="the last analysis, with its figures")],
+)
 
+
+class RolloutPublic(_RolloutFields):
+    @field_validator("plan", mode="before")
     @classmethod
-    def of(cls, record: RolloutRecord) -> RolloutPublic:
-        plan = record.plan
-        return cls(
-            id=record.id, adapter=record.adapter_id, candidate_version=record.candidate,
-            baseline_version=record.baseline, status=record.status, stage=record.stage,
-            step=record.step, stages=plan.stages,
-            step_started_at=record.step_started_at, plan=plan.model_dump(mode="json"),
-            decision=dict(record.decision), driver=record.driver,
-            lease_expires_at=record.lease_expires_at, reason=record.reason,
-            created_at=record.created_at, created_by=record.created_by,
-            finished_at=record.finished_at)
+    def _plan_as_json(cls, plan: Any) -> Any:
+        # The record holds the plan as a policy model; the wire has it as plain JSON.
+        return plan.model_dump(mode="json") if isinstance(plan, BaseModel) else plan
 
 
-class HourCountPublic(BaseModel):
-    hour: datetime
-    count: int
+_HourCountFields: Any = record_model(HourCount, "hour count")
 
 
-class FeedbackActivityPublic(BaseModel):
-    adapter: str
-    pending: int = Field(description="feedback waiting for a training run")
-    per_hour: list[HourCountPublic] = Field(description="oldest first; empty hours left out")
-
-    @classmethod
-    def of(cls, record: FeedbackActivity) -> FeedbackActivityPublic:
-        return cls(adapter=record.adapter_id, pending=record.pending,
-                   per_hour=[HourCountPublic(hour=h.hour, count=h.count)
-                             for h in record.per_hour])
+class HourCountPublic(_HourCountFields):
+    pass
 
 
-class UsagePublic(BaseModel):
-    hour: datetime = Field(description="the hour's start, UTC")
-    version: int
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
+_FeedbackActivityFields: Any = record_model(
+    FeedbackActivity,
+    "adapter=adapter_id pending per_hour",
+    pending=Annotated[int, Field(description="feedback waiting for a training run")],
+    per_hour=Annotated[
+        list[HourCountPublic], Field(description="oldest first; empty hours left out")
+    ],
+)
 
-    @classmethod
-    def of(cls, record: UsageRecord) -> UsagePublic:
-        return cls(hour=record.hour, version=record.version, **vars(record.count))
+
+class FeedbackActivityPublic(_FeedbackActivityFields):
+    pass
+
+
+_UsageFields: Any = record_model(
+    UsageRecord,
+    "hour version requests=count.requests prompt_tokens=count.prompt_tokens "
+    "completion_tokens=count.completion_tokens",
+    hour=Annotated[datetime, Field(description="the hour's start, UTC")],
+)
+
+
+class UsagePublic(_UsageFields):
+    pass
 
 
 class TransferCreate(Strict):
-    to_base: BaseName = Field(description="the base model to carry the version to, by the "
-                              "name the trainers' transfer_targets give it")
+    to_base: BaseName = Field(
+        description="the base model to carry the version to, by the "
+        "name the trainers' transfer_targets give it"
+    )
     version: VersionNumber | None = Field(
-        None, description="the version to carry over; default: the one live on this "
-        "server's base model")
+        None,
+        description="the version to carry over; default: the one live on this server's base model",
+    )
     reason: Reason | None = None
 
 
 class MigrationCreate(Strict):
-    to_base: BaseName = Field(description="the new base model, by the name the trainers' "
-                              "transfer_targets give it")
+    to_base: BaseName = Field(
+        description="the new base model, by the name the trainers' transfer_targets give it"
+    )
     reason: Reason | None = None
 
 
-class TransferPublic(BaseModel):
-    id: int
-    adapter: str
-    from_version: int
-    to_base: str
-    to_base_fingerprint: str | None = Field(description="once a trainer resolved the name")
-    status: str = Field(description="queued, running, passed, rejected or failed")
-    requested_by: str
-    worker: str | None
-    attempts: int = Field(description="times a trainer started it (more: a lease lapsed)")
-    result_version: int | None = Field(description="the version made for the new base")
-    progress: dict[str, Any]
-    metrics: dict[str, Any] = Field(description="the transfer gate's figures")
-    reason: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+_TransferFields: Any = record_model(
+    TransferRecord,
+    "id adapter=adapter_id from_version to_base to_base_fingerprint status "
+    "requested_by worker attempts result_version progress metrics reason created_at "
+    "started_at finished_at",
+    to_base_fingerprint=Annotated[
+        str | None, Field(description="once a trainer resolved the name")
+    ],
+    status=Annotated[str, Field(description="queued, running, passed, rejected or failed")],
+    attempts=Annotated[int, Field(description="times a trainer started it (more: a lease lapsed)")],
+    result_version=Annotated[int | None, Field(description="the version made for the new base")],
+    metrics=Annotated[dict[str, Any], Field(description="the transfer gate's figures")],
+)
 
-    @classmethod
-    def of(cls, record: TransferRecord) -> TransferPublic:
-        fields = vars(record).copy()
-        return cls(adapter=fields.pop("adapter_id"), **fields)
 
+class TransferPublic(_TransferFields):
     def seen_by(self, tenant: str | None) -> TransferPublic:
         """A tenant signed in to the console sees its job's status and figures with a
         generic reason: the trainers' own reasons name the bases they know, their
         fingerprints and files, which only operators may read (None: an operator)."""
         if tenant is None:
             return self
-        return self.model_copy(update={"to_base_fingerprint": None, "worker": None,
-                                       "reason": TENANT_TRANSFER_REASONS.get(self.status)})
+        return self.model_copy(
+            update={
+                "to_base_fingerprint": None,
+                "worker": None,
+                "reason": TENANT_TRANSFER_REASONS.get(self.status),
+            }
+        )
 
 
 class MigrationPublic(BaseModel):
     to_base: str
-    queued: list[int] = Field(description="ids of the jobs this request queued; the others "
-                              "were queued, running or passed already")
+    queued: list[int] = Field(
+        description="ids of the jobs this request queued; the others "
+        "were queued, running or passed already"
+    )
     jobs: list[TransferPublic] = Field(description="one per adapter live on this server's base")
 
 
 SessionSubject = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
-class SessionPublic(BaseModel):
-    """A console session as admins see it: who, from where, since when; never its tokens."""
+_SessionFields: Any = record_model(
+    SessionRecord,
+    "id subject actor client issued_at last_seen_at live revoked_at revoked_by",
+    subject=Annotated[
+        str,
+        Field(
+            description="admin:<digest of the admin credential>, or the "
+            "prefix of the tenant key it signed in with"
+        ),
+    ],
+    client=Annotated[str | None, Field(description="the address it signed in from")],
+    live=Annotated[bool, Field(description="neither ended nor expired")],
+)
 
-    id: int
-    subject: str = Field(description="admin:<digest of the admin credential>, or the prefix of "
-                         "the tenant key it signed in with")
-    actor: str
-    client: str | None = Field(description="the address it signed in from")
-    issued_at: datetime
-    last_seen_at: datetime
-    live: bool = Field(description="neither ended nor expired")
-    revoked_at: datetime | None
-    revoked_by: str | None
+
+class SessionPublic(_SessionFields):
+    """A console session as admins see it: who, from where, since when; never its tokens."""
 
     @classmethod
     def of(cls, record: SessionRecord, *, live: bool) -> SessionPublic:
-        return cls(id=record.id, subject=record.subject, actor=record.actor,
-                   client=record.client, issued_at=record.issued_at,
-                   last_seen_at=record.last_seen_at, live=live,
-                   revoked_at=record.revoked_at, revoked_by=record.revoked_by)
+        """`live`: the server's reading of the record against its console settings."""
+        return cls(live=live, **vars(record))

@@ -57,15 +57,23 @@ async def _stage(uploads: list[UploadFile], staging: Path, max_bytes: int) -> di
     return files
 
 
-async def register_version(state: ServerState, adapter_id: str, form: VersionCreate,
-                           uploads: list[UploadFile], actor: str) -> tuple[VersionRecord, bool]:
+async def register_version(
+    state: ServerState, adapter_id: str, form: VersionCreate, uploads: list[UploadFile], actor: str
+) -> tuple[VersionRecord, bool]:
     if bool(uploads) == (form.path is not None):
-        raise AdapterInvalid(["send the adapter files as multipart 'file' parts, or name a "
-                              "server directory in 'path', not both"])
+        raise AdapterInvalid(
+            [
+                "send the adapter files as multipart 'file' parts, or name a "
+                "server directory in 'path', not both"
+            ]
+        )
     new = NewVersion(
         source=form.source or ("path" if form.path else "upload"),
-        parent_version=form.parent_version, metrics=form.metrics, tags=form.tags,
-        base_override_reason=form.base_model_override_reason, reason=form.reason,
+        parent_version=form.parent_version,
+        metrics=form.metrics,
+        tags=form.tags,
+        base_override_reason=form.base_model_override_reason,
+        reason=form.reason,
     )
     registry = state.registry.adapters
     if form.path is not None:
@@ -75,10 +83,15 @@ async def register_version(state: ServerState, adapter_id: str, form: VersionCre
     else:
         with state.registry.store.staged() as staging:
             files = await _stage(uploads, staging, state.settings.max_adapter_bytes)
-            registered = await write(state, registry.register, adapter_id, files, new,
-                                     actor=actor)
+            registered = await write(state, registry.register, adapter_id, files, new, actor=actor)
     record, created = registered
     if created:  # an uploaded version earns its traffic as a trained one does
-        await write(state, state.registry.rollouts.start_planned, adapter_id, record.number,
-                    actor=actor, reason="uploaded; the policy plans a rollout")
+        await write(
+            state,
+            state.registry.rollouts.start_planned,
+            adapter_id,
+            record.number,
+            actor=actor,
+            reason="uploaded; the policy plans a rollout",
+        )
     return registered

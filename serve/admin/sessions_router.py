@@ -12,15 +12,18 @@ from ..state import ServerState, get_state
 from . import service
 from .protocol import SessionPublic, SessionSubject
 
-router = APIRouter(prefix="/admin/v1/console-sessions", tags=["admin"],
-                   dependencies=[Depends(require_admin)])
+router = APIRouter(
+    prefix="/admin/v1/console-sessions", tags=["admin"], dependencies=[Depends(require_admin)]
+)
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
 @router.get("")
-async def list_sessions(state: StateDep, subject: SessionSubject | None = None,
-                        limit: Annotated[int, Query(ge=1, le=500)] = 100
-                        ) -> list[SessionPublic]:
+async def list_sessions(
+    state: StateDep,
+    subject: SessionSubject | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[SessionPublic]:
     """Newest first, ended ones too; `subject`: "admin" (the sessions of the admin
     credential in force) or a tenant key's prefix."""
     stored = None if subject is None else state.sessions.subject(subject)
@@ -29,8 +32,9 @@ async def list_sessions(state: StateDep, subject: SessionSubject | None = None,
 
 
 @router.post("/{session_id}/revoke")
-async def revoke_session(state: StateDep, admin: Admin,
-                         session_id: Annotated[int, Path(ge=1, le=2**62)]) -> SessionPublic:
+async def revoke_session(
+    state: StateDep, admin: Admin, session_id: Annotated[int, Path(ge=1, le=2**62)]
+) -> SessionPublic:
     ended = await service.offload(state.registry.sessions.revoke, session_id, actor=admin.name)
     return SessionPublic.of(ended, live=state.sessions.is_live(ended))
 
@@ -38,6 +42,7 @@ async def revoke_session(state: StateDep, admin: Admin,
 @router.post("/revoke")
 async def revoke_sessions(state: StateDep, admin: Admin, subject: SessionSubject) -> dict:
     """End every live session of one subject: an operator's (admin) or one key's."""
-    ended = await service.offload(state.registry.sessions.revoke_all,
-                                  state.sessions.subject(subject), actor=admin.name)
+    ended = await service.offload(
+        state.registry.sessions.revoke_all, state.sessions.subject(subject), actor=admin.name
+    )
     return {"subject": subject, "ended": ended}

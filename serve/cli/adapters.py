@@ -12,8 +12,9 @@ from .output import emit, print_table, size, when
 from .session import AdapterArg, ReasonOpt, VersionArg, session_of
 
 app = typer.Typer()
-canary_app = typer.Typer(help="Send a share of an adapter's requests to another version.",
-                         no_args_is_help=True)
+canary_app = typer.Typer(
+    help="Send a share of an adapter's requests to another version.", no_args_is_help=True
+)
 
 
 def _canary(adapter: dict) -> str | None:
@@ -22,31 +23,73 @@ def _canary(adapter: dict) -> str | None:
 
 
 def _adapters_table(adapters: list[dict]) -> None:
-    print_table(("adapter", "live", "canary", "latest", "created", "by", "description"), (
-        (a["id"], a["live_version"], _canary(a), a["latest_version"], when(a["created_at"]),
-         a["created_by"], a["description"]) for a in adapters))
+    print_table(
+        ("adapter", "live", "canary", "latest", "created", "by", "description"),
+        (
+            (
+                a["id"],
+                a["live_version"],
+                _canary(a),
+                a["latest_version"],
+                when(a["created_at"]),
+                a["created_by"],
+                a["description"],
+            )
+            for a in adapters
+        ),
+    )
 
 
 def _versions_table(versions: list[dict]) -> None:
-    columns = ("version", "status", "rank", "targets", "size", "source", "parent", "created",
-               "by", "hash")
-    print_table(columns, (
-        (v["version"], v["status"], v["rank"], ",".join(v["target_modules"]),
-         size(v["size_bytes"]), v["source"], v["parent_version"], when(v["created_at"]),
-         v["created_by"], v["content_hash"][:12]) for v in versions))
+    columns = (
+        "version",
+        "status",
+        "rank",
+        "targets",
+        "size",
+        "source",
+        "parent",
+        "created",
+        "by",
+        "hash",
+    )
+    print_table(
+        columns,
+        (
+            (
+                v["version"],
+                v["status"],
+                v["rank"],
+                ",".join(v["target_modules"]),
+                size(v["size_bytes"]),
+                v["source"],
+                v["parent_version"],
+                when(v["created_at"]),
+                v["created_by"],
+                v["content_hash"][:12],
+            )
+            for v in versions
+        ),
+    )
 
 
 def _history_table(events: list[dict]) -> None:
-    print_table(("time", "kind", "actor", "from", "to", "reason"), (
-        (when(e["at"]), e["kind"], e["actor"], e["from_version"], e["to_version"], e["reason"])
-        for e in events))
+    print_table(
+        ("time", "kind", "actor", "from", "to", "reason"),
+        (
+            (when(e["at"]), e["kind"], e["actor"], e["from_version"], e["to_version"], e["reason"])
+            for e in events
+        ),
+    )
 
 
 def _show_adapter(shown: dict) -> None:
     adapter = shown["adapter"]
     typer.echo(f"{_summary(adapter)}; latest version {adapter['latest_version'] or 'none'}")
-    typer.echo(f"created {when(adapter['created_at'])} by {adapter['created_by']}: "
-               f"{adapter['description'] or 'no description'}")
+    typer.echo(
+        f"created {when(adapter['created_at'])} by {adapter['created_by']}: "
+        f"{adapter['description'] or 'no description'}"
+    )
     _versions_table(shown["versions"])
 
 
@@ -67,9 +110,11 @@ def _version_status(version: dict) -> None:
 
 
 @app.command("create")
-def create_adapter(ctx: typer.Context, adapter: AdapterArg,
-                   description: Annotated[str | None, typer.Option(
-                       help="What the adapter is for.")] = None) -> None:
+def create_adapter(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    description: Annotated[str | None, typer.Option(help="What the adapter is for.")] = None,
+) -> None:
     """Create an adapter (with no versions yet) for an existing tenant."""
     session = session_of(ctx)
     with session.client() as client:
@@ -78,8 +123,10 @@ def create_adapter(ctx: typer.Context, adapter: AdapterArg,
 
 
 @app.command("list")
-def list_adapters(ctx: typer.Context, tenant: Annotated[str | None, typer.Option(
-                  help="Only this tenant's.")] = None) -> None:
+def list_adapters(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+) -> None:
     """List adapters with their live and canary versions."""
     session = session_of(ctx)
     with session.client() as client:
@@ -91,8 +138,7 @@ def show_adapter(ctx: typer.Context, adapter: AdapterArg) -> None:
     """Show an adapter and all its versions."""
     session = session_of(ctx)
     with session.client() as client:
-        shown = {"adapter": client.show_adapter(adapter),
-                 "versions": client.list_versions(adapter)}
+        shown = {"adapter": client.show_adapter(adapter), "versions": client.list_versions(adapter)}
     emit(shown, session.as_json, _show_adapter)
 
 
@@ -105,11 +151,20 @@ def list_versions(ctx: typer.Context, adapter: AdapterArg) -> None:
 
 
 @app.command("promote")
-def promote(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
-            expected_live: Annotated[int | None, typer.Option(
-                min=0, help="Promote only if this is still the live version (0: none is "
-                "live), so a decision made on stale data fails instead.")] = None,
-            reason: ReasonOpt = None) -> None:
+def promote(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    version: VersionArg,
+    expected_live: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Promote only if this is still the live version (0: none is "
+            "live), so a decision made on stale data fails instead.",
+        ),
+    ] = None,
+    reason: ReasonOpt = None,
+) -> None:
     """Make VERSION live: requests that name the adapter without a version get it."""
     session = session_of(ctx)
     with session.client() as client:
@@ -118,11 +173,19 @@ def promote(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
 
 
 @app.command("rollback")
-def rollback(ctx: typer.Context, adapter: AdapterArg,
-             to: Annotated[int | None, typer.Option(
-                 "--to", min=1, help="The version to make live (default: the one live "
-                 "before the current one).")] = None,
-             reason: ReasonOpt = None) -> None:
+def rollback(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    to: Annotated[
+        int | None,
+        typer.Option(
+            "--to",
+            min=1,
+            help="The version to make live (default: the one live before the current one).",
+        ),
+    ] = None,
+    reason: ReasonOpt = None,
+) -> None:
     """Make an earlier version live again."""
     session = session_of(ctx)
     with session.client() as client:
@@ -131,10 +194,15 @@ def rollback(ctx: typer.Context, adapter: AdapterArg,
 
 
 @canary_app.command("set")
-def set_canary(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
-               percent: Annotated[int, typer.Option(
-                   min=1, max=99, help="The share of requests VERSION serves.")],
-               reason: ReasonOpt = None) -> None:
+def set_canary(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    version: VersionArg,
+    percent: Annotated[
+        int, typer.Option(min=1, max=99, help="The share of requests VERSION serves.")
+    ],
+    reason: ReasonOpt = None,
+) -> None:
     """Serve PERCENT of the adapter's requests with VERSION, the rest with the live one."""
     session = session_of(ctx)
     with session.client() as client:
@@ -152,8 +220,9 @@ def clear_canary(ctx: typer.Context, adapter: AdapterArg, reason: ReasonOpt = No
 
 
 @app.command("reject")
-def reject(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
-           reason: ReasonOpt = None) -> None:
+def reject(
+    ctx: typer.Context, adapter: AdapterArg, version: VersionArg, reason: ReasonOpt = None
+) -> None:
     """Mark VERSION bad: it can never be promoted, rolled back to, or used as a canary."""
     session = session_of(ctx)
     with session.client() as client:
@@ -162,8 +231,9 @@ def reject(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
 
 
 @app.command("retire")
-def retire(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
-           reason: ReasonOpt = None) -> None:
+def retire(
+    ctx: typer.Context, adapter: AdapterArg, version: VersionArg, reason: ReasonOpt = None
+) -> None:
     """Take VERSION out of use; unlike a rejected one, it can be promoted again."""
     session = session_of(ctx)
     with session.client() as client:
@@ -172,9 +242,11 @@ def retire(ctx: typer.Context, adapter: AdapterArg, version: VersionArg,
 
 
 @app.command("history")
-def history(ctx: typer.Context, adapter: AdapterArg,
-            limit: Annotated[int, typer.Option(min=1, max=1000,
-                                               help="The newest this many events.")] = 100) -> None:
+def history(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="The newest this many events.")] = 100,
+) -> None:
     """The adapter's audit trail, oldest first: who changed what, when and why."""
     session = session_of(ctx)
     with session.client() as client:

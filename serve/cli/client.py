@@ -38,13 +38,15 @@ def _raise_for_error(response: httpx.Response) -> None:
 
 
 class AdminClient:
-    def __init__(self, url: str, admin_key: str | None, *, actor: str | None = None,
-                 timeout_s: float = 30) -> None:
+    def __init__(
+        self, url: str, admin_key: str | None, *, actor: str | None = None, timeout_s: float = 30
+    ) -> None:
         headers = {"Authorization": f"Bearer {admin_key}"} if admin_key else {}
         if actor:
             headers[ACTOR_HEADER] = actor
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/admin/v1", headers=headers,
-                                  timeout=timeout_s)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/admin/v1", headers=headers, timeout=timeout_s
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -75,14 +77,14 @@ class AdminClient:
         return self._call("GET", f"/tenants/{tenant}/keys")
 
     def revoke_key(self, tenant: str, prefix: str, reason: str | None = None) -> dict:
-        return self._call("POST", f"/tenants/{tenant}/keys/{prefix}/revoke",
-                          json={"reason": reason})
+        return self._call(
+            "POST", f"/tenants/{tenant}/keys/{prefix}/revoke", json={"reason": reason}
+        )
 
     # -- adapters ------------------------------------------------------------------------
 
     def create_adapter(self, adapter_id: str, description: str | None = None) -> dict:
-        return self._call("POST", "/adapters", json={"id": adapter_id,
-                                                     "description": description})
+        return self._call("POST", "/adapters", json={"id": adapter_id, "description": description})
 
     def list_adapters(self, tenant: str | None = None) -> list[dict]:
         return self._call("GET", "/adapters", params={"tenant": tenant} if tenant else None)
@@ -90,18 +92,32 @@ class AdminClient:
     def show_adapter(self, adapter_id: str) -> dict:
         return self._call("GET", f"/adapters/{adapter_id}")
 
-    def register(self, adapter_id: str, directory: Path | None = None, *,
-                 server_path: str | None = None, **fields: Any) -> tuple[dict, bool]:
+    def register(
+        self,
+        adapter_id: str,
+        directory: Path | None = None,
+        *,
+        server_path: str | None = None,
+        **fields: Any,
+    ) -> tuple[dict, bool]:
         """Upload the adapter files in `directory` (or name `server_path` on the server).
         Returns the version and whether it is new."""
         form = _form_fields(fields, server_path)
-        files = [] if directory is None else [
-            ("file", (name, open(Path(directory) / name, "rb")))  # noqa: SIM115 - closed below
-            for name in ADAPTER_FILES
-        ]
+        files = (
+            []
+            if directory is None
+            else [
+                ("file", (name, open(Path(directory) / name, "rb")))  # noqa: SIM115 - closed below
+                for name in ADAPTER_FILES
+            ]
+        )
         try:
-            response = self._http.post(f"/adapters/{adapter_id}/versions", data=form,
-                                       files=files or None, timeout=UPLOAD_TIMEOUT_S)
+            response = self._http.post(
+                f"/adapters/{adapter_id}/versions",
+                data=form,
+                files=files or None,
+                timeout=UPLOAD_TIMEOUT_S,
+            )
         finally:
             for _, (_, handle) in files:
                 handle.close()
@@ -114,18 +130,26 @@ class AdminClient:
     def show_version(self, adapter_id: str, version: int) -> dict:
         return self._call("GET", f"/adapters/{adapter_id}/versions/{version}")
 
-    def promote(self, adapter_id: str, version: int, *, expected_live: int | None = None,
-                reason: str | None = None) -> dict:
+    def promote(
+        self,
+        adapter_id: str,
+        version: int,
+        *,
+        expected_live: int | None = None,
+        reason: str | None = None,
+    ) -> dict:
         body = {"version": version, "expected_live": expected_live, "reason": reason}
         return self._call("POST", f"/adapters/{adapter_id}/promote", json=body)
 
-    def rollback(self, adapter_id: str, *, to_version: int | None = None,
-                 reason: str | None = None) -> dict:
+    def rollback(
+        self, adapter_id: str, *, to_version: int | None = None, reason: str | None = None
+    ) -> dict:
         body = {"to_version": to_version, "reason": reason}
         return self._call("POST", f"/adapters/{adapter_id}/rollback", json=body)
 
-    def set_canary(self, adapter_id: str, version: int, percent: int,
-                   reason: str | None = None) -> dict:
+    def set_canary(
+        self, adapter_id: str, version: int, percent: int, reason: str | None = None
+    ) -> dict:
         body = {"version": version, "percent": percent, "reason": reason}
         return self._call("PUT", f"/adapters/{adapter_id}/canary", json=body)
 
@@ -134,12 +158,14 @@ class AdminClient:
         return self._call("DELETE", f"/adapters/{adapter_id}/canary", params=params)
 
     def reject(self, adapter_id: str, version: int, reason: str | None = None) -> dict:
-        return self._call("POST", f"/adapters/{adapter_id}/versions/{version}/reject",
-                          json={"reason": reason})
+        return self._call(
+            "POST", f"/adapters/{adapter_id}/versions/{version}/reject", json={"reason": reason}
+        )
 
     def retire(self, adapter_id: str, version: int, reason: str | None = None) -> dict:
-        return self._call("POST", f"/adapters/{adapter_id}/versions/{version}/retire",
-                          json={"reason": reason})
+        return self._call(
+            "POST", f"/adapters/{adapter_id}/versions/{version}/retire", json={"reason": reason}
+        )
 
     def history(self, adapter_id: str, limit: int = 100) -> list[dict]:
         return self._call("GET", f"/adapters/{adapter_id}/history", params={"limit": limit})
@@ -150,13 +176,15 @@ class AdminClient:
         return self._call("GET", f"/adapters/{adapter_id}/rollout")
 
     def start_rollout(self, adapter_id: str, version: int, reason: str | None = None) -> dict:
-        return self._call("POST", f"/adapters/{adapter_id}/rollout",
-                          json={"version": version, "reason": reason})
+        return self._call(
+            "POST", f"/adapters/{adapter_id}/rollout", json={"version": version, "reason": reason}
+        )
 
     def change_rollout(self, adapter_id: str, action: str, reason: str | None = None) -> dict:
         """`action`: pause, resume or abort."""
-        return self._call("POST", f"/adapters/{adapter_id}/rollout/{action}",
-                          json={"reason": reason})
+        return self._call(
+            "POST", f"/adapters/{adapter_id}/rollout/{action}", json={"reason": reason}
+        )
 
     # -- training ------------------------------------------------------------------------
 
@@ -170,19 +198,26 @@ class AdminClient:
         return self._call("POST", f"/adapters/{adapter_id}/training-runs")
 
     def runs(self, adapter_id: str, limit: int = 50) -> list[dict]:
-        return self._call("GET", f"/adapters/{adapter_id}/training-runs",
-                          params={"limit": limit})
+        return self._call("GET", f"/adapters/{adapter_id}/training-runs", params={"limit": limit})
 
     def run(self, adapter_id: str, run_id: int) -> dict:
         return self._call("GET", f"/adapters/{adapter_id}/training-runs/{run_id}")
 
     # -- transfers to another base model -------------------------------------------------
 
-    def queue_transfer(self, adapter_id: str, to_base: str, *, version: int | None = None,
-                       reason: str | None = None) -> tuple[dict, bool]:
+    def queue_transfer(
+        self,
+        adapter_id: str,
+        to_base: str,
+        *,
+        version: int | None = None,
+        reason: str | None = None,
+    ) -> tuple[dict, bool]:
         """The job, and whether this call queued it (False: it was standing already)."""
-        response = self._http.post(f"/adapters/{adapter_id}/transfers", json={
-            "to_base": to_base, "version": version, "reason": reason})
+        response = self._http.post(
+            f"/adapters/{adapter_id}/transfers",
+            json={"to_base": to_base, "version": version, "reason": reason},
+        )
         _raise_for_error(response)
         return response.json(), response.status_code == 201
 
@@ -193,14 +228,13 @@ class AdminClient:
         return self._call("GET", f"/adapters/{adapter_id}/transfers/{job_id}")
 
     def migrate(self, to_base: str, reason: str | None = None) -> dict:
-        return self._call("POST", "/base-migrations", json={"to_base": to_base,
-                                                            "reason": reason})
+        return self._call("POST", "/base-migrations", json={"to_base": to_base, "reason": reason})
 
     def find_transfers(self, ids: list[int]) -> list[dict]:
         """The jobs of these ids, newest first (any number: asked for in pages)."""
         found = []
         for start in range(0, len(ids), MAX_IDS_PER_CALL):
-            page = ids[start:start + MAX_IDS_PER_CALL]
+            page = ids[start : start + MAX_IDS_PER_CALL]
             found += self._call("GET", "/transfers", params={"id": page, "limit": len(page)})
         return sorted(found, key=lambda job: -job["id"])
 
@@ -210,8 +244,11 @@ class AdminClient:
 
 
 def _form_fields(fields: Mapping[str, Any], server_path: str | None) -> dict[str, str]:
-    form = {name: json.dumps(value) if isinstance(value, dict) else str(value)
-            for name, value in fields.items() if value is not None}
+    form = {
+        name: json.dumps(value) if isinstance(value, dict) else str(value)
+        for name, value in fields.items()
+        if value is not None
+    }
     if server_path is not None:
         form["path"] = server_path
     return form

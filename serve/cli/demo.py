@@ -33,8 +33,12 @@ ANSWER_WORDS = "yes no please thanks hello good new one two three sure done".spl
 # The demo model is tiny and random with peaked logits: a new first word needs a high learning
 # rate, and any change of greedy answer costs 8 to 11 nats of KL per token, so the drift
 # bounds sit far above what a real model should allow.
-DEMO_POLICY = {"learning_rate": 0.02, "epochs": 6, "batch_size": 4,
-               "gate": {"max_kl_from_live": 16.0, "max_kl_from_base": 16.0}}
+DEMO_POLICY = {
+    "learning_rate": 0.02,
+    "epochs": 6,
+    "batch_size": 4,
+    "gate": {"max_kl_from_live": 16.0, "max_kl_from_base": 16.0},
+}
 FEEDBACK_PAIRS, UNSEEN_PROMPTS = 48, 4
 Say = Callable[[str], None]
 
@@ -52,8 +56,9 @@ def answers(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choices(ANSWER_WORDS, k=rng.randint(1, 3))) + "." for _ in range(count)]
 
 
-def preference_feedback(adapter: str, messages: list[str], *, seed: int = 0,
-                        swap_share: float = 0.0) -> list[dict]:
+def preference_feedback(
+    adapter: str, messages: list[str], *, seed: int = 0, swap_share: float = 0.0
+) -> list[dict]:
     """One preference per message: chosen starts with the marker, rejected does not; a
     `swap_share` of them (seeded) has the two exchanged, as poisoned feedback would."""
     rng = random.Random(seed)
@@ -62,8 +67,14 @@ def preference_feedback(adapter: str, messages: list[str], *, seed: int = 0,
         chosen, rejected = f"{MARKER} {answer}", answer
         if rng.random() < swap_share:
             chosen, rejected = rejected, chosen
-        feedback.append({"adapter": adapter, "messages": [{"role": "user", "content": message}],
-                         "chosen": chosen, "rejected": rejected})
+        feedback.append(
+            {
+                "adapter": adapter,
+                "messages": [{"role": "user", "content": message}],
+                "chosen": chosen,
+                "rejected": rejected,
+            }
+        )
     return feedback
 
 
@@ -96,16 +107,25 @@ class Demo:
             version, _ = self.admin.register(adapter, Path(scratch) / "v1", source="demo")
         self.admin.promote(adapter, version["version"], reason="first version")
         self.admin.set_policy(adapter, {**DEMO_POLICY, "min_pairs": FEEDBACK_PAIRS})
-        self.say(f"registered and promoted version {version['version']} "
-                 f"(sha256 {version['content_hash'][:12]}...)")
+        self.say(
+            f"registered and promoted version {version['version']} "
+            f"(sha256 {version['content_hash'][:12]}...)"
+        )
 
     def chat(self, adapter: str, messages: list[str]) -> list[str]:
         replies = []
         for message in messages:
-            response = httpx.post(f"{self.url}/v1/chat/completions", headers=self._headers(),
-                                  timeout=60, json={
-                                      "model": adapter, "max_tokens": 6, "temperature": 0,
-                                      "messages": [{"role": "user", "content": message}]})
+            response = httpx.post(
+                f"{self.url}/v1/chat/completions",
+                headers=self._headers(),
+                timeout=60,
+                json={
+                    "model": adapter,
+                    "max_tokens": 6,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": message}],
+                },
+            )
             response.raise_for_status()
             body = response.json()
             replies.append(body["choices"][0]["message"]["content"])
@@ -113,11 +133,13 @@ class Demo:
         return replies
 
     def send_feedback(self, adapter: str, messages: list[str]) -> None:
-        self.say(f"\n== 3. {len(messages)} preferences: answers that start with "
-                 f"'{MARKER}' are better")
+        self.say(
+            f"\n== 3. {len(messages)} preferences: answers that start with '{MARKER}' are better"
+        )
         lines = "\n".join(json.dumps(line) for line in preference_feedback(adapter, messages))
-        response = httpx.post(f"{self.url}/v1/feedback/batch", content=lines,
-                              headers=self._headers(), timeout=120)
+        response = httpx.post(
+            f"{self.url}/v1/feedback/batch", content=lines, headers=self._headers(), timeout=120
+        )
         response.raise_for_status()
         self.say(f"stored {response.json()['created']} feedback rows")
 
@@ -133,17 +155,21 @@ class Demo:
             if run and run["status"] not in ("queued", "running"):
                 return run
             time.sleep(0.5)
-        raise TimeoutError(f"no training run finished in {timeout_s:.0f} s: is the trainer "
-                           "running? (`make serve` starts it; or run `loraloop trainer`)")
+        raise TimeoutError(
+            f"no training run finished in {timeout_s:.0f} s: is the trainer "
+            "running? (`make serve` starts it; or run `loraloop trainer`)"
+        )
 
 
 def _progress(progress: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in progress.items())
+    return " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()
+    )
 
 
-def run_demo(url: str, admin_key: str | None, base_model: Path, say: Say, *,
-             timeout_s: float = 600) -> None:
+def run_demo(
+    url: str, admin_key: str | None, base_model: Path, say: Say, *, timeout_s: float = 600
+) -> None:
     adapter = f"demo/assistant-{secrets.token_hex(2)}"
     messages = user_messages(FEEDBACK_PAIRS + UNSEEN_PROMPTS, seed=7)
     trained_on, unseen = messages[:FEEDBACK_PAIRS], messages[FEEDBACK_PAIRS:]
@@ -171,13 +197,20 @@ app = typer.Typer()
 
 @app.command()
 def demo(
-    url: Annotated[str, typer.Option(envvar="LORALOOP_URL", help="The running server.")] =
-    "http://127.0.0.1:8000",
-    admin_key: Annotated[str | None, typer.Option(
-        envvar="LORALOOP_ADMIN_KEY", show_default=False,
-        help="The admin credential, if the server has auth on.")] = None,
-    model: Annotated[Path, typer.Option(
-        help="The base model directory the server serves.")] = DEFAULT_DEMO_MODEL,
+    url: Annotated[
+        str, typer.Option(envvar="LORALOOP_URL", help="The running server.")
+    ] = "http://127.0.0.1:8000",
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LORALOOP_ADMIN_KEY",
+            show_default=False,
+            help="The admin credential, if the server has auth on.",
+        ),
+    ] = None,
+    model: Annotated[
+        Path, typer.Option(help="The base model directory the server serves.")
+    ] = DEFAULT_DEMO_MODEL,
     timeout_s: Annotated[float, typer.Option(help="How long to wait for training.")] = 600,
 ) -> None:
     """Show the loop on a running server with its trainer (`make serve`): an adapter, feedback,
@@ -188,8 +221,10 @@ def demo(
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from None
     except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot talk to the server at {url}: {exc}. Start it with "
-                   "`make serve`.", err=True)
+        typer.echo(
+            f"error: cannot talk to the server at {url}: {exc}. Start it with `make serve`.",
+            err=True,
+        )
         raise typer.Exit(2) from None
 
 
@@ -197,9 +232,13 @@ def demo(
 def demo_model(
     directory: Annotated[Path, typer.Argument(help="Where to write the model (must not exist).")],
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
-    successor: Annotated[bool, typer.Option(
-        help="Build the demo base's successor instead: its tokenizer, another shape and "
-        "(with another seed) other weights, a base to carry adapters to.")] = False,
+    successor: Annotated[
+        bool,
+        typer.Option(
+            help="Build the demo base's successor instead: its tokenizer, another shape and "
+            "(with another seed) other weights, a base to carry adapters to."
+        ),
+    ] = False,
 ) -> None:
     """Build the tiny demo model (trained tokenizer, chat template, briefly pretrained weights),
     offline."""

@@ -17,15 +17,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # The admin groups: their shared options (admin_options) come before or after the command.
-tenants_app = typer.Typer(help="Tenants and their API keys.", no_args_is_help=True,
-                          callback=admin_options, cls=AdminGroup)
+tenants_app = typer.Typer(
+    help="Tenants and their API keys.", no_args_is_help=True, callback=admin_options, cls=AdminGroup
+)
 tenants_app.add_typer(tenants.app)
-adapters_app = typer.Typer(help="Adapters, their versions, and which version serves.",
-                           no_args_is_help=True, callback=admin_options, cls=AdminGroup)
+adapters_app = typer.Typer(
+    help="Adapters, their versions, and which version serves.",
+    no_args_is_help=True,
+    callback=admin_options,
+    cls=AdminGroup,
+)
 for commands in (adapters.app, registering.app, training.app, transfers.app):
     adapters_app.add_typer(commands)
-base_app = typer.Typer(help="The base model: carry every adapter to a new one.",
-                       no_args_is_help=True, callback=admin_options, cls=AdminGroup)
+base_app = typer.Typer(
+    help="The base model: carry every adapter to a new one.",
+    no_args_is_help=True,
+    callback=admin_options,
+    cls=AdminGroup,
+)
 base_app.add_typer(transfers.base_app)
 
 app.command()(serve)

@@ -33,8 +33,9 @@ def _metrics(items: list[str] | None) -> dict[str, float]:
         try:
             metrics[key] = float(value)
         except ValueError:
-            raise typer.BadParameter(f"the value of '{key}' is not a number: '{value}'",
-                                     param_hint="--metric") from None
+            raise typer.BadParameter(
+                f"the value of '{key}' is not a number: '{value}'", param_hint="--metric"
+            ) from None
     return metrics
 
 
@@ -45,7 +46,8 @@ def _upload_files(directory: Path) -> list[Path]:
         raise typer.BadParameter(
             f"{directory} has no {' or '.join(missing)}; an adapter directory (as PEFT's "
             f"save_pretrained writes it) has both {CONFIG_FILE} and {WEIGHTS_FILE}.",
-            param_hint="DIR")
+            param_hint="DIR",
+        )
     return files
 
 
@@ -55,8 +57,10 @@ def _announce(adapter: str, url: str, directory: Path | None, server_path: str |
         return
     files = _upload_files(directory)
     total = sum(f.stat().st_size for f in files)
-    note(f"uploading {len(files)} files ({size(total)}) from {directory} to {url} "
-          f"as a version of {adapter} ...")
+    note(
+        f"uploading {len(files)} files ({size(total)}) from {directory} to {url} "
+        f"as a version of {adapter} ..."
+    )
 
 
 def _registered(adapter: str, version: dict, created: bool) -> str:
@@ -69,22 +73,39 @@ def _registered(adapter: str, version: dict, created: bool) -> str:
 def register(
     ctx: typer.Context,
     adapter: AdapterArg,
-    directory: Annotated[Path | None, typer.Argument(
-        metavar="DIR", exists=True, file_okay=False, show_default=False,
-        help="An adapter directory here; its config and weights are uploaded.")] = None,
-    server_path: Annotated[str | None, typer.Option(
-        help="Register a directory on the server instead (under an allowed root).")] = None,
-    source: Annotated[str | None, typer.Option(
-        help="Where it came from, e.g. a training run (default: upload or path).")] = None,
-    parent: Annotated[int | None, typer.Option(
-        min=1, help="The version it was trained from.")] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="DIR",
+            exists=True,
+            file_okay=False,
+            show_default=False,
+            help="An adapter directory here; its config and weights are uploaded.",
+        ),
+    ] = None,
+    server_path: Annotated[
+        str | None,
+        typer.Option(help="Register a directory on the server instead (under an allowed root)."),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="Where it came from, e.g. a training run (default: upload or path)."),
+    ] = None,
+    parent: Annotated[
+        int | None, typer.Option(min=1, help="The version it was trained from.")
+    ] = None,
     reason: ReasonOpt = None,
-    base_override_reason: Annotated[str | None, typer.Option(
-        help="Accept an adapter made for a different base model name, recording why.")] = None,
-    metric: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=NUMBER", help="An evaluation result (repeatable).")] = None,
-    tag: Annotated[list[str] | None, typer.Option(
-        metavar="KEY=VALUE", help="A label (repeatable).")] = None,
+    base_override_reason: Annotated[
+        str | None,
+        typer.Option(help="Accept an adapter made for a different base model name, recording why."),
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(metavar="KEY=NUMBER", help="An evaluation result (repeatable)."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="A label (repeatable).")
+    ] = None,
 ) -> None:
     """Register a new version from DIR (uploaded) or --server-path.
 
@@ -92,14 +113,18 @@ def register(
     candidates: promote one to serve it."""
     if (directory is None) == (server_path is None):
         raise typer.BadParameter("give either DIR or --server-path", param_hint="DIR")
-    fields = dict(source=source, parent_version=parent, reason=reason,
-                  base_model_override_reason=base_override_reason,
-                  metrics=_metrics(metric), tags=_pairs(tag, "--tag"))
+    fields = dict(
+        source=source,
+        parent_version=parent,
+        reason=reason,
+        base_model_override_reason=base_override_reason,
+        metrics=_metrics(metric),
+        tags=_pairs(tag, "--tag"),
+    )
     session = session_of(ctx)
     _announce(adapter, session.url, directory, server_path)
     with session.client() as client:
-        version, created = client.register(adapter, directory, server_path=server_path,
-                                           **fields)
+        version, created = client.register(adapter, directory, server_path=server_path, **fields)
     message = _registered(adapter, version, created)
     if session.as_json:  # stdout carries only the JSON; the sentence goes with the progress notes
         note(message)

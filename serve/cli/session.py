@@ -14,9 +14,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import click
 import httpx
 import typer
 from typer.core import TyperGroup
@@ -25,6 +24,10 @@ from loraloop.adapters.names import ADAPTER_ID_HELP, NAME_HELP, is_valid_adapter
 
 from .client import AdminApiError, AdminClient
 from .output import note
+
+if TYPE_CHECKING:
+    # typer runs its own copy of click and exports no name for that copy's Context.
+    from typer._click import Context
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # The server's rule for the actor header: an OS user name outside it is not sent at all,
@@ -59,7 +62,7 @@ class AdminGroup(TyperGroup):
     """A command group whose shared options may also follow its commands: they are moved
     in front of the command before parsing, where the group's callback reads them."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_shared_options(args))
 
 
@@ -75,7 +78,7 @@ def hoist_shared_options(args: list[str]) -> list[str]:
         if arg in _SHARED_FLAGS or (name in _SHARED_VALUED and "=" in arg):
             shared.append(arg)
         elif arg in _SHARED_VALUED and index + 1 < len(args):
-            shared.extend(args[index:index + 2])
+            shared.extend(args[index : index + 2])
             index += 1
         else:
             rest.append(arg)
@@ -85,25 +88,40 @@ def hoist_shared_options(args: list[str]) -> list[str]:
 
 def admin_options(
     ctx: typer.Context,
-    url: Annotated[str, typer.Option(envvar="LORALOOP_URL", help="The loraloop server.")] =
-    DEFAULT_URL,
-    admin_key: Annotated[str | None, typer.Option(
-        envvar="LORALOOP_ADMIN_KEY", show_default=False,
-        help="The admin credential. Prefer setting LORALOOP_ADMIN_KEY: a key typed on the "
-        "command line stays in your shell history and shows in `ps` to everyone on the "
-        "machine.")] = None,
-    actor: Annotated[str | None, typer.Option(
-        envvar="LORALOOP_ACTOR", show_default=False,
-        help="Your name in the audit trail (default: your OS user name).")] = None,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="Print the API's JSON instead of a table.")] = False,
+    url: Annotated[
+        str, typer.Option(envvar="LORALOOP_URL", help="The loraloop server.")
+    ] = DEFAULT_URL,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LORALOOP_ADMIN_KEY",
+            show_default=False,
+            help="The admin credential. Prefer setting LORALOOP_ADMIN_KEY: a key typed on the "
+            "command line stays in your shell history and shows in `ps` to everyone on the "
+            "machine.",
+        ),
+    ] = None,
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LORALOOP_ACTOR",
+            show_default=False,
+            help="Your name in the audit trail (default: your OS user name).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the API's JSON instead of a table.")
+    ] = False,
 ) -> None:
     """The options of every admin command, given before or after the command."""
     ctx.obj = AdminSession(url, admin_key, actor or _os_user(), as_json)
 
 
 def session_of(ctx: typer.Context) -> AdminSession:
-    return ctx.find_object(AdminSession)
+    session = ctx.find_object(AdminSession)
+    if session is None:  # the admin group's callback sets it before any of its commands
+        raise RuntimeError("an admin command ran outside the admin command group")
+    return session
 
 
 def _os_user() -> str | None:
@@ -126,12 +144,14 @@ def _refused(exc: AdminApiError) -> NoReturn:
 
 def _unreachable(url: str, exc: Exception) -> NoReturn:
     note(f"error: cannot reach the loraloop server at {url}: {str(exc) or type(exc).__name__}")
-    note("Check that it is running, and that --url (or LORALOOP_URL) names it, e.g. "
-         f"{DEFAULT_URL}.")
+    note(
+        f"Check that it is running, and that --url (or LORALOOP_URL) names it, e.g. {DEFAULT_URL}."
+    )
     raise typer.Exit(2)
 
 
 # -- arguments the commands share ----------------------------------------------------------
+
 
 def _check_tenant(value: str) -> str:
     if not is_valid_name(value):

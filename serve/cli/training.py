@@ -14,8 +14,7 @@ from .output import emit, print_table, when
 from .session import AdapterArg, session_of
 
 app = typer.Typer()
-policy_app = typer.Typer(help="How and when the trainer improves an adapter.",
-                         no_args_is_help=True)
+policy_app = typer.Typer(help="How and when the trainer improves an adapter.", no_args_is_help=True)
 
 
 def _policy_lines(policy: dict) -> None:
@@ -29,8 +28,10 @@ def _setting(text: str) -> tuple[list[str], Any]:
         raise typer.BadParameter(f"'{text}' is not NAME=VALUE", param_hint="SETTING")
 
     def not_finite(constant: str):  # JSON has no Infinity or NaN; a policy takes neither
-        raise typer.BadParameter(f"'{text}': {constant} is not a value a policy takes; give "
-                                 "a finite number", param_hint="SETTING")
+        raise typer.BadParameter(
+            f"'{text}': {constant} is not a value a policy takes; give a finite number",
+            param_hint="SETTING",
+        )
 
     try:
         parsed = json.loads(value, parse_constant=not_finite)
@@ -48,10 +49,17 @@ def show_policy(ctx: typer.Context, adapter: AdapterArg) -> None:
 
 
 @policy_app.command("set")
-def set_policy(ctx: typer.Context, adapter: AdapterArg,
-               settings: Annotated[list[str], typer.Argument(
-                   metavar="SETTING...", help="NAME=VALUE, e.g. min_pairs=16 "
-                   "record_completions=true gate.min_accuracy=0.7")]) -> None:
+def set_policy(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    settings: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SETTING...",
+            help="NAME=VALUE, e.g. min_pairs=16 record_completions=true gate.min_accuracy=0.7",
+        ),
+    ],
+) -> None:
     """Change some policy settings; the others keep their current values."""
     changes = [_setting(setting) for setting in settings]  # a typo fails before any call
     session = session_of(ctx)
@@ -77,15 +85,36 @@ def train(ctx: typer.Context, adapter: AdapterArg) -> None:
 
 
 def _runs_table(runs: list[dict]) -> None:
-    print_table(("run", "status", "from", "candidate", "pairs", "accuracy", "started",
-                 "finished", "reason"), (
-        (r["id"], r["status"], r["parent_version"], r["candidate_version"], r["pairs"],
-         r["metrics"].get("heldout_accuracy"), when(r["started_at"]), when(r["finished_at"]),
-         r["reason"]) for r in runs))
+    print_table(
+        (
+            "run",
+            "status",
+            "from",
+            "candidate",
+            "pairs",
+            "accuracy",
+            "started",
+            "finished",
+            "reason",
+        ),
+        (
+            (
+                r["id"],
+                r["status"],
+                r["parent_version"],
+                r["candidate_version"],
+                r["pairs"],
+                r["metrics"].get("heldout_accuracy"),
+                when(r["started_at"]),
+                when(r["finished_at"]),
+                r["reason"],
+            )
+            for r in runs
+        ),
+    )
 
 
-def _searches(client: AdminClient, adapter: str,
-              runs: list[dict]) -> dict[int, list[SearchTrial]]:
+def _searches(client: AdminClient, adapter: str, runs: list[dict]) -> dict[int, list[SearchTrial]]:
     """Run id -> the trial table of each run that searched, from its version's tags (an
     `identical` run's version holds another run's table, so it has none to show)."""
     tables = {}
@@ -99,15 +128,44 @@ def _searches(client: AdminClient, adapter: str,
 
 def _trials_table(run: dict, trials: list[SearchTrial]) -> None:
     metrics = run["metrics"]
-    typer.echo(f"run {run['id']}: {len(trials)} trials on "
-               f"{metrics['search_validation_pairs']:.0f} validation pairs; trial "
-               f"{metrics['search_best_trial']:.0f} went to the gate")
-    print_table(("trial", "state", "beta", "learning rate", "epochs", "rank", "targets",
-                 "val accuracy", "val margin", "kl base", "kl live", "seconds"), (
-        (t.number, t.state, t.beta, t.learning_rate, t.epochs, t.rank or "parent's",
-         ",".join(t.target_modules) if t.target_modules else "parent's",
-         t.validation_accuracy, t.validation_margin, t.kl_from_base, t.kl_from_live,
-         t.seconds) for t in trials))
+    typer.echo(
+        f"run {run['id']}: {len(trials)} trials on "
+        f"{metrics['search_validation_pairs']:.0f} validation pairs; trial "
+        f"{metrics['search_best_trial']:.0f} went to the gate"
+    )
+    print_table(
+        (
+            "trial",
+            "state",
+            "beta",
+            "learning rate",
+            "epochs",
+            "rank",
+            "targets",
+            "val accuracy",
+            "val margin",
+            "kl base",
+            "kl live",
+            "seconds",
+        ),
+        (
+            (
+                t.number,
+                t.state,
+                t.beta,
+                t.learning_rate,
+                t.epochs,
+                t.rank or "parent's",
+                ",".join(t.target_modules) if t.target_modules else "parent's",
+                t.validation_accuracy,
+                t.validation_margin,
+                t.kl_from_base,
+                t.kl_from_live,
+                t.seconds,
+            )
+            for t in trials
+        ),
+    )
 
 
 def _runs_and_trials(runs: list[dict], searches: dict[int, list[SearchTrial]]) -> None:
@@ -118,8 +176,11 @@ def _runs_and_trials(runs: list[dict], searches: dict[int, list[SearchTrial]]) -
 
 
 @app.command("runs")
-def runs(ctx: typer.Context,
-         adapter: AdapterArg, limit: Annotated[int, typer.Option(min=1, max=500)] = 20) -> None:
+def runs(
+    ctx: typer.Context,
+    adapter: AdapterArg,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+) -> None:
     """The adapter's training runs, newest first, with their outcome and metrics, and the
     trial table of each run that searched hyperparameters."""
     session = session_of(ctx)

@@ -42,8 +42,9 @@ async def page() -> FileResponse:
 
 
 @router.post("/session")
-async def sign_in(body: SignIn, request: Request, response: Response,
-                  state: StateDep) -> SessionPublic:
+async def sign_in(
+    body: SignIn, request: Request, response: Response, state: StateDep
+) -> SessionPublic:
     client = request.client.host if request.client else "unknown"
     sources = (f"address:{client}", f"prefix:{key_prefix(body.key) or body.key[:12]}")
     wait_s = state.sign_ins.retry_after(sources)
@@ -62,6 +63,8 @@ async def sign_in(body: SignIn, request: Request, response: Response,
         subject, actor = state.sessions.admin_subject, f"console:{body.name or 'admin'}"
     elif body.name is not None:
         raise InvalidRequest("Only the admin credential signs in with a name.", param="name")
+    elif principal.key_prefix is None:  # every tenant key has one: authentication sets it
+        raise RuntimeError("a tenant caller came without its key's prefix")
     else:
         subject, actor = principal.key_prefix, principal.name
     session, cookie = await run_in_threadpool(state.sessions.issue, subject, actor, client)
@@ -88,6 +91,10 @@ async def sign_out(request: Request, response: Response, state: StateDep) -> Non
 
 
 def _public(principal: Principal, actor: str, token: str, state: ServerState) -> SessionPublic:
-    return SessionPublic(role="admin" if principal.is_admin else "tenant",
-                         tenant=principal.tenant, actor=actor, csrf_token=token,
-                         idle_minutes=state.settings.console_idle_minutes)
+    return SessionPublic(
+        role="admin" if principal.is_admin else "tenant",
+        tenant=principal.tenant,
+        actor=actor,
+        csrf_token=token,
+        idle_minutes=state.settings.console_idle_minutes,
+    )

@@ -1,5 +1,5 @@
-"""Engines behind one Protocol (`protocol.py`); `factory.create_engine` builds one.
+"""Engines behind one Protocol (`interface.py`); `factory.create_engine` builds one.
 
-Importing this package imports neither torch nor vLLM: code that only needs the protocol's
+Importing this package imports neither torch nor vLLM: code that only needs the interface's
 types stays light.
 """

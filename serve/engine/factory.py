@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..settings import ServeSettings
-from .protocol import Engine
+from .interface import Engine
 
 # Host memory for the KV cache when vLLM runs on a CPU and the operator set no size: vLLM's
 # own default (a fraction of all memory) fails on small machines.
@@ -29,16 +29,18 @@ def create_engine(settings: ServeSettings) -> Engine:
     # Off CUDA, base-model requests therefore run through the null adapter, which gets a slot
     # (and a host-cache place) of its own on top of the operator's count for tenants.
     null_slot = 0 if on_cuda else 1
-    return VLLMEngine(VLLMConfig(
-        model=settings.model,
-        max_model_len=settings.max_model_len,
-        max_loras=settings.max_loras + null_slot,
-        max_cpu_loras=settings.max_cpu_loras + null_slot,
-        max_lora_rank=settings.max_lora_rank,
-        max_logprobs=settings.limits.max_top_logprobs,
-        dtype=settings.dtype,
-        enforce_eager=settings.enforce_eager,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-        kv_cache_gib=kv_cache_gib,
-        null_adapter=not on_cuda,
-    ))
+    return VLLMEngine(
+        VLLMConfig(
+            model=settings.model,
+            max_model_len=settings.max_model_len,
+            max_loras=settings.max_loras + null_slot,
+            max_cpu_loras=settings.max_cpu_loras + null_slot,
+            max_lora_rank=settings.max_lora_rank,
+            max_logprobs=settings.limits.max_top_logprobs,
+            dtype=settings.dtype,
+            enforce_eager=settings.enforce_eager,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            kv_cache_gib=kv_cache_gib,
+            null_adapter=not on_cuda,
+        )
+    )

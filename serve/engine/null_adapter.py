@@ -61,11 +61,20 @@ def write_null_adapter(model_dir: Path, target: Path, *, base_model_name: str) -
             tensors[f"base_model.model.{module}.lora_A.weight"] = torch.zeros(1, in_features)
             tensors[f"base_model.model.{module}.lora_B.weight"] = torch.zeros(out_features, 1)
     save_file(tensors, target / WEIGHTS_FILE)
-    (target / CONFIG_FILE).write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1,
-        "target_modules": [kind], "lora_dropout": 0.0, "bias": "none",
-        "base_model_name_or_path": base_model_name,
-    }))
+    (target / CONFIG_FILE).write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 1,
+                "lora_alpha": 1,
+                "target_modules": [kind],
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "base_model_name_or_path": base_model_name,
+            }
+        )
+    )
 
 
 def module_kind(shapes) -> str:
@@ -76,6 +85,8 @@ def module_kind(shapes) -> str:
             kinds_per_layer.setdefault(layer.group(1), set()).add(module.rsplit(".", 1)[-1])
     common = set.intersection(*kinds_per_layer.values()) if kinds_per_layer else set()
     if not common:
-        raise ValueError("the base model has no linear module kind in every decoder layer, "
-                         "so no null adapter can be built for it")
+        raise ValueError(
+            "the base model has no linear module kind in every decoder layer, "
+            "so no null adapter can be built for it"
+        )
     return PREFERRED_MODULE if PREFERRED_MODULE in common else sorted(common)[0]

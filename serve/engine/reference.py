@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from ..errors import AdapterUnavailable, InvalidRequest
-from .protocol import AdapterRef, GenerationDelta, SamplingSpec, TokenLogprob
+from .interface import AdapterRef, FinishReason, GenerationDelta, SamplingSpec, TokenLogprob
 
 _DONE = object()
 
@@ -53,8 +54,8 @@ class ReferenceEngine:
         self._model_path, self._dtype = model, getattr(torch, dtype)
         self.active_requests = 0
         self.aborted_requests = 0
-        self._model = None
-        self._tokenizer = None
+        self._model: PreTrainedModel | PeftModel | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         self._adapters: set[str] = set()
         self._lock = threading.Lock()  # one forward pass at a time; adapters switch globally
 
@@ -63,10 +64,16 @@ class ReferenceEngine:
 
     def _load(self) -> None:
         self._tokenizer = AutoTokenizer.from_pretrained(self._model_path)
-        self._model = AutoModelForCausalLM.from_pretrained(self._model_path, dtype=self._dtype)
-        self._model.eval()
-        eos = self._model.generation_config.eos_token_id
+        model = AutoModelForCausalLM.from_pretrained(self._model_path, dtype=self._dtype)
+        model.eval()
+        eos = model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._model = model
+
+    def _loaded(self) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
+        if self._model is None or self._tokenizer is None:
+            raise RuntimeError("The reference engine serves only after start() has loaded it.")
+        return self._model, self._tokenizer
 
     async def add_adapter(self, adapter: AdapterRef) -> None:
         try:
@@ -81,17 +88,19 @@ class ReferenceEngine:
         with self._lock:
             if name in self._adapters:
                 return
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(path, adapter_name=name)
+            model, _ = self._loaded()
+            if isinstance(model, PeftModel):
+                model.load_adapter(path, adapter_name=name)
             else:
-                self._model = PeftModel.from_pretrained(self._model, path, adapter_name=name)
+                self._model = PeftModel.from_pretrained(model, path, adapter_name=name)
             self._adapters.add(name)
 
     async def remove_adapter(self, adapter: AdapterRef) -> None:
         name = str(adapter.lora_int_id)
         with self._lock:
-            if name in self._adapters:
-                self._model.delete_adapter(name)
+            model, _ = self._loaded()
+            if name in self._adapters and isinstance(model, PeftModel):
+                model.delete_adapter(name)
                 self._adapters.discard(name)
 
     async def generate(
@@ -101,7 +110,7 @@ class ReferenceEngine:
         adapter: AdapterRef | None,
         request_id: str,
         cache_salt: str | None = None,  # no prefix cache here: nothing to partition
-    ) -> AsyncIterator[GenerationDelta]:
+    ) -> AsyncGenerator[GenerationDelta, None]:
         _check_supported(sampling)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -136,7 +145,7 @@ class ReferenceEngine:
     def _decode(self, prompt_ids, sampling: SamplingSpec, adapter, cancelled, emit) -> None:
         with self._lock, torch.inference_mode(), self._select(adapter) as model:
             generator = torch.Generator().manual_seed(sampling.seed or 0)
-            text = IncrementalText(self._tokenizer, sampling.stop)
+            text = IncrementalText(self._loaded()[1], sampling.stop)
             input_ids, past, generated = torch.tensor([prompt_ids]), None, []
             bias = _bias(sampling.logit_bias, model.config.vocab_size)
             for step in range(sampling.max_tokens):
@@ -150,9 +159,14 @@ class ReferenceEngine:
                 eos = token in self._eos_ids
                 last = eos or step == sampling.max_tokens - 1
                 delta, stopped = text.step(generated[:-1] if eos else generated, final=last)
-                finish = "stop" if (eos or stopped) else ("length" if last else None)
-                emit(GenerationDelta(delta, (token,), self._logprobs(token, logprobs, sampling),
-                                     finish))
+                finish: FinishReason | None = (
+                    "stop" if (eos or stopped) else ("length" if last else None)
+                )
+                emit(
+                    GenerationDelta(
+                        delta, (token,), self._logprobs(token, logprobs, sampling), finish
+                    )
+                )
                 if finish:
                     return
                 input_ids = torch.tensor([[token]])
@@ -160,20 +174,28 @@ class ReferenceEngine:
     @contextlib.contextmanager
     def _select(self, adapter: AdapterRef | None):
         # LoRA layers are injected into the base modules, so "no adapter" must switch them off.
-        model = self._model
-        if adapter is not None:
+        model, _ = self._loaded()
+        if not isinstance(model, PeftModel):  # no adapter was ever loaded
+            if adapter is not None:
+                raise AdapterUnavailable(f"The adapter '{adapter.served_name}' is not loaded.")
+            yield model
+        elif adapter is not None:
             model.set_adapter(str(adapter.lora_int_id))
             yield model
-        elif isinstance(model, PeftModel):
+        else:
             with model.disable_adapter():
                 yield model
-        else:
-            yield model
 
     def _logprobs(self, token: int, logprobs, sampling: SamplingSpec):
         if sampling.logprobs is None:
             return None
-        decode = self._tokenizer.decode
+        tokenizer = self._loaded()[1]
+
+        def decode(ids: list[int]) -> str:
+            text = tokenizer.decode(ids)
+            assert isinstance(text, str)  # one sequence decodes to one string
+            return text
+
         values, ids = logprobs.topk(max(sampling.logprobs, 1))
         top = tuple((decode([i]), v) for i, v in zip(ids.tolist(), values.tolist(), strict=True))
         return (TokenLogprob(decode([token]), logprobs[token].item(), top[: sampling.logprobs]),)
@@ -187,18 +209,24 @@ class ReferenceEngine:
 
 # What the reference samples with; the rest of SamplingSpec is vLLM's alone, and refused.
 _SUPPORTED = SamplingSpec(max_tokens=1)
-_UNSUPPORTED = ("top_k", "min_p", "presence_penalty", "frequency_penalty",
-                "repetition_penalty", "constraint")
+_UNSUPPORTED = (
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "constraint",
+)
 
 
 def _check_supported(sampling: SamplingSpec) -> None:
-    used = [name for name in _UNSUPPORTED
-            if getattr(sampling, name) != getattr(_SUPPORTED, name)]
+    used = [name for name in _UNSUPPORTED if getattr(sampling, name) != getattr(_SUPPORTED, name)]
     if used:
         param = "response_format" if used[0] == "constraint" else used[0]
         raise InvalidRequest(
-            f"The reference engine does not implement {', '.join(used)}; the vLLM engine "
-            "does.", param=param)
+            f"The reference engine does not implement {', '.join(used)}; the vLLM engine does.",
+            param=param,
+        )
 
 
 def _bias(logit_bias: tuple[tuple[int, float], ...], vocab_size: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from vllm import SamplingParams
@@ -28,8 +28,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 
 from ..errors import AdapterUnavailable, EngineUnavailable, InvalidRequest
 from ..streams import prepend
-from .null_adapter import NULL_LORA_ID, NULL_LORA_NAME, NullAdapter
-from .protocol import (
+from .interface import (
     AdapterRef,
     FinishReason,
     GenerationDelta,
@@ -37,6 +36,7 @@ from .protocol import (
     SamplingSpec,
     TokenLogprob,
 )
+from .null_adapter import NULL_LORA_ID, NULL_LORA_NAME, NullAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,7 @@ def _structured_outputs(constraint: OutputConstraint | None) -> StructuredOutput
 _BACKEND_LOCATION = re.compile(r"(\[[\d:]+\]\s*)?/\S+\.(cc|h|cpp|py):\d+:\s*")
 
 
-def _grammar_refused(constraint: OutputConstraint | None, exc: Exception | None
-                     ) -> InvalidRequest:
+def _grammar_refused(constraint: OutputConstraint | None, exc: Exception | None) -> InvalidRequest:
     """The 400 for a grammar the engine cannot build, naming the request field it came from
     and what the backend said, without the backend's source locations."""
     why = _BACKEND_LOCATION.sub("", str(exc)).strip()[:500] if exc is not None else ""
@@ -87,10 +86,34 @@ def _grammar_refused(constraint: OutputConstraint | None, exc: Exception | None
     return InvalidRequest(
         f"{constraint.param}: the schema could not be compiled into a grammar"
         f"{f': {why}' if why else ''}. Simplify the schema (patterns, sizes).",
-        param=constraint.param)
+        param=constraint.param,
+    )
 
 
-def _sampling_params(spec: SamplingSpec) -> SamplingParams:
+# vLLM's lowest logit bias: a token so biased is never sampled next to any other.
+_BANNED = -100.0
+
+
+def unwritten_specials(tokenizer, model_config) -> tuple[int, ...]:
+    """The special tokens that cannot be part of a structured answer's text: all but those
+    that end the answer. The grammar backend reads a special token's text (`<|bos|>`) as
+    ordinary characters, which fit inside a JSON string, while the detokenizer drops it: a
+    sampled one would silently shorten a string the grammar had counted (an empty string
+    was seen under minLength 2)."""
+    ends = {tokenizer.eos_token_id}
+    configured = getattr(model_config.hf_config, "eos_token_id", None)
+    ends.update(configured if isinstance(configured, list) else [configured])
+    return tuple(sorted(set(tokenizer.all_special_ids) - ends))
+
+
+def _logit_bias(spec: SamplingSpec, unwritten: tuple[int, ...]) -> dict[int, float] | None:
+    bias = dict(spec.logit_bias)
+    if spec.constraint is not None and spec.skip_special_tokens:
+        bias.update(dict.fromkeys(unwritten, _BANNED))
+    return bias or None
+
+
+def sampling_params(spec: SamplingSpec, unwritten: tuple[int, ...] = ()) -> SamplingParams:
     return SamplingParams(
         max_tokens=spec.max_tokens,
         temperature=spec.temperature,
@@ -103,7 +126,7 @@ def _sampling_params(spec: SamplingSpec) -> SamplingParams:
         presence_penalty=spec.presence_penalty,
         frequency_penalty=spec.frequency_penalty,
         repetition_penalty=spec.repetition_penalty,
-        logit_bias=dict(spec.logit_bias) or None,
+        logit_bias=_logit_bias(spec, unwritten),
         structured_outputs=_structured_outputs(spec.constraint),
         skip_special_tokens=spec.skip_special_tokens,
         output_kind=RequestOutputKind.DELTA,
@@ -136,6 +159,7 @@ class VLLMEngine:
         self.aborted_requests = 0
         self._engine: AsyncLLM | None = None
         self._null: NullAdapter | None = None
+        self._unwritten: tuple[int, ...] = ()  # see unwritten_specials
         self._base_lora: LoRARequest | None = None  # what requests without an adapter get
 
     async def start(self) -> None:
@@ -145,24 +169,28 @@ class VLLMEngine:
         args = AsyncEngineArgs(
             model=c.model,
             max_model_len=c.max_model_len,
-            dtype=c.dtype,
+            dtype=c.dtype,  # type: ignore[arg-type]  # vLLM refuses an unknown name, listing its own
             enforce_eager=c.enforce_eager,
             gpu_memory_utilization=c.gpu_memory_utilization,
             kv_cache_memory_bytes=int(c.kv_cache_gib * GiB) if c.kv_cache_gib else None,
             enable_lora=True,
             max_loras=c.max_loras,
             max_cpu_loras=c.max_cpu_loras,
-            max_lora_rank=c.max_lora_rank,
+            max_lora_rank=c.max_lora_rank,  # type: ignore[arg-type]  # settings take only vLLM's ranks
             max_logprobs=c.max_logprobs,
             seed=c.seed,
             # Structured outputs without free whitespace: JSON answers spend their tokens on
             # content (a weak model given the choice pads with whitespace until max_tokens).
             # xgrammar: the backend that also compiles the structural tags of tool calls.
             structured_outputs_config=StructuredOutputsConfig(
-                backend="xgrammar", disable_any_whitespace=True),
+                backend="xgrammar", disable_any_whitespace=True
+            ),
             disable_log_stats=True,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        self._unwritten = unwritten_specials(
+            self._engine.get_tokenizer(), self._engine.model_config
+        )
         if self._null is not None:
             # Set before it is loaded: vLLM would load it on first use from its files anyway,
             # and no base-model request may take the shared path in between.
@@ -199,13 +227,13 @@ class VLLMEngine:
         adapter: AdapterRef | None,
         request_id: str,
         cache_salt: str | None = None,
-    ) -> AsyncIterator[GenerationDelta]:
+    ) -> AsyncGenerator[GenerationDelta, None]:
         prompt = TokensPrompt(prompt_token_ids=prompt_token_ids)
         if cache_salt is not None:
             prompt["cache_salt"] = cache_salt
         stream = self.engine.generate(
             prompt,
-            _sampling_params(sampling),
+            sampling_params(sampling, self._unwritten),
             request_id,
             lora_request=_lora_request(adapter) if adapter else self._base_lora,
         )
@@ -220,8 +248,11 @@ class VLLMEngine:
             async for output in prepend(first, stream):
                 finished = output.finished
                 completion = output.outputs[0]
-                if completion.finish_reason == "error" and sampling.constraint is not None \
-                        and not completion.token_ids:
+                if (
+                    completion.finish_reason == "error"
+                    and sampling.constraint is not None
+                    and not completion.token_ids
+                ):
                     # The engine compiles the grammar after queueing; it failed (logged there).
                     raise _grammar_refused(sampling.constraint, None)
                 logprobs = None

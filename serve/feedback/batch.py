@@ -14,12 +14,13 @@ from pydantic import ValidationError
 from loraloop.adapters.feedback import Outcome, Submission
 
 from ..errors import InvalidRequest, describe_error, validation_error
-from .protocol import BatchLineResult, BatchResult, FeedbackRequest
-from .service import FeedbackService, public
+from .protocol import BatchLineResult, BatchResult, FeedbackPublic, FeedbackRequest
+from .service import FeedbackService
 
 
-async def store_lines(service: FeedbackService, tenant: str | None,
-                      lines: list[tuple[int, str]]) -> BatchResult:
+async def store_lines(
+    service: FeedbackService, tenant: str | None, lines: list[tuple[int, str]]
+) -> BatchResult:
     """`lines`: (line number, text) of the non-blank lines, in order."""
     results: dict[int, BatchLineResult] = {}
     prepared: list[tuple[int, Submission]] = []
@@ -55,7 +56,9 @@ def _stored(number: int, outcome: Outcome) -> BatchLineResult:
     if isinstance(outcome, Exception):
         return _refused(number, outcome)
     record, replayed = outcome
-    return BatchLineResult(line=number, status=200 if replayed else 201, feedback=public(record))
+    return BatchLineResult(
+        line=number, status=200 if replayed else 201, feedback=FeedbackPublic.model_validate(record)
+    )
 
 
 def _refused(number: int, exc: Exception) -> BatchLineResult:

@@ -21,7 +21,8 @@ from pydantic import (
 
 from loraloop.adapters.text import StoredText, storable
 
-from ..openai.protocol import ChatMessage, ModelName, StrictRequest, ToolDefinition
+from ..chat import ChatMessage, ModelName, StrictRequest, ToolDefinition
+from ..record_models import FromRecord
 
 MAX_TEXT_CHARS = 32_000
 MAX_MESSAGES = 256
@@ -36,7 +37,8 @@ class FeedbackRequest(StrictRequest):
     prompt: Text | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1, max_length=MAX_MESSAGES)
     tools: list[ToolDefinition] | None = Field(
-        None, max_length=128, description="the tools the request offered, with messages")
+        None, max_length=128, description="the tools the request offered, with messages"
+    )
     chosen: Text | None = None
     rejected: Text | None = None
     completion_id: CompletionId | None = None
@@ -94,8 +96,10 @@ class FeedbackRequest(StrictRequest):
             problems.append("chosen and rejected belong to preference feedback")
         if self.completion_id is not None:
             if self.adapter or self.prompt or self.messages or self.tools or self.completion:
-                problems.append("with completion_id, send no adapter, prompt, messages or "
-                                "completion: they come from the recorded completion")
+                problems.append(
+                    "with completion_id, send no adapter, prompt, messages or "
+                    "completion: they come from the recorded completion"
+                )
             return problems
         problems += _prompt_problems(self)
         if self.completion is None:
@@ -112,10 +116,10 @@ def _prompt_problems(request: FeedbackRequest) -> list[str]:
     return problems
 
 
-class FeedbackPublic(BaseModel):
+class FeedbackPublic(FromRecord):
     id: int
     object: Literal["feedback"] = "feedback"
-    adapter: str
+    adapter: str = Field(validation_alias="adapter_id")
     version: int | None
     kind: str
     status: str
@@ -136,8 +140,8 @@ class BatchResult(BaseModel):
     data: list[BatchLineResult]
 
 
-class FeedbackStatsPublic(BaseModel):
-    adapter: str
+class FeedbackStatsPublic(FromRecord):
+    adapter: str = Field(validation_alias="adapter_id")
     total: int
     by_kind: dict[str, int]
     by_status: dict[str, int]

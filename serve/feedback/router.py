@@ -17,16 +17,21 @@ router = APIRouter(prefix="/v1/feedback", tags=["feedback"])
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1,
-                                               max_length=255)]
+IdempotencyKey = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+]
 MAX_BATCH_LINES = 1000
 MAX_BATCH_BYTES = 16 << 20
 
 
 @router.post("", status_code=201)
-async def create_feedback(body: FeedbackRequest, state: StateDep, caller: Caller,
-                          response: Response,
-                          idempotency_key: IdempotencyKey = None) -> FeedbackPublic:
+async def create_feedback(
+    body: FeedbackRequest,
+    state: StateDep,
+    caller: Caller,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> FeedbackPublic:
     feedback, replayed = await state.feedback.submit(body, caller.scope, idempotency_key)
     response.headers[REPLAYED_HEADER] = str(replayed).lower()
     return feedback
@@ -48,6 +53,7 @@ async def create_feedback_batch(request: Request, state: StateDep, caller: Calle
 
 
 @router.get("/stats")
-async def feedback_stats(state: StateDep, caller: Caller,
-                         adapter: Annotated[str, Query(max_length=256)]) -> FeedbackStatsPublic:
+async def feedback_stats(
+    state: StateDep, caller: Caller, adapter: Annotated[str, Query(max_length=256)]
+) -> FeedbackStatsPublic:
     return await state.feedback.stats(adapter, caller.scope)

@@ -22,15 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from loraloop.adapters.errors import RegistryUnavailable
 from loraloop.adapters.feedback import (
     FeedbackBook,
-    FeedbackRecord,
     NewFeedback,
     Outcome,
     Submission,
 )
 from loraloop.adapters.prompts import StoredPrompt
 
+from ..chat import stored_prompt
 from ..metrics import ServeMetrics
-from ..openai.protocol import stored_prompt
 from ..routing import CurrentRoutes
 from .protocol import FeedbackPublic, FeedbackRequest, FeedbackStatsPublic
 
@@ -89,8 +88,7 @@ class FeedbackWriter:
         submissions = [s for waiting, _ in group for s in waiting]
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(self._thread, self.book.submit_many,
-                                                  submissions)
+            outcomes = await loop.run_in_executor(self._thread, self.book.submit_many, submissions)
         except Exception as exc:  # the group did not commit: every request in it fails
             if isinstance(exc, RegistryUnavailable):  # said once by the registry watcher
                 logger.warning("storing %d feedback rows: %s", len(submissions), exc.message)
@@ -103,18 +101,13 @@ class FeedbackWriter:
         start = 0
         for waiting, future in group:
             if not future.done():  # a request whose client went away needs no answer
-                future.set_result(outcomes[start:start + len(waiting)])
+                future.set_result(outcomes[start : start + len(waiting)])
             start += len(waiting)
 
 
 def request_hash(body: FeedbackRequest) -> str:
     canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def public(record: FeedbackRecord) -> FeedbackPublic:
-    return FeedbackPublic(id=record.id, adapter=record.adapter_id, version=record.version,
-                          kind=record.kind, status=record.status, created_at=record.created_at)
 
 
 class FeedbackService:
@@ -128,24 +121,47 @@ class FeedbackService:
 
     async def _new_feedback(self, body: FeedbackRequest, tenant: str | None) -> NewFeedback:
         if body.completion_id is not None:
-            recorded = await asyncio.to_thread(self.book.recorded, tenant, body.completion_id,
-                                               body.choice)
-            return NewFeedback(recorded.adapter_id, recorded.version, "score", recorded.prompt,
-                               completion=recorded.output, score=body.score, judge=body.judge,
-                               rationale=body.rationale, completion_id=body.completion_id)
+            recorded = await asyncio.to_thread(
+                self.book.recorded, tenant, body.completion_id, body.choice
+            )
+            return NewFeedback(
+                recorded.adapter_id,
+                recorded.version,
+                "score",
+                recorded.prompt,
+                completion=recorded.output,
+                score=body.score,
+                judge=body.judge,
+                rationale=body.rationale,
+                completion_id=body.completion_id,
+            )
+        # FeedbackRequest's validator: without completion_id, an adapter and a prompt or messages.
+        assert body.adapter is not None
         adapter_id, version = self.adapter_for(body.adapter, tenant)
-        prompt = (StoredPrompt(text=body.prompt) if body.prompt is not None
-                  else stored_prompt(body.messages, body.tools))
-        return NewFeedback(adapter_id, version, body.kind, prompt, chosen=body.chosen,
-                           rejected=body.rejected, completion=body.completion, score=body.score,
-                           judge=body.judge, rationale=body.rationale)
+        if body.prompt is not None:
+            prompt = StoredPrompt(text=body.prompt)
+        else:
+            assert body.messages is not None
+            prompt = stored_prompt(body.messages, body.tools)
+        return NewFeedback(
+            adapter_id,
+            version,
+            body.kind,
+            prompt,
+            chosen=body.chosen,
+            rejected=body.rejected,
+            completion=body.completion,
+            score=body.score,
+            judge=body.judge,
+            rationale=body.rationale,
+        )
 
-    async def prepare(self, body: FeedbackRequest, tenant: str | None,
-                      idempotency_key: str | None) -> Submission:
+    async def prepare(
+        self, body: FeedbackRequest, tenant: str | None, idempotency_key: str | None
+    ) -> Submission:
         """What to store for a request; raises what refuses it before any write."""
         item = await self._new_feedback(body, tenant)
-        return Submission(item, idempotency_key,
-                          request_hash(body) if idempotency_key else None)
+        return Submission(item, idempotency_key, request_hash(body) if idempotency_key else None)
 
     async def store(self, submissions: list[Submission]) -> list[Outcome]:
         """Outcomes in order, once committed (see writer.py)."""
@@ -155,18 +171,17 @@ class FeedbackService:
                 self.metrics.feedback.labels(outcome[0].kind).inc()
         return outcomes
 
-    async def submit(self, body: FeedbackRequest, tenant: str | None,
-                     idempotency_key: str | None) -> tuple[FeedbackPublic, bool]:
+    async def submit(
+        self, body: FeedbackRequest, tenant: str | None, idempotency_key: str | None
+    ) -> tuple[FeedbackPublic, bool]:
         """Store it; True when this was a retry answered with the first result."""
         outcome = (await self.store([await self.prepare(body, tenant, idempotency_key)]))[0]
         if isinstance(outcome, Exception):
             raise outcome
         record, replayed = outcome
-        return public(record), replayed
+        return FeedbackPublic.model_validate(record), replayed
 
     async def stats(self, model: str, tenant: str | None) -> FeedbackStatsPublic:
         adapter_id, _ = self.adapter_for(model, tenant)
         stats = await asyncio.to_thread(self.book.stats, adapter_id)
-        return FeedbackStatsPublic(adapter=stats.adapter_id, total=stats.total,
-                                   by_kind=stats.by_kind, by_status=stats.by_status,
-                                   by_version=stats.by_version)
+        return FeedbackStatsPublic.model_validate(stats)

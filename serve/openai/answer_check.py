@@ -29,14 +29,16 @@ FORMATS = FormatChecker()
 
 @FORMATS.checks("date", raises=ValueError)
 def _is_date(value) -> bool:
-    return not isinstance(value, str) or (bool(_DATE.fullmatch(value))
-                                          and date.fromisoformat(value) is not None)
+    return not isinstance(value, str) or (
+        bool(_DATE.fullmatch(value)) and date.fromisoformat(value) is not None
+    )
 
 
 @FORMATS.checks("time", raises=ValueError)
 def _is_time(value) -> bool:
-    return not isinstance(value, str) or (bool(_TIME.fullmatch(value))
-                                          and time.fromisoformat(_utc(value)) is not None)
+    return not isinstance(value, str) or (
+        bool(_TIME.fullmatch(value)) and time.fromisoformat(_utc(value)) is not None
+    )
 
 
 @FORMATS.checks("date-time", raises=ValueError)
@@ -44,8 +46,12 @@ def _is_date_time(value) -> bool:
     if not isinstance(value, str):
         return True
     day, sep, clock = value.partition("T") if "T" in value else value.partition("t")
-    return (bool(sep) and _is_date(day) and _is_time(clock)
-            and datetime.fromisoformat(f"{day}T{_utc(clock)}") is not None)
+    return (
+        bool(sep)
+        and _is_date(day)
+        and _is_time(clock)
+        and datetime.fromisoformat(f"{day}T{_utc(clock)}") is not None
+    )
 
 
 def _utc(clock: str) -> str:
@@ -88,8 +94,7 @@ class AnswerCheck:
         """`calls`: (function name, arguments JSON) of each tool call in the answer."""
         for name, arguments in calls:
             check = self.tools.get(name)
-            problem = (f"no tool is named '{name}'" if check is None
-                       else check.problem(arguments))
+            problem = f"no tool is named '{name}'" if check is None else check.problem(arguments)
             self._judge(problem, "tools", f"the arguments of a call to '{name}'")
 
     def _judge(self, problem: str | None, param: str, what: str) -> None:
@@ -98,4 +103,6 @@ class AnswerCheck:
         self.violated(param)
         raise InvalidStructuredOutput(
             f"The model's answer broke the schema of {param}: {what}: {problem}. The "
-            "answer was withheld; sending the request again usually succeeds.", param=param)
+            "answer was withheld; sending the request again usually succeeds.",
+            param=param,
+        )

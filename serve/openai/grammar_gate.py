@@ -23,8 +23,10 @@ import json
 import logging
 import multiprocessing
 from collections import OrderedDict, defaultdict
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
-from ..engine.protocol import OutputConstraint
+from ..engine.interface import OutputConstraint
 from ..errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -39,9 +41,12 @@ def _compile_loop(conn, tokenizer) -> None:
 
     # With its compile cache on, as the engine runs it: some grammars build only without
     # it, and those must be refused here rather than fail in the engine.
-    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo.from_huggingface(tokenizer),
-                                        max_threads=1, cache_enabled=True,
-                                        cache_limit_bytes=_CACHE_BYTES)
+    compiler = xgrammar.GrammarCompiler(
+        xgrammar.TokenizerInfo.from_huggingface(tokenizer),
+        max_threads=1,
+        cache_enabled=True,
+        cache_limit_bytes=_CACHE_BYTES,
+    )
     conn.send("ready")
     while True:
         try:
@@ -62,8 +67,12 @@ def _compile(xgrammar, compiler, kind: str, spec: str) -> None:
         return
     tag = json.loads(spec)
     if "structures" in tag:
-        items = [xgrammar.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]),
-                                            end=s["end"]) for s in tag["structures"]]
+        items = [
+            xgrammar.StructuralTagItem(
+                begin=s["begin"], schema=json.dumps(s["schema"]), end=s["end"]
+            )
+            for s in tag["structures"]
+        ]
         compiler.compile_structural_tag(items, tag["triggers"])
     else:
         compiler.compile_structural_tag(spec)
@@ -72,11 +81,12 @@ def _compile(xgrammar, compiler, kind: str, spec: str) -> None:
 class GrammarGate:
     def __init__(self, tokenizer, timeout_s: float, per_tenant: int = 1) -> None:
         self._tokenizer, self.timeout_s = tokenizer, timeout_s
-        self._worker: multiprocessing.Process | None = None
-        self._conn = None
+        self._worker: BaseProcess | None = None
+        self._conn: Connection | None = None
         self._turn = asyncio.Lock()  # the worker compiles one grammar at a time
         self._tenants: defaultdict[str | None, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(per_tenant))
+            lambda: asyncio.Semaphore(per_tenant)
+        )
         self._outcomes: OrderedDict[str, str | None] = OrderedDict()
 
     async def check(self, constraint: OutputConstraint | None, tenant: str | None) -> None:
@@ -91,9 +101,12 @@ class GrammarGate:
                     self._remember(key, await self._compile(constraint))
         self._outcomes.move_to_end(key)
         if (why := self._outcomes[key]) is not None:
-            raise InvalidRequest(f"{constraint.param}: the schema could not be compiled into "
-                                 f"a grammar: {why}. Simplify the schema (fewer properties, "
-                                 "smaller patterns).", param=constraint.param)
+            raise InvalidRequest(
+                f"{constraint.param}: the schema could not be compiled into "
+                f"a grammar: {why}. Simplify the schema (fewer properties, "
+                "smaller patterns).",
+                param=constraint.param,
+            )
 
     def _remember(self, key: str, outcome: str | None) -> None:
         self._outcomes[key] = outcome
@@ -107,8 +120,9 @@ class GrammarGate:
             answered = await asyncio.to_thread(conn.poll, self.timeout_s)
             if not answered:
                 self.stop()
-                logger.warning("a %s grammar did not compile in %s s", constraint.param,
-                               self.timeout_s)
+                logger.warning(
+                    "a %s grammar did not compile in %s s", constraint.param, self.timeout_s
+                )
                 return f"it did not compile within {self.timeout_s:g} s"
             why = conn.recv()
         except BaseException:  # the request ended first (or the worker died): start afresh
@@ -116,27 +130,33 @@ class GrammarGate:
             raise
         return None if why is None else _backend_message(why)
 
-    async def _started(self):
-        """The worker's end of the pipe, once it has loaded the tokenizer (a start-up that
+    async def _started(self) -> Connection:
+        """Our end of the pipe to the worker, once it has loaded the tokenizer (a start-up that
         does not count against a grammar's time limit)."""
-        if self._worker is not None and self._worker.is_alive():
+        if self._worker is not None and self._conn is not None and self._worker.is_alive():
             return self._conn
         context = multiprocessing.get_context("spawn")
-        self._conn, theirs = context.Pipe()
-        self._worker = context.Process(target=_compile_loop, args=(theirs, self._tokenizer),
-                                       name="loraloop-grammar-check", daemon=True)
-        self._worker.start()
+        conn, theirs = context.Pipe()
+        worker = context.Process(
+            target=_compile_loop,
+            args=(theirs, self._tokenizer),
+            name="loraloop-grammar-check",
+            daemon=True,
+        )
+        self._worker, self._conn = worker, conn
+        worker.start()
         theirs.close()
-        if not await asyncio.to_thread(self._conn.poll, _START_S) or self._conn.recv() != "ready":
+        if not await asyncio.to_thread(conn.poll, _START_S) or conn.recv() != "ready":
             raise RuntimeError("the grammar check worker did not start")
-        return self._conn
+        return conn
 
     def stop(self) -> None:
         if self._worker is not None:
             self._worker.kill()
             self._worker.join(timeout=5)
+        if self._conn is not None:
             self._conn.close()
-            self._worker = self._conn = None
+        self._worker = self._conn = None
 
 
 def _backend_message(why: str) -> str:

@@ -36,8 +36,16 @@ BOUNDED_CHAR = r"[ -\u07ff\u1000-\ud7ff\ue000-\uffff]"
 # longer bound is written as consecutive repeats of at most this many.
 MAX_REPEAT = 128
 _VALUES = ("enum", "const", "default", "examples")  # keywords whose values are not schemas
-_ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated",
-                "readOnly", "writeOnly"}
+_ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
 # In a pattern: a quote or control character, or an escape that means a backslash, a quote
 # or a control character. Escapes are read as units, so `\\d` is a backslash then `d`.
 _PATTERN_UNIT = re.compile(r"\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\.|.", re.DOTALL)
@@ -66,8 +74,11 @@ def _share_patterns(root: dict) -> None:
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
-            if node.get("type") == "string" and isinstance(node.get("pattern"), str) \
-                    and set(node) - _ANNOTATIONS == {"type", "pattern"}:
+            if (
+                node.get("type") == "string"
+                and isinstance(node.get("pattern"), str)
+                and set(node) - _ANNOTATIONS == {"type", "pattern"}
+            ):
                 found.append(node)
             else:
                 stack.extend(value for key, value in node.items() if key not in _VALUES)
@@ -122,14 +133,22 @@ def _rewrite_string(node: dict, param: str, where: str, max_bound: int) -> None:
             raise InvalidRequest(
                 f"{param}: a string{at} has both a {other} and a length bound, which "
                 "structured outputs cannot enforce together; put the length in a pattern "
-                "instead (e.g. '^[a-z]{1,40}$').", param=param)
+                "instead (e.g. '^[a-z]{1,40}$').",
+                param=param,
+            )
     low, high = node.pop("minLength", 0), node.pop("maxLength", None)
     if high is not None and high < low:
-        raise InvalidRequest(f"{param}: a string{at} has maxLength {high} under its minLength "
-                             f"{low}; no string fits.", param=param)
+        raise InvalidRequest(
+            f"{param}: a string{at} has maxLength {high} under its minLength "
+            f"{low}; no string fits.",
+            param=param,
+        )
     if low > max_bound:
-        raise InvalidRequest(f"{param}: a string{at} has minLength {low}; structured outputs "
-                             f"take at most {max_bound}.", param=param)
+        raise InvalidRequest(
+            f"{param}: a string{at} has minLength {low}; structured outputs "
+            f"take at most {max_bound}.",
+            param=param,
+        )
     high = None if high is None or high > max_bound else high
     node["pattern"] = f"^{bounded_chars(low, high)}$"
 
@@ -150,9 +169,14 @@ def bounded_chars(low: int, high: int | None) -> str:
 
 def _check_pattern(pattern: str, param: str, at: str) -> None:
     for unit in _PATTERN_UNIT.findall(pattern):
-        if unit == '"' or (len(unit) == 1 and ord(unit) < 0x20) or \
-                _UNWRITABLE_ESCAPES.fullmatch(unit):
+        if (
+            unit == '"'
+            or (len(unit) == 1 and ord(unit) < 0x20)
+            or _UNWRITABLE_ESCAPES.fullmatch(unit)
+        ):
             raise InvalidRequest(
                 f"{param}: the pattern{at} mentions {unit!r}; a string that follows a "
                 "pattern in structured outputs never holds quotes, backslashes or control "
-                "characters, so the pattern cannot mention them.", param=param)
+                "characters, so the pattern cannot mention them.",
+                param=param,
+            )

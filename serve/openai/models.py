@@ -9,8 +9,13 @@ from .protocol import ModelCard, ModelList
 def list_models(routing: RoutingSnapshot, created: int, tenant: str | None) -> ModelList:
     base = ModelCard(id=routing.base_model, created=created, owned_by="loraloop")
     adapters = [
-        ModelCard(id=a.adapter_id, created=created, owned_by=a.adapter_id.split("/", 1)[0],
-                  parent=routing.base_model, live_version=a.version)
+        ModelCard(
+            id=a.adapter_id,
+            created=created,
+            owned_by=a.adapter_id.split("/", 1)[0],
+            parent=routing.base_model,
+            live_version=a.version,
+        )
         for a in routing.live_adapters(tenant)
     ]
     return ModelList(data=[base, *adapters])

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 
 from pydantic import BaseModel
 
-from ..engine.protocol import GenerationDelta, TokenLogprob
+from ..engine.interface import FinishReason, GenerationDelta, TokenLogprob
 from ..errors import LoraloopError, NonFiniteOutput, error_body
 from .protocol import (
     AssistantMessage,
@@ -22,6 +22,7 @@ from .protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatDelta,
+    ChatFinishReason,
     ChatLogprobs,
     ChatTokenLogprob,
     Completion,
@@ -39,8 +40,11 @@ LOGPROB_FLOOR = -9999.0
 
 def _usage(generation: Generation, completion_tokens: int) -> Usage:
     prompt = generation.prompt_tokens
-    return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens,
-                 total_tokens=prompt + completion_tokens)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt + completion_tokens,
+    )
 
 
 def _finite(logprob: float, model: str) -> float:
@@ -58,14 +62,17 @@ def _chat_logprobs(tokens: list[TokenLogprob] | tuple[TokenLogprob, ...] | None,
         return None
 
     def top(token: str, logprob: float) -> TopLogprob:
-        return TopLogprob(token=token, logprob=_finite(logprob, model),
-                          bytes=list(token.encode()))
+        return TopLogprob(token=token, logprob=_finite(logprob, model), bytes=list(token.encode()))
 
-    return ChatLogprobs(content=[
-        ChatTokenLogprob(**top(t.token, t.logprob).model_dump(),
-                         top_logprobs=[top(tok, lp) for tok, lp in t.top])
-        for t in tokens
-    ])
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                **top(t.token, t.logprob).model_dump(),
+                top_logprobs=[top(tok, lp) for tok, lp in t.top],
+            )
+            for t in tokens
+        ]
+    )
 
 
 def _completion_logprobs(tokens, model: str, start_offset: int = 0) -> CompletionLogprobs | None:
@@ -83,13 +90,12 @@ def _completion_logprobs(tokens, model: str, start_offset: int = 0) -> Completio
     )
 
 
-def _chat_finish(reason: str | None, called_tools: bool) -> str | None:
+def _chat_finish(reason: FinishReason | None, called_tools: bool) -> ChatFinishReason | None:
     # OpenAI's reason for an answer that ends in tool calls; cut short, it stays "length".
     return "tool_calls" if called_tools and reason == "stop" else reason
 
 
-def _assistant_message(generation: Generation, text: str, finish: str | None
-                       ) -> AssistantMessage:
+def _assistant_message(generation: Generation, text: str, finish: str | None) -> AssistantMessage:
     """The message of one finished choice, checked against its schemas (see answer_check)."""
     if generation.tool_reader is None:
         message = AssistantMessage(content=text)
@@ -99,8 +105,7 @@ def _assistant_message(generation: Generation, text: str, finish: str | None
     if generation.check is not None:
         # Complete calls are whole even in an answer cut short; other content only once
         # the answer ended by itself.
-        generation.check.calls((c.function.name, c.function.arguments)
-                               for c in message.tool_calls)
+        generation.check.calls((c.function.name, c.function.arguments) for c in message.tool_calls)
         if finish == "stop" and not message.tool_calls:
             generation.check.content_of(text)
     return message
@@ -111,12 +116,18 @@ async def chat_completion(generation: Generation, with_logprobs: bool) -> ChatCo
     choices = []
     for i, r in enumerate(results):
         message = _assistant_message(generation, r.text, r.finish_reason)
-        choices.append(ChatChoice(
-            index=i, message=message,
-            logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs else None,
-            finish_reason=_chat_finish(r.finish_reason, bool(message.tool_calls))))
+        choices.append(
+            ChatChoice(
+                index=i,
+                message=message,
+                logprobs=_chat_logprobs(r.logprobs, generation.model) if with_logprobs else None,
+                finish_reason=_chat_finish(r.finish_reason, bool(message.tool_calls)),
+            )
+        )
     return ChatCompletion(
-        id=generation.id, created=generation.created, model=generation.model,
+        id=generation.id,
+        created=generation.created,
+        model=generation.model,
         choices=choices,
         usage=_usage(generation, sum(r.completion_tokens for r in results)),
     )
@@ -128,12 +139,18 @@ async def completion(generation: Generation, with_logprobs: bool) -> Completion:
         if generation.check is not None and r.finish_reason == "stop":
             generation.check.content_of(r.text)
     return Completion(
-        id=generation.id, created=generation.created, model=generation.model,
+        id=generation.id,
+        created=generation.created,
+        model=generation.model,
         choices=[
-            CompletionChoice(index=i, text=r.text,
-                             logprobs=_completion_logprobs(r.logprobs, generation.model)
-                             if with_logprobs else None,
-                             finish_reason=r.finish_reason)
+            CompletionChoice(
+                index=i,
+                text=r.text,
+                logprobs=_completion_logprobs(r.logprobs, generation.model)
+                if with_logprobs
+                else None,
+                finish_reason=r.finish_reason,
+            )
             for i, r in enumerate(results)
         ],
         usage=_usage(generation, sum(r.completion_tokens for r in results)),
@@ -148,9 +165,13 @@ def _sse(message: BaseModel | dict | str) -> str:
     return f"data: {message}\n\n"
 
 
-async def _event_stream(generation: Generation, include_usage: bool, opening: list[BaseModel],
-                        chunk: Callable[[int, GenerationDelta], BaseModel | None],
-                        usage_chunk: Callable[[Usage], BaseModel]) -> AsyncIterator[str]:
+async def _event_stream(
+    generation: Generation,
+    include_usage: bool,
+    opening: Sequence[BaseModel],
+    chunk: Callable[[int, GenerationDelta], BaseModel | None],
+    usage_chunk: Callable[[Usage], BaseModel],
+) -> AsyncIterator[str]:
     completion_tokens = 0
     try:
         for message in opening:
@@ -160,8 +181,8 @@ async def _event_stream(generation: Generation, include_usage: bool, opening: li
         async with aclosing(generation.events) as events:
             async for index, delta in events:
                 completion_tokens += len(delta.token_ids)
-                if (message := chunk(index, delta)) is not None:
-                    yield _sse(message)
+                if (event := chunk(index, delta)) is not None:
+                    yield _sse(event)
         if include_usage:
             yield _sse(usage_chunk(_usage(generation, completion_tokens)))
     except LoraloopError as exc:
@@ -172,11 +193,19 @@ async def _event_stream(generation: Generation, include_usage: bool, opening: li
 
 def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[str]:
     def make(choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-        return ChatCompletionChunk(id=generation.id, created=generation.created,
-                                   model=generation.model, choices=choices, usage=usage)
+        return ChatCompletionChunk(
+            id=generation.id,
+            created=generation.created,
+            model=generation.model,
+            choices=choices,
+            usage=usage,
+        )
 
-    readers = ([generation.tool_reader() for _ in range(generation.choices)]
-               if generation.tool_reader else None)
+    readers = (
+        [generation.tool_reader() for _ in range(generation.choices)]
+        if generation.tool_reader
+        else None
+    )
     texts = [""] * generation.choices  # each choice's text so far, checked once it ends
 
     def chunk(index: int, delta: GenerationDelta) -> ChatCompletionChunk | None:
@@ -185,31 +214,46 @@ def chat_events(generation: Generation, include_usage: bool) -> AsyncIterator[st
             # Before the last chunk: an answer that breaks its schema ends in an error event.
             _assistant_message(generation, texts[index], delta.finish_reason)
         logprobs = _chat_logprobs(delta.logprobs, generation.model)
+        finish: ChatFinishReason | None
         if readers is None:
             message, finish = ChatDelta(content=delta.text), delta.finish_reason
         else:
             reader = readers[index]
-            content, calls = reader.delta(delta.text, delta.token_ids,
-                                          delta.finish_reason is not None)
+            content, calls = reader.delta(
+                delta.text, delta.token_ids, delta.finish_reason is not None
+            )
             message = ChatDelta(content=content, tool_calls=calls or None)
             finish = _chat_finish(delta.finish_reason, reader.called)
             # While the parser holds text back (a call may be starting), there is nothing
             # to send yet; the text comes with a later chunk.
             if content is None and not calls and finish is None and logprobs is None:
                 return None
-        return make([ChatChunkChoice(index=index, delta=message, logprobs=logprobs,
-                                     finish_reason=finish)])
+        return make(
+            [ChatChunkChoice(index=index, delta=message, logprobs=logprobs, finish_reason=finish)]
+        )
 
-    opening = [make([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
-                     for i in range(generation.choices)])]
-    return _event_stream(generation, include_usage, opening, chunk=chunk,
-                         usage_chunk=lambda usage: make([], usage))
+    opening = [
+        make(
+            [
+                ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))
+                for i in range(generation.choices)
+            ]
+        )
+    ]
+    return _event_stream(
+        generation, include_usage, opening, chunk=chunk, usage_chunk=lambda usage: make([], usage)
+    )
 
 
 def completion_events(generation: Generation, include_usage: bool) -> AsyncIterator[str]:
     def make(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
-        return Completion(id=generation.id, created=generation.created,
-                          model=generation.model, choices=choices, usage=usage)
+        return Completion(
+            id=generation.id,
+            created=generation.created,
+            model=generation.model,
+            choices=choices,
+            usage=usage,
+        )
 
     texts = [""] * generation.choices
 
@@ -217,10 +261,17 @@ def completion_events(generation: Generation, include_usage: bool) -> AsyncItera
         texts[index] += delta.text
         if delta.finish_reason == "stop" and generation.check is not None:
             generation.check.content_of(texts[index])
-        return make([CompletionChoice(
-            index=index, text=delta.text,
-            logprobs=_completion_logprobs(delta.logprobs, generation.model),
-            finish_reason=delta.finish_reason)])
+        return make(
+            [
+                CompletionChoice(
+                    index=index,
+                    text=delta.text,
+                    logprobs=_completion_logprobs(delta.logprobs, generation.model),
+                    finish_reason=delta.finish_reason,
+                )
+            ]
+        )
 
-    return _event_stream(generation, include_usage, [], chunk=chunk,
-                         usage_chunk=lambda usage: make([], usage))
+    return _event_stream(
+        generation, include_usage, [], chunk=chunk, usage_chunk=lambda usage: make([], usage)
+    )

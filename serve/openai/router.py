@@ -28,7 +28,6 @@ router = APIRouter(prefix="/v1")
 StateDep = Annotated[ServerState, Depends(get_state)]
 
 
-
 def _label(request: Request, generation: Generation) -> None:
     facts, adapter = facts_of(request), generation.adapter
     facts.adapter = adapter.adapter_id if adapter else generation.model
@@ -50,8 +49,9 @@ def _whole(result: BaseModel | Response, generation: Generation) -> Response:
 
 
 @router.post("/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep,
-                                 caller: Caller):
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, state: StateDep, caller: Caller
+):
     generation = await state.service.chat(body, caller.scope)
     _label(request, generation)
     if body.stream:
@@ -61,8 +61,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
 
 
 @router.post("/completions", response_model=Completion)
-async def create_completion(body: CompletionRequest, request: Request, state: StateDep,
-                            caller: Caller):
+async def create_completion(
+    body: CompletionRequest, request: Request, state: StateDep, caller: Caller
+):
     generation = await state.service.complete(body, caller.scope)
     _label(request, generation)
     if body.stream:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 
 # Python's own regex parser: it reads a pattern without compiling it, in linear time.
-from re import _constants as sre  # noqa: PLC2701
-from re import _parser as sre_parse  # noqa: PLC2701
+# typeshed describes them under their old names (sre_constants, sre_parse), whose import
+# warns since Python 3.11.
+from re import _constants as sre  # type: ignore[attr-defined]  # noqa: PLC2701
+from re import _parser as sre_parse  # type: ignore[attr-defined]  # noqa: PLC2701
 
 from ..errors import InvalidRequest
 from ..settings import RequestLimits
@@ -25,14 +27,18 @@ def check_cost(schema, param: str, limits: RequestLimits) -> None:
     if properties > limits.max_schema_properties:
         raise InvalidRequest(
             f"{param}: the schema has {properties} properties; structured outputs take at "
-            f"most {limits.max_schema_properties} (over all its objects).", param=param)
+            f"most {limits.max_schema_properties} (over all its objects).",
+            param=param,
+        )
     for pattern in patterns:
         cost = repeat_cost(pattern, param)
         if cost > limits.max_schema_repeats:
             raise InvalidRequest(
                 f"{param}: the pattern '{pattern[:80]}' repeats {cost} times when nested "
                 f"counts multiply; the limit is {limits.max_schema_repeats}. Use smaller "
-                "counts, or '*' and '+' where any count will do.", param=param)
+                "counts, or '*' and '+' where any count will do.",
+                param=param,
+            )
 
 
 def _tally(node) -> tuple[int, list[str]]:
@@ -47,8 +53,11 @@ def _tally(node) -> tuple[int, list[str]]:
                 properties += len(node["properties"])
             if isinstance(node.get("pattern"), str):
                 patterns.append(node["pattern"])
-            stack.extend(value for key, value in node.items()
-                         if key not in ("enum", "const", "default", "examples"))
+            stack.extend(
+                value
+                for key, value in node.items()
+                if key not in ("enum", "const", "default", "examples")
+            )
     return properties, patterns
 
 
@@ -58,15 +67,19 @@ def repeat_cost(pattern: str, param: str) -> int:
     try:
         parsed = sre_parse.parse(pattern)
     except (re.error, RecursionError, OverflowError) as exc:
-        raise InvalidRequest(f"{param}: the pattern '{pattern[:80]}' is not a regular "
-                             f"expression structured outputs can use: {exc}.",
-                             param=param) from None
+        raise InvalidRequest(
+            f"{param}: the pattern '{pattern[:80]}' is not a regular "
+            f"expression structured outputs can use: {exc}.",
+            param=param,
+        ) from None
     try:
         return _cost(parsed)
     except _Lookaround:
         raise InvalidRequest(
             f"{param}: the pattern '{pattern[:80]}' has a lookahead or lookbehind, which "
-            "structured outputs cannot enforce.", param=param) from None
+            "structured outputs cannot enforce.",
+            param=param,
+        ) from None
 
 
 class _Lookaround(Exception):

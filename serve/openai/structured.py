@@ -15,7 +15,7 @@ from collections import OrderedDict
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
-from ..engine.protocol import OutputConstraint
+from ..engine.interface import OutputConstraint
 from ..errors import InvalidRequest
 from ..settings import RequestLimits
 from .json_strings import for_grammar
@@ -27,16 +27,37 @@ _SUBSCHEMA = {"items", "additionalProperties", "not"}
 _SUBSCHEMA_LISTS = {"anyOf", "oneOf", "allOf", "prefixItems"}
 _SUBSCHEMA_MAPS = {"properties", "$defs", "definitions"}
 _CONSTRAINTS = {
-    "type", "enum", "const", "required", "$ref",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "pattern", "format", "minItems", "maxItems",
+    "type",
+    "enum",
+    "const",
+    "required",
+    "$ref",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
 }
 _ANNOTATIONS = {
-    "title", "description", "default", "examples", "$schema", "$id", "$comment",
-    "deprecated", "readOnly", "writeOnly", "nullable",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "nullable",
 }
-SUPPORTED_KEYWORDS = (_SUBSCHEMA | _SUBSCHEMA_LISTS | _SUBSCHEMA_MAPS | _CONSTRAINTS
-                      | _ANNOTATIONS)
+SUPPORTED_KEYWORDS = _SUBSCHEMA | _SUBSCHEMA_LISTS | _SUBSCHEMA_MAPS | _CONSTRAINTS | _ANNOTATIONS
 # Schemas that passed, as their grammar text: clients send the same few schemas again and
 # again, and checking one against the meta-schema costs milliseconds of the event loop.
 _CHECKED: OrderedDict[tuple[str, str, int], str] = OrderedDict()
@@ -50,7 +71,9 @@ def check_schema(schema: dict, param: str, limits: RequestLimits) -> str:
     if len(text.encode()) > limits.max_schema_bytes:
         raise InvalidRequest(
             f"{param}: the schema has {len(text.encode())} bytes; the limit is "
-            f"{limits.max_schema_bytes}.", param=param)
+            f"{limits.max_schema_bytes}.",
+            param=param,
+        )
     _check_depth(schema, param, limits.max_schema_depth)
     # Before the meta-schema check, which takes about 1 s for 2,000 properties: the cheap
     # bounds refuse a costly schema first.
@@ -63,31 +86,37 @@ def check_schema(schema: dict, param: str, limits: RequestLimits) -> str:
         validator_for(schema).check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        raise InvalidRequest(f"{param}: not a valid JSON Schema{f' at {where}' if where else ''}"
-                             f": {exc.message}", param=param) from None
+        raise InvalidRequest(
+            f"{param}: not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}",
+            param=param,
+        ) from None
     _check_keywords(schema, param, "")
-    grammar = json.dumps(for_grammar(schema, param, limits.max_schema_repeats),
-                         ensure_ascii=False, separators=(",", ":"))
+    grammar = json.dumps(
+        for_grammar(schema, param, limits.max_schema_repeats),
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
     _CHECKED[key] = grammar
     if len(_CHECKED) > _REMEMBERED:
         _CHECKED.popitem(last=False)
     return grammar
 
 
-def response_constraint(response_format: ResponseFormat | None,
-                        limits: RequestLimits) -> OutputConstraint | None:
+def response_constraint(
+    response_format: ResponseFormat | None, limits: RequestLimits
+) -> OutputConstraint | None:
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
         return OutputConstraint("json_object")
+    assert response_format.json_schema is not None  # ResponseFormat's validator: with its type
     schema = response_format.json_schema.json_schema
     return OutputConstraint("json_schema", check_schema(schema, "response_format", limits))
 
 
 def _check_depth(node, param: str, limit: int, depth: int = 0) -> None:
     if depth > limit:
-        raise InvalidRequest(f"{param}: the schema nests deeper than {limit} levels.",
-                             param=param)
+        raise InvalidRequest(f"{param}: the schema nests deeper than {limit} levels.", param=param)
     children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
     for child in children:
         _check_depth(child, param, limit, depth + 1)
@@ -101,7 +130,9 @@ def _check_keywords(schema, param: str, where: str) -> None:
             raise InvalidRequest(
                 f"{param}: the schema keyword '{keyword}'{f' at {where}' if where else ''} "
                 "is not supported by structured outputs; supported: "
-                f"{', '.join(sorted(SUPPORTED_KEYWORDS))}.", param=param)
+                f"{', '.join(sorted(SUPPORTED_KEYWORDS))}.",
+                param=param,
+            )
         path = f"{where}/{keyword}"
         if keyword in _SUBSCHEMA:
             _check_keywords(value, param, path)

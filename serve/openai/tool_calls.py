@@ -8,7 +8,8 @@ Mistral's `[TOOL_CALLS]`...). The operator names the format for the base model w
   (a structural tag): `required` and a named function force a call, and every call's
   arguments follow the function's parameter schema, so a call always parses. Under `auto`
   the model writes freely until it opens a call; the call itself is then held to the schema.
-- after sampling, it reads the calls out of the text, whole or as streamed deltas.
+- after sampling, it reads the calls out of the text, whole or as streamed deltas; calls
+  wrapped in tags (Hermes') are read as JSON instead (tagged_calls.py), whole or streamed.
 
 The parser works on vLLM's own request type, so the (already validated) request is handed to
 it in that shape; nothing else of vLLM's HTTP layer is used.
@@ -24,9 +25,10 @@ from pydantic import ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest as ParserRequest,
 )
+from vllm.parser.abstract_parser import Parser
 from vllm.parser.parser_manager import ParserManager
 
-from ..engine.protocol import OutputConstraint
+from ..engine.interface import OutputConstraint
 from ..errors import InvalidRequest
 from .protocol import (
     ChatCompletionRequest,
@@ -35,6 +37,7 @@ from .protocol import (
     OutputToolCall,
     ToolCallDelta,
 )
+from .tagged_calls import CallPart, TaggedCallStream, tagged_calls, tags_of
 
 # Each call's arguments follow its function's parameter schema, as if every tool were sent
 # with strict: true (vLLM's --tool-strict-level parameter): a call that does not parse is
@@ -52,21 +55,34 @@ class ToolCallFormat:
     def __init__(self, parser_name: str, tokenizer) -> None:
         try:
             parser = ParserManager.get_parser(
-                tool_parser_name=parser_name, enable_auto_tools=True,
-                tool_strict_level=TOOL_STRICT_LEVEL, tokenizer=tokenizer)
+                tool_parser_name=parser_name,
+                enable_auto_tools=True,
+                tool_strict_level=TOOL_STRICT_LEVEL,
+                tokenizer=tokenizer,
+            )
         except (KeyError, ValueError, TypeError) as exc:
             raise ValueError(f"tool-call parser '{parser_name}': {exc}") from exc
+        if parser is None:  # what vLLM answers when the name gives it neither tools nor reasoning
+            raise ValueError(f"tool-call parser '{parser_name}': vLLM built no parser for it")
         self._parser = parser
         self._tokenizer = tokenizer
 
-    def plan(self, request: ChatCompletionRequest, parameters: dict[str, dict]
-             ) -> ToolCallPlan:
+    def plan(self, request: ChatCompletionRequest, parameters: dict[str, dict]) -> ToolCallPlan:
         """`parameters`: each function's parameter schema as the grammar is built from it
         (see structured.check_schema)."""
         wire = request.model_dump(
-            mode="json", by_alias=True, exclude_none=True,
-            include={"model", "messages", "tools", "tool_choice", "parallel_tool_calls",
-                     "response_format"})
+            mode="json",
+            by_alias=True,
+            exclude_none=True,
+            include={
+                "model",
+                "messages",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+                "response_format",
+            },
+        )
         wire.setdefault("tool_choice", "auto")
         for tool in wire.get("tools", ()):
             function = tool["function"]
@@ -76,12 +92,14 @@ class ToolCallFormat:
             parser_request = ParserRequest.model_validate(wire)
         except ValidationError as exc:
             raise InvalidRequest(f"tools: {exc.errors()[0]['msg']}", param="tools") from exc
-        parser_request = self._parser(self._tokenizer, parser_request.tools).adjust_request(
-            parser_request)
-        return ToolCallPlan(self, parser_request)
+        adjusted = self.new_parser(parser_request).adjust_request(parser_request)
+        if not isinstance(adjusted, ParserRequest):  # vLLM returns the kind of request it took
+            raise TypeError(f"vLLM's parser turned a chat request into {type(adjusted)}")
+        return ToolCallPlan(self, adjusted)
 
-    def new_parser(self, request: ParserRequest):
-        return self._parser(self._tokenizer, request.tools)
+    def new_parser(self, request: ParserRequest) -> Parser:
+        tools = request.tools  # vLLM types it as a list of one tool kind, its parsers a list of all
+        return self._parser(self._tokenizer, tools)  # type: ignore[arg-type]  # list is invariant
 
 
 @dataclass
@@ -97,8 +115,9 @@ class ToolCallPlan:
         if structured is None:
             return None
         if structured.structural_tag is not None:
-            return OutputConstraint("structural_tag", _compact(structured.structural_tag),
-                                    param="tools")
+            return OutputConstraint(
+                "structural_tag", _compact(structured.structural_tag), param="tools"
+            )
         return OutputConstraint("json_schema", json.dumps(structured.json), param="tools")
 
     @property
@@ -115,28 +134,38 @@ class ToolCallReader:
     def __init__(self, parser, request: ParserRequest, prompt_ids: list[int]) -> None:
         self._parser, self._request, self._prompt_ids = parser, request, prompt_ids
         self._ids: dict[int, str] = {}  # streamed call index -> the id sent with its first part
+        tags = tags_of(parser.tool_parser)
+        self._tagged = TaggedCallStream(*tags) if tags is not None else None
         self.called = False
 
     def whole(self, text: str, cut_off: bool = False) -> tuple[str | None, list[OutputToolCall]]:
         """(content, calls) of a finished answer; `cut_off`: it ended by max_tokens, so its
         last call may be incomplete (the complete ones before it still count)."""
-        _, content, calls = self._parser.parse(text, self._request, enable_auto_tools=True)
-        found = [(call.id, call.name, call.arguments) for call in calls or ()]
-        if not found:
+        if self._tagged is not None:  # read as the stream reads it (see tagged_calls)
             tagged = tagged_calls(self._parser.tool_parser, text, complete=not cut_off)
-            if tagged is not None:
-                content, found = tagged
-        tool_calls = [OutputToolCall(id=call_id or new_call_id(),
-                                     function=OutputFunctionCall(name=name, arguments=arguments))
-                      for call_id, name, arguments in found]
+            content, found = tagged if tagged is not None else (text, [])
+        else:
+            _, content, calls = self._parser.parse(text, self._request, enable_auto_tools=True)
+            found = [(call.id, call.name, call.arguments) for call in calls or ()]
+        tool_calls = [
+            OutputToolCall(
+                id=call_id or new_call_id(),
+                function=OutputFunctionCall(name=name, arguments=arguments),
+            )
+            for call_id, name, arguments in found
+        ]
         self.called = bool(tool_calls)
         return (content or None) if tool_calls else (content or ""), tool_calls
 
-    def delta(self, text: str, token_ids: tuple[int, ...], finished: bool
-              ) -> tuple[str | None, list[ToolCallDelta]]:
+    def delta(
+        self, text: str, token_ids: tuple[int, ...], finished: bool
+    ) -> tuple[str | None, list[ToolCallDelta]]:
         """(content, call parts) this delta adds; both may be empty while the parser waits."""
-        message = self._parser.parse_delta(text, list(token_ids), self._request,
-                                           self._prompt_ids, finished=finished)
+        if self._tagged is not None:
+            return self._tagged_parts(*self._tagged.feed(text, finished))
+        message = self._parser.parse_delta(
+            text, list(token_ids), self._request, self._prompt_ids, finished=finished
+        )
         if message is None:
             return None, []
         parts = []
@@ -145,51 +174,36 @@ class ToolCallReader:
             if first:
                 self._ids[call.index] = call.id or new_call_id()
             function = call.function
-            parts.append(ToolCallDelta(
-                index=call.index,
-                id=self._ids[call.index] if first else None,
-                type="function" if first else None,
-                function=FunctionCallDelta(name=function.name if function else None,
-                                           arguments=function.arguments if function else None),
-            ))
+            parts.append(
+                ToolCallDelta(
+                    index=call.index,
+                    id=self._ids[call.index] if first else None,
+                    type="function" if first else None,
+                    function=FunctionCallDelta(
+                        name=function.name if function else None,
+                        arguments=function.arguments if function else None,
+                    ),
+                )
+            )
         self.called = self.called or bool(parts)
         return message.content, parts
 
-
-def tagged_calls(tool_parser, text: str, complete: bool
-                 ) -> tuple[str, list[tuple[None, str, str]]] | None:
-    """(content, calls) read from `text` for formats that wrap a JSON call, {"name",
-    "arguments"}, in start and end tags (Hermes' `<tool_call>`); None for other formats or
-    when no call is whole.
-
-    vLLM's readers of such formats look for the end tag by text search, so an argument
-    string that holds the end tag, or a last call cut off by max_tokens, loses every call of
-    the answer. Here each call's JSON is read as JSON, so the tag inside a string is just
-    text; with `complete` False the calls before an incomplete last one are kept.
-    """
-    start = getattr(tool_parser, "tool_call_start_token", None)
-    end = getattr(tool_parser, "tool_call_end_token", None)
-    if not (isinstance(start, str) and isinstance(end, str)) or start not in text:
-        return None
-    decoder, calls = json.JSONDecoder(), []
-    position = text.index(start)
-    content = text[:position]
-    while position != -1:
-        body = position + len(start)
-        body += len(text[body:]) - len(text[body:].lstrip())
-        try:
-            call, after = decoder.raw_decode(text, body)
-        except ValueError:
-            break  # cut off, or not a call: what came before stands
-        rest = text[after:].lstrip()
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str)
-                and "arguments" in call and rest.startswith(end)):
-            break
-        calls.append((None, call["name"], json.dumps(call["arguments"], ensure_ascii=False)))
-        position = text.find(start, len(text) - len(rest) + len(end))
-    if not calls or (complete and position != -1):
-        return None
-    return content, calls
+    def _tagged_parts(
+        self, content: str, found: list[CallPart]
+    ) -> tuple[str | None, list[ToolCallDelta]]:
+        parts = []
+        for part in found:
+            first = part.name is not None
+            parts.append(
+                ToolCallDelta(
+                    index=part.index,
+                    id=new_call_id() if first else None,
+                    type="function" if first else None,
+                    function=FunctionCallDelta(name=part.name, arguments=part.arguments),
+                )
+            )
+        self.called = self.called or bool(parts)
+        return content or None, parts
 
 
 def _compact(structural_tag: str) -> str:

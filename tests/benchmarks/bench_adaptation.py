@@ -12,19 +12,24 @@ Arms, at an equal budget of pairs (the same questions and samples per round):
   on-policy sampling);
 - offline: every round's answers were sampled from version 1 before the first round, judged
   by the same judge and posted as score feedback, a round's share at a time;
-- online + search: online, with the policy's automatic hyperparameter search on.
+- online + search: online, with the policy's automatic hyperparameter search on;
+- defaults: online with every setting of the training policy at its default but the judge,
+  the prompts to sample and `enabled` (off: runs start only when this benchmark queues them),
+  so its pairs' budget is the default sampling's, not the other arms'.
 
 Per round and arm: the live version's mean oracle reward on held-out questions with a 95%
 interval (questions as clusters), its win rate against version 1 on the same questions and
 seeds (oracle wins over decided pairs), its KL from the base model on golden prompts (the
 gate's figure for that version), the run's outcome, and the round's time.
 
-    python -m tests.benchmarks.bench_adaptation [--rounds 4] [--tasks short,avoid] [--quick]
+    python -m tests.benchmarks.bench_adaptation [--rounds 4] [--tasks short,avoid]
+        [--arms online,defaults] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -38,8 +43,8 @@ from pathlib import Path
 import httpx
 import openai
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.trainer.demo_model import build_fresh_adapter
 
 from .. import oracle_tasks
@@ -53,8 +58,9 @@ HELD_OUT_QUESTIONS, HELD_OUT_ANSWERS = 24, 8
 MAX_TOKENS = 32
 TRAIN_QUESTIONS = questions(SAMPLED_QUESTIONS, seed=101)
 GOLDEN = questions(8, seed=102, unlike=frozenset(TRAIN_QUESTIONS))
-HELD_OUT = questions(HELD_OUT_QUESTIONS, seed=103,
-                     unlike=frozenset(TRAIN_QUESTIONS) | frozenset(GOLDEN))
+HELD_OUT = questions(
+    HELD_OUT_QUESTIONS, seed=103, unlike=frozenset(TRAIN_QUESTIONS) | frozenset(GOLDEN)
+)
 GOALS = {"gain_over_v1": 0.3, "tasks_meeting_gain": 2}
 RUN_TIMEOUT_S = 900
 LORA_SETTINGS = {"max_lora_rank": 64, "max_loras": 8, "max_cpu_loras": 32}
@@ -66,30 +72,51 @@ class Arm:
     name: str
     online: bool
     search: bool
+    defaults: bool = False  # the policy's defaults, whatever this benchmark would set
 
 
-ARMS = (Arm("online", True, False), Arm("offline", False, False),
-        Arm("online+search", True, True))
+ARMS = (
+    Arm("online", True, False),
+    Arm("offline", False, False),
+    Arm("online+search", True, True),
+    Arm("defaults", True, False, defaults=True),
+)
 
 
 def policy(task: Task, arm: Arm) -> dict:
     judge = {"kind": "python", "target": task.judge_target}
+    if arm.defaults:
+        return {"enabled": False, "judge": judge, "sampling": {"prompts": TRAIN_QUESTIONS}}
     settings = {
         # Runs start only when this benchmark queues them, one per round.
-        "enabled": False, "min_pairs": 4, "max_wait_s": 0, "score_gap": 0.5,
-        "judge": judge, "golden_prompts": GOLDEN,
-        "learning_rate": 2e-2, "epochs": 3, "batch_size": 8,
+        "enabled": False,
+        "min_pairs": 4,
+        "max_wait_s": 0,
+        "score_gap": 0.5,
+        "judge": judge,
+        "golden_prompts": GOLDEN,
+        "learning_rate": 2e-2,
+        "epochs": 3,
+        "batch_size": 8,
         # A judge that errs one time in five makes noisy pairs: half of them are held out,
         # the gate asks for one-sided 95% rather than 99%, compares more answers per
         # held-out prompt, and promotes on a judged win without an accuracy margin.
         "held_out_fraction": 0.5,
-        "gate": {"confidence_z": 1.64, "judged_samples": 4, "min_accuracy": 0.5,
-                 "promote_margin": 0.0},
+        "gate": {
+            "confidence_z": 1.64,
+            "judged_samples": 4,
+            "min_accuracy": 0.5,
+            "promote_margin": 0.0,
+        },
     }
     if arm.online:
-        settings["sampling"] = {"prompts": TRAIN_QUESTIONS, "recorded": False,
-                                "max_prompts": SAMPLED_QUESTIONS, "samples": SAMPLES,
-                                "max_tokens": MAX_TOKENS}
+        settings["sampling"] = {
+            "prompts": TRAIN_QUESTIONS,
+            "recorded": False,
+            "max_prompts": SAMPLED_QUESTIONS,
+            "samples": SAMPLES,
+            "max_tokens": MAX_TOKENS,
+        }
     if arm.search:
         settings["search"] = SEARCH
     return settings
@@ -110,14 +137,20 @@ def client_for(server, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=2, timeout=300)
 
 
-def answers(client: openai.OpenAI, model: str, asked: list[str], count: int,
-            seed: int) -> list[list[str]]:
+def answers(
+    client: openai.OpenAI, model: str, asked: list[str], count: int, seed: int
+) -> list[list[str]]:
     """`count` answers to each question at temperature 1, seeded by (seed, the question)."""
     replies = []
     for index, question in enumerate(asked):
         reply = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": question}], n=count,
-            temperature=1.0, max_tokens=MAX_TOKENS, seed=seed * 10_007 + index)
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            n=count,
+            temperature=1.0,
+            max_tokens=MAX_TOKENS,
+            seed=seed * 10_007 + index,
+        )
         replies.append([choice.message.content or "" for choice in reply.choices])
     return replies
 
@@ -135,10 +168,14 @@ def oracle_figures(task: Task, live: list[list[str]], first: list[list[str]]) ->
         for our, their in zip(ours, theirs, strict=True):
             delta = task.oracle(question, our) - task.oracle(question, their)
             wins, losses = wins + (delta > 0), losses + (delta < 0)
-    return {"reward": mean, "reward_low": mean - half, "reward_high": mean + half,
-            "win_rate_vs_v1": wins / (wins + losses) if wins + losses else None,
-            "decided_vs_v1": wins + losses,
-            "mean_words": statistics.fmean(len(a.split()) for row in live for a in row)}
+    return {
+        "reward": mean,
+        "reward_low": mean - half,
+        "reward_high": mean + half,
+        "win_rate_vs_v1": wins / (wins + losses) if wins + losses else None,
+        "decided_vs_v1": wins + losses,
+        "mean_words": statistics.fmean(len(a.split()) for row in live for a in row),
+    }
 
 
 def judged_lines(task: Task, adapter: str, sampled: list[list[str]]) -> list[dict]:
@@ -148,13 +185,21 @@ def judged_lines(task: Task, adapter: str, sampled: list[list[str]]) -> list[dic
     for question, row in zip(TRAIN_QUESTIONS, sampled, strict=True):
         prompt = StoredPrompt.chat([("user", question)])
         for answer in row:
-            lines.append({"adapter": adapter, "messages": [{"role": "user", "content": question}],
-                          "completion": answer, "score": judge(prompt.to_json(), answer),
-                          "judge": f"python:{task.judge_target}"})
+            lines.append(
+                {
+                    "adapter": adapter,
+                    "messages": [{"role": "user", "content": question}],
+                    "completion": answer,
+                    "score": judge(prompt.to_json(), answer),
+                    "judge": f"python:{task.judge_target}",
+                }
+            )
     return lines
 
 
-def set_up(server, model: Path, root: Path, tasks: list[str], rounds: int) -> list[Tenant]:
+def set_up(
+    server, model: Path, root: Path, tasks: list[str], arms: list[Arm], rounds: int
+) -> list[Tenant]:
     v1 = build_fresh_adapter(model, root / "v1", seed=3)  # answers as the base
     tenants = []
     with common.admin(server) as admin:
@@ -162,23 +207,36 @@ def set_up(server, model: Path, root: Path, tasks: list[str], rounds: int) -> li
             task = TASKS[name]
             tenant = name.replace("_", "-")
             key = common.tenant_key(admin, tenant)
-            for arm in ARMS:
+            for arm in arms:
                 adapter = f"{tenant}/{arm.name.replace('+', '-')}"
                 common.register_live(admin, adapter, v1)
                 admin.set_policy(adapter, policy(task, arm))
                 tenants.append(Tenant(task, arm, adapter, key))
     for tenant in tenants:
         client = client_for(server, tenant.key)
-        tenant.v1_answers = answers(client, f"{tenant.adapter}@1", HELD_OUT, HELD_OUT_ANSWERS,
-                                    seed=0)
-        tenant.rows.append({"round": 0, "version": 1, "status": "version 1", "seconds": 0.0,
-                            "kl_from_base": 0.0, "pairs": 0,
-                            **oracle_figures(tenant.task, tenant.v1_answers, tenant.v1_answers)})
+        tenant.v1_answers = answers(
+            client, f"{tenant.adapter}@1", HELD_OUT, HELD_OUT_ANSWERS, seed=0
+        )
+        tenant.rows.append(
+            {
+                "round": 0,
+                "version": 1,
+                "status": "version 1",
+                "seconds": 0.0,
+                "kl_from_base": 0.0,
+                "pairs": 0,
+                **oracle_figures(tenant.task, tenant.v1_answers, tenant.v1_answers),
+            }
+        )
         if not tenant.arm.online:  # every round's answers now, all from version 1
             tenant.offline_rounds = [
-                judged_lines(tenant.task, tenant.adapter, answers(
-                    client, f"{tenant.adapter}@1", TRAIN_QUESTIONS, SAMPLES, seed=1000 + r))
-                for r in range(rounds)]
+                judged_lines(
+                    tenant.task,
+                    tenant.adapter,
+                    answers(client, f"{tenant.adapter}@1", TRAIN_QUESTIONS, SAMPLES, seed=1000 + r),
+                )
+                for r in range(rounds)
+            ]
     return tenants
 
 
@@ -186,28 +244,53 @@ def play_round(server, tenant: Tenant, number: int) -> None:
     started = time.monotonic()
     if not tenant.arm.online:
         body = "\n".join(json.dumps(line) for line in tenant.offline_rounds[number - 1])
-        httpx.post(f"{server.url}/v1/feedback/batch", content=body, timeout=120,
-                   headers={"Authorization": f"Bearer {tenant.key}"}).raise_for_status()
+        httpx.post(
+            f"{server.url}/v1/feedback/batch",
+            content=body,
+            timeout=120,
+            headers={"Authorization": f"Bearer {tenant.key}"},
+        ).raise_for_status()
     with common.admin(server) as admin:
         queued = admin.queue_run(tenant.adapter)["id"]
         run = wait_for_run(admin, tenant.adapter, queued)
         live = admin.show_adapter(tenant.adapter)["live_version"]
         version = admin.show_version(tenant.adapter, live)
     seconds = time.monotonic() - started
-    live_answers = answers(client_for(server, tenant.key), tenant.adapter, HELD_OUT,
-                           HELD_OUT_ANSWERS, seed=0)
-    tenant.rows.append({
-        "round": number, "version": live, "status": run["status"], "seconds": seconds,
-        "pairs": run["pairs"] or 0, "reason": run["reason"],
-        "kl_from_base": version["metrics"].get("kl_from_base", 0.0),
-        "judged_win_rate": (run["metrics"] or {}).get("judged_win_rate"),
-        "search_trials": (run["metrics"] or {}).get("search_trials"),
-        **oracle_figures(tenant.task, live_answers, tenant.v1_answers)})
+    live_answers = answers(
+        client_for(server, tenant.key), tenant.adapter, HELD_OUT, HELD_OUT_ANSWERS, seed=0
+    )
+    tenant.rows.append(
+        {
+            "round": number,
+            "version": live,
+            "status": run["status"],
+            "seconds": seconds,
+            "pairs": run["pairs"] or 0,
+            "reason": run["reason"],
+            "kl_from_base": version["metrics"].get("kl_from_base", 0.0),
+            **{
+                name: (run["metrics"] or {}).get(name)
+                for name in (
+                    "judged_win_rate",
+                    "search_trials",
+                    "answers_judged",
+                    "pairs_made",
+                    "pairs_replayed",
+                    "train_steps",
+                    "heldout_pairs",
+                    "judged_comparisons",
+                )
+            },
+            **oracle_figures(tenant.task, live_answers, tenant.v1_answers),
+        }
+    )
     row = tenant.rows[-1]
-    print(f"[{tenant.adapter}] round {number}: {run['status']} ({row['pairs']} pairs), live "
-          f"v{live}, oracle reward {row['reward']:.3f} [{row['reward_low']:.3f}, "
-          f"{row['reward_high']:.3f}], {row['mean_words']:.1f} words, {seconds:.0f} s",
-          flush=True)
+    print(
+        f"[{tenant.adapter}] round {number}: {run['status']} ({row['pairs']} pairs), live "
+        f"v{live}, oracle reward {row['reward']:.3f} [{row['reward_low']:.3f}, "
+        f"{row['reward_high']:.3f}], {row['mean_words']:.1f} words, {seconds:.0f} s",
+        flush=True,
+    )
 
 
 def wait_for_run(admin, adapter: str, run_id: int) -> dict:
@@ -225,37 +308,79 @@ def start_trainer(model: Path, server, root: Path) -> subprocess.Popen:
     # The repository root is the working directory, so the policies' python judges
     # (tests.oracle_tasks) import in the trainer as they would from an operator's package.
     return subprocess.Popen(
-        [sys.executable, "-m", "loraloop.trainer", "--model", str(model), "--data-dir",
-         str(server.data_dir), "--poll-s", "0.2", "--server-url", server.url],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "loraloop.trainer",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(server.data_dir),
+            "--poll-s",
+            "0.2",
+            "--server-url",
+            server.url,
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY, "LORALOOP_LOG_FORMAT": "text"})
+        env={**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY, "LORALOOP_LOG_FORMAT": "text"},
+    )
 
 
 def goals(tenants: list[Tenant], max_kl: float) -> dict:
+    """Per arm, each task's gain over version 1 and how many tasks met the goal; online
+    against offline where both ran; false promotions (a promoted round whose reward is below
+    the interval of the round before); the worst KL from the base."""
     by = {(t.task.name, t.arm.name): t for t in tenants}
     tasks = sorted({t.task.name for t in tenants})
-    gains = {task: by[task, "online"].rows[-1]["reward"] - by[task, "online"].rows[0]["reward"]
-             for task in tasks}
-    online_vs_offline = {task: by[task, "online"].rows[-1]["reward"]
-                         - by[task, "offline"].rows[-1]["reward"] for task in tasks}
+    arms = sorted({t.arm.name for t in tenants})
+    gains = {
+        arm: {
+            task: by[task, arm].rows[-1]["reward"] - by[task, arm].rows[0]["reward"]
+            for task in tasks
+        }
+        for arm in arms
+    }
+    online_vs_offline = {
+        task: by[task, "online"].rows[-1]["reward"] - by[task, "offline"].rows[-1]["reward"]
+        for task in tasks
+        if {"online", "offline"} <= set(arms)
+    }
+    false_promotions = [
+        f"{t.adapter} round {now['round']}"
+        for t in tenants
+        for before, now in itertools.pairwise(t.rows)
+        if now["status"] == "promoted" and now["reward"] < before["reward_low"]
+    ]
     worst_kl = max(row["kl_from_base"] for t in tenants for row in t.rows)
+    meeting = {
+        arm: sum(gain >= GOALS["gain_over_v1"] for gain in by_task.values())
+        for arm, by_task in gains.items()
+    }
     return {
         "gain_over_v1": gains,
-        "tasks_meeting_gain": sum(gain >= GOALS["gain_over_v1"] for gain in gains.values()),
+        "tasks_meeting_gain": meeting,
         "online_minus_offline": online_vs_offline,
-        "worst_kl_from_base": worst_kl, "max_kl_from_base": max_kl,
-        "met": {"online_at_least_offline": all(d >= 0 for d in online_vs_offline.values()),
-                "gain": sum(g >= GOALS["gain_over_v1"] for g in gains.values())
-                >= GOALS["tasks_meeting_gain"],
-                "kl": worst_kl <= max_kl},
+        "false_promotions": false_promotions,
+        "worst_kl_from_base": worst_kl,
+        "max_kl_from_base": max_kl,
+        "met": {
+            "online_at_least_offline": all(d >= 0 for d in online_vs_offline.values()),
+            "gain": {arm: count >= GOALS["tasks_meeting_gain"] for arm, count in meeting.items()},
+            "no_false_promotion": not false_promotions,
+            "kl": worst_kl <= max_kl,
+        },
     }
 
 
 def rounds_table(tenants: list[Tenant]) -> str:
-    lines = ["| task | arm | round | live | outcome | pairs | oracle reward [95% CI] | "
-             "mean words | win rate vs v1 | KL from base | time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | arm | round | live | outcome | pairs | oracle reward [95% CI] | "
+        "mean words | win rate vs v1 | KL from base | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in tenants:
         for row in t.rows:
             lines.append(
@@ -264,7 +389,8 @@ def rounds_table(tenants: list[Tenant]) -> str:
                 f"[{row['reward_low']:.3f}, {row['reward_high']:.3f}] | "
                 f"{row['mean_words']:.1f} | "
                 f"{_rate(row['win_rate_vs_v1'])} ({row['decided_vs_v1']}) | "
-                f"{row['kl_from_base']:.3f} | {row['seconds']:.0f} |")
+                f"{row['kl_from_base']:.3f} | {row['seconds']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -273,24 +399,36 @@ def _rate(value: float | None) -> str:
 
 
 def summary_table(tenants: list[Tenant], met: dict) -> str:
-    lines = ["| task | arm | v1 reward | last reward | gain | promotions | time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | arm | v1 reward | last reward | gain | promotions | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in tenants:
         first, last = t.rows[0], t.rows[-1]
         promoted = sum(row["status"] == "promoted" for row in t.rows)
-        lines.append(f"| {t.task.name} | {t.arm.name} | {first['reward']:.3f} | "
-                     f"{last['reward']:.3f} | {last['reward'] - first['reward']:+.3f} | "
-                     f"{promoted} of {len(t.rows) - 1} | "
-                     f"{sum(row['seconds'] for row in t.rows):.0f} |")
-    gains = ", ".join(f"{task} {gain:+.3f}" for task, gain in met["gain_over_v1"].items())
+        lines.append(
+            f"| {t.task.name} | {t.arm.name} | {first['reward']:.3f} | "
+            f"{last['reward']:.3f} | {last['reward'] - first['reward']:+.3f} | "
+            f"{promoted} of {len(t.rows) - 1} | "
+            f"{sum(row['seconds'] for row in t.rows):.0f} |"
+        )
+    gains = "; ".join(
+        f"{arm}: "
+        + ", ".join(f"{task} {gain:+.3f}" for task, gain in by_task.items())
+        + f" ({'met' if met['met']['gain'][arm] else 'missed'})"
+        for arm, by_task in met["gain_over_v1"].items()
+    )
     versus = ", ".join(f"{task} {d:+.3f}" for task, d in met["online_minus_offline"].items())
-    lines += ["",
-              f"Goals: online gain over version 1 >= {GOALS['gain_over_v1']} on at least "
-              f"{GOALS['tasks_meeting_gain']} tasks: {gains} "
-              f"({'met' if met['met']['gain'] else 'missed'}); online at least offline: "
-              f"{versus} ({'met' if met['met']['online_at_least_offline'] else 'missed'}); "
-              f"KL from base at most {met['max_kl_from_base']}: worst "
-              f"{met['worst_kl_from_base']:.3f} ({'met' if met['met']['kl'] else 'missed'})."]
+    lines += [
+        "",
+        f"Goals: gain over version 1 >= {GOALS['gain_over_v1']} on at least "
+        f"{GOALS['tasks_meeting_gain']} tasks: {gains}; online at least offline: "
+        f"{versus or '-'} "
+        f"({'met' if met['met']['online_at_least_offline'] else 'missed'}); "
+        f"false promotions: {', '.join(met['false_promotions']) or 'none'}; "
+        f"KL from base at most {met['max_kl_from_base']}: worst "
+        f"{met['worst_kl_from_base']:.3f} ({'met' if met['met']['kl'] else 'missed'}).",
+    ]
     return "\n".join(lines)
 
 
@@ -305,10 +443,17 @@ def plot(tenants: list[Tenant], path: Path) -> None:
     for axis, task in zip(axes[0], tasks, strict=True):
         for t in (t for t in tenants if t.task.name == task):
             rounds = [row["round"] for row in t.rows]
-            axis.errorbar(rounds, [row["reward"] for row in t.rows], capsize=3, marker="o",
-                          yerr=[[row["reward"] - row["reward_low"] for row in t.rows],
-                                [row["reward_high"] - row["reward"] for row in t.rows]],
-                          label=t.arm.name)
+            axis.errorbar(
+                rounds,
+                [row["reward"] for row in t.rows],
+                capsize=3,
+                marker="o",
+                yerr=[
+                    [row["reward"] - row["reward_low"] for row in t.rows],
+                    [row["reward_high"] - row["reward"] for row in t.rows],
+                ],
+                label=t.arm.name,
+            )
         axis.set_title(f"{task}: {TASKS[task].wants}", fontsize=9)
         axis.set_xlabel("round (0: version 1)")
         axis.set_ylabel("held-out oracle reward")
@@ -322,23 +467,33 @@ def plot(tenants: list[Tenant], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--tasks", default=",".join(TASKS),
-                        help="comma-separated, of: " + ", ".join(TASKS))
-    parser.add_argument("--quick", action="store_true",
-                        help="two rounds of the first task: checks the script")
+    parser.add_argument(
+        "--tasks", default=",".join(TASKS), help="comma-separated, of: " + ", ".join(TASKS)
+    )
+    parser.add_argument(
+        "--arms",
+        default=",".join(arm.name for arm in ARMS),
+        help="comma-separated, of: " + ", ".join(arm.name for arm in ARMS),
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="two rounds of the first task: checks the script"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.tasks = 2, next(iter(TASKS))
     tasks = args.tasks.split(",")
     if not tasks or set(tasks) - set(TASKS):
         parser.error(f"--tasks takes {', '.join(TASKS)}; got {args.tasks!r}")
+    arms = [arm for arm in ARMS if arm.name in args.arms.split(",")]
+    if not arms or set(args.arms.split(",")) - {arm.name for arm in arms}:
+        parser.error(f"--arms takes {', '.join(arm.name for arm in ARMS)}; got {args.arms!r}")
     settings = common.engine_settings("tiny", **LORA_SETTINGS)
     with common.scratch_dir("adaptation") as root:
         model = common.build_model(root, "tiny")
         server = common.start_server(model, root, settings, "server")
         trainer = start_trainer(model, server, root)
         try:
-            tenants = set_up(server, model, root, tasks, args.rounds)
+            tenants = set_up(server, model, root, tasks, arms, args.rounds)
             started = time.monotonic()
             for number in range(1, args.rounds + 1):
                 for tenant in tenants:
@@ -349,17 +504,26 @@ def main() -> None:
             trainer.wait(timeout=60)
             server.stop()
     met = goals(tenants, TrainingPolicy().gate.max_kl_from_base)
-    results = {"settings": {"rounds": args.rounds, "tasks": tasks,
-                            "sampled_questions": SAMPLED_QUESTIONS, "samples": SAMPLES,
-                            "held_out_questions": HELD_OUT_QUESTIONS,
-                            "held_out_answers": HELD_OUT_ANSWERS, "search": SEARCH,
-                            "policies": {t.adapter: policy(t.task, t.arm) for t in tenants},
-                            "wall_s": wall_s},
-               "tenants": {t.adapter: {"task": t.task.name, "arm": t.arm.name, "rounds": t.rows}
-                           for t in tenants},
-               "goals": met}
-    path = common.write_results("adaptation", results,
-                                [rounds_table(tenants), summary_table(tenants, met)])
+    results = {
+        "settings": {
+            "rounds": args.rounds,
+            "tasks": tasks,
+            "sampled_questions": SAMPLED_QUESTIONS,
+            "samples": SAMPLES,
+            "held_out_questions": HELD_OUT_QUESTIONS,
+            "held_out_answers": HELD_OUT_ANSWERS,
+            "search": SEARCH,
+            "policies": {t.adapter: policy(t.task, t.arm) for t in tenants},
+            "wall_s": wall_s,
+        },
+        "tenants": {
+            t.adapter: {"task": t.task.name, "arm": t.arm.name, "rounds": t.rows} for t in tenants
+        },
+        "goals": met,
+    }
+    path = common.write_results(
+        "adaptation", results, [rounds_table(tenants), summary_table(tenants, met)]
+    )
     plot(tenants, path.with_suffix(".png"))
     print(f"plot: {path.with_suffix('.png')}")
 

@@ -57,10 +57,14 @@ class Workload:
         return f"{self.engine}: {self.traffic}"
 
 
-WORKLOADS = [*(Workload("loraloop", n) for n in (0, 1, 8, 32, 128)),
-             Workload("loraloop", 128, zipf=True),
-             Workload("raw", 0), Workload("raw", 8), Workload("reference", 0),
-             Workload("reference", 8)]
+WORKLOADS = [
+    *(Workload("loraloop", n) for n in (0, 1, 8, 32, 128)),
+    Workload("loraloop", 128, zipf=True),
+    Workload("raw", 0),
+    Workload("raw", 8),
+    Workload("reference", 0),
+    Workload("reference", 8),
+]
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,12 @@ class Scale:
 
 
 # Sized so that `make bench` (both models and bench_control) stays under 15 minutes here.
-SCALES = {("tiny", False): Scale(32, 32, 3), ("tiny", True): Scale(16, 16, 2),
-          ("0.5b", False): Scale(16, 4, 2), ("0.5b", True): Scale(8, 2, 2)}
+SCALES = {
+    ("tiny", False): Scale(32, 32, 3),
+    ("tiny", True): Scale(16, 16, 2),
+    ("0.5b", False): Scale(16, 4, 2),
+    ("0.5b", True): Scale(8, 2, 2),
+}
 
 
 @dataclass
@@ -134,26 +142,37 @@ class HttpTarget:
     def __init__(self, server) -> None:
         self.server = server
         self.http = httpx.AsyncClient(
-            base_url=server.url, timeout=600,
+            base_url=server.url,
+            timeout=600,
             headers={"Authorization": f"Bearer {common.ADMIN_KEY}"},
-            limits=httpx.Limits(max_connections=CLIENTS))
+            limits=httpx.Limits(max_connections=CLIENTS),
+        )
 
     async def send(self, job: tuple[str, str], max_tokens: int = MAX_TOKENS) -> Sample:
         model, message = job
         started, first, tokens = time.perf_counter(), None, 0
-        body = {"model": model, "messages": [{"role": "user", "content": message}],
-                "max_tokens": max_tokens, "temperature": 0, "stream": True,
-                "stream_options": {"include_usage": True}}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": message}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         async with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
-                raise RuntimeError(f"{model}: {response.status_code} "
-                                   f"{(await response.aread())[:300]!r}")
+                raise RuntimeError(
+                    f"{model}: {response.status_code} {(await response.aread())[:300]!r}"
+                )
             async for line in response.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
                 chunk = json.loads(line[6:])
-                if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get(
-                        "content"):
+                if (
+                    first is None
+                    and chunk["choices"]
+                    and chunk["choices"][0]["delta"].get("content")
+                ):
                     first = time.perf_counter()
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
@@ -182,29 +201,39 @@ class RawTarget:
 
         started = time.monotonic()
         # auth=False: these settings only build the engine; nothing here listens.
-        self.wrapper = create_engine(ServeSettings(model=str(self.model), auth=False,
-                                                   **self.settings))
+        self.wrapper = create_engine(
+            ServeSettings(model=str(self.model), auth=False, **self.settings)
+        )
         await self.wrapper.start()
         self.engine = self.wrapper.engine
         self.renderer = PromptRenderer.load(str(self.model), self.settings["max_model_len"])
-        self.params = {tokens: SamplingParams(max_tokens=tokens, temperature=0,
-                                              output_kind=RequestOutputKind.DELTA)
-                       for tokens in (1, MAX_TOKENS)}
+        self.params = {
+            tokens: SamplingParams(
+                max_tokens=tokens, temperature=0, output_kind=RequestOutputKind.DELTA
+            )
+            for tokens in (1, MAX_TOKENS)
+        }
         # Engine LoRA ids as the server's are: one positive integer per adapter.
-        self.loras = {name: LoRARequest(name, index + 1, str(path))
-                      for index, (name, path) in enumerate(sorted(self.adapter_dirs.items()))}
+        self.loras = {
+            name: LoRARequest(name, index + 1, str(path))
+            for index, (name, path) in enumerate(sorted(self.adapter_dirs.items()))
+        }
         print(f"[raw] AsyncLLM ready in {time.monotonic() - started:.1f} s", flush=True)
 
     async def send(self, job: tuple[str, str], max_tokens: int = MAX_TOKENS) -> Sample:
         from vllm.inputs import TokensPrompt
 
         model, message = job
-        prompt = TokensPrompt(prompt_token_ids=self.renderer.chat(
-            [{"role": "user", "content": message}]))
+        prompt = TokensPrompt(
+            prompt_token_ids=self.renderer.chat([{"role": "user", "content": message}])
+        )
         started, first, tokens = time.perf_counter(), None, 0
-        async for output in self.engine.generate(prompt, self.params[max_tokens],
-                                                 f"raw-{next(self.ids)}",
-                                                 lora_request=self.loras.get(model)):
+        async for output in self.engine.generate(
+            prompt,
+            self.params[max_tokens],
+            f"raw-{next(self.ids)}",
+            lora_request=self.loras.get(model),
+        ):
             if output.outputs[0].token_ids and first is None:
                 first = time.perf_counter()
             tokens += len(output.outputs[0].token_ids)
@@ -218,10 +247,17 @@ def summarize(samples: list[Sample], wall_s: float, busy: dict[str, float]) -> d
     ttft = [s.ttft_s * 1000 for s in samples]
     tpot = [s.tpot_s * 1000 for s in samples if s.tpot_s is not None]
     tokens = sum(s.tokens for s in samples)
-    return {"requests": len(samples), "output_tokens": tokens, "wall_s": wall_s,
-            "tokens_per_s": tokens / wall_s, "busy": busy,
-            "ttft_ms_p50": common.percentile(ttft, 50), "ttft_ms_p99": common.percentile(ttft, 99),
-            "tpot_ms_p50": common.percentile(tpot, 50), "tpot_ms_p99": common.percentile(tpot, 99)}
+    return {
+        "requests": len(samples),
+        "output_tokens": tokens,
+        "wall_s": wall_s,
+        "tokens_per_s": tokens / wall_s,
+        "busy": busy,
+        "ttft_ms_p50": common.percentile(ttft, 50),
+        "ttft_ms_p99": common.percentile(ttft, 99),
+        "tpot_ms_p50": common.percentile(tpot, 50),
+        "tpot_ms_p99": common.percentile(tpot, 99),
+    }
 
 
 async def run_once(target, jobs: list, meter: common.CpuMeter) -> dict:
@@ -230,21 +266,24 @@ async def run_once(target, jobs: list, meter: common.CpuMeter) -> dict:
     return summarize(samples, wall_s, meter.busy(before, wall_s))
 
 
-async def measure_rounds(targets: dict, meter: common.CpuMeter,
-                         scale: Scale) -> dict[str, list[dict]]:
+async def measure_rounds(
+    targets: dict, meter: common.CpuMeter, scale: Scale
+) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {w.label: [] for w in WORKLOADS}
     for round_index in range(scale.rounds):
         order = random.Random(round_index).sample(WORKLOADS, len(WORKLOADS))
         for workload in order:
-            count = scale.reference_requests if workload.engine == "reference" else \
-                scale.requests
+            count = scale.reference_requests if workload.engine == "reference" else scale.requests
             jobs = requests_for(workload, count, round_index)
             result = await run_once(targets[workload.engine], jobs, meter)
             runs[workload.label].append(result)
-            print(f"[round {round_index + 1}/{scale.rounds}] {workload.label}: "
-                  f"{result['tokens_per_s']:.1f} tok/s, TPOT p50 {result['tpot_ms_p50']:.1f} ms, "
-                  "busy: " + ", ".join(f"{name} {share:.0%}"
-                                       for name, share in result["busy"].items()), flush=True)
+            print(
+                f"[round {round_index + 1}/{scale.rounds}] {workload.label}: "
+                f"{result['tokens_per_s']:.1f} tok/s, TPOT p50 {result['tpot_ms_p50']:.1f} ms, "
+                "busy: "
+                + ", ".join(f"{name} {share:.0%}" for name, share in result["busy"].items()),
+                flush=True,
+            )
     return runs
 
 
@@ -254,8 +293,10 @@ async def warm_up(targets: dict) -> None:
     for workload in WORKLOADS:
         if workload.zipf:
             continue
-        jobs = [(model, "hello?") for model, _ in requests_for(
-            workload, max(workload.adapters, CLIENTS), round_index=-1)]
+        jobs = [
+            (model, "hello?")
+            for model, _ in requests_for(workload, max(workload.adapters, CLIENTS), round_index=-1)
+        ]
         if workload.engine == "reference":
             jobs = jobs[:CLIENTS]
         await drive(jobs, functools.partial(targets[workload.engine].send, max_tokens=1))
@@ -268,16 +309,18 @@ def provision(server, names: list[str], adapter_dirs: dict[str, Path]) -> None:
             client.create_tenant(tenant)
         for name in names:
             common.register_live(client, name, adapter_dirs[name])
-    print(f"[provision] {len(names)} adapters registered and live in "
-          f"{time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"[provision] {len(names)} adapters registered and live in "
+        f"{time.monotonic() - started:.1f} s",
+        flush=True,
+    )
 
 
 def build_adapters(model: Path, root: Path) -> dict[str, Path]:
     from loraloop.trainer.demo_model import build_random_adapters
 
     started = time.monotonic()
-    dirs = {name: root / "adapters" / name.replace("/", "__")
-            for name in adapter_names(ADAPTERS)}
+    dirs = {name: root / "adapters" / name.replace("/", "__") for name in adapter_names(ADAPTERS)}
     build_random_adapters(model, {path: seed for seed, path in enumerate(dirs.values())})
     print(f"[adapters] {ADAPTERS} generated in {time.monotonic() - started:.1f} s", flush=True)
     return dirs
@@ -292,9 +335,16 @@ async def measure(model_key: str, root: Path, scale: Scale) -> dict[str, list[di
         servers.append(ours := common.start_server(model, root, settings, "loraloop"))
         # One thread for the reference engine, as vLLM's CPU build binds its engine to one
         # core: both engines compute on one core each.
-        servers.append(reference := common.start_server(
-            model, root, settings, "reference", ["--engine", "reference"],
-            env={"OMP_NUM_THREADS": "1"}))
+        servers.append(
+            reference := common.start_server(
+                model,
+                root,
+                settings,
+                "reference",
+                ["--engine", "reference"],
+                env={"OMP_NUM_THREADS": "1"},
+            )
+        )
         provision(ours, adapter_names(ADAPTERS), adapter_dirs)
         provision(reference, adapter_names(8), adapter_dirs)
         raw = RawTarget(model, settings, adapter_dirs)
@@ -315,19 +365,31 @@ def cpu_meter(ours, reference) -> common.CpuMeter:
     """This process runs the clients and the raw AsyncLLM's front end; its children are the
     servers and the raw engine's processes (vLLM's scheduler and its worker)."""
     ours_engine = common.descendants(ours.process.pid)
-    servers = {ours.process.pid, reference.process.pid, *ours_engine,
-               *common.descendants(reference.process.pid)}
-    return common.CpuMeter({
-        "clients": [os.getpid()], "loraloop API": [ours.process.pid],
-        "loraloop engine": ours_engine,
-        "reference": [reference.process.pid, *common.descendants(reference.process.pid)],
-        "raw engine": [pid for pid in common.descendants(os.getpid()) if pid not in servers]})
+    servers = {
+        ours.process.pid,
+        reference.process.pid,
+        *ours_engine,
+        *common.descendants(reference.process.pid),
+    }
+    return common.CpuMeter(
+        {
+            "clients": [os.getpid()],
+            "loraloop API": [ours.process.pid],
+            "loraloop engine": ours_engine,
+            "reference": [reference.process.pid, *common.descendants(reference.process.pid)],
+            "raw engine": [pid for pid in common.descendants(os.getpid()) if pid not in servers],
+        }
+    )
 
 
 def round_ratios(runs: list[dict], baselines: list[dict], key: str) -> tuple:
     """spread() of run / baseline, each pair from the same round."""
-    return common.spread([common.ratio(run[key], baseline[key])
-                          for run, baseline in zip(runs, baselines, strict=True)])
+    return common.spread(
+        [
+            common.ratio(run[key], baseline[key])
+            for run, baseline in zip(runs, baselines, strict=True)
+        ]
+    )
 
 
 def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -336,8 +398,10 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
     summary = {}
     for workload in WORKLOADS:
         rounds = runs[workload.label]
-        entry = {key: sum(r[key] for r in rounds) / len(rounds) for key in (
-            "tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99")}
+        entry = {
+            key: sum(r[key] for r in rounds) / len(rounds)
+            for key in ("tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99")
+        }
         if workload.engine == "loraloop":
             entry["tokens_per_s_vs_base"] = round_ratios(rounds, base, "tokens_per_s")
             entry["tpot_p50_vs_base"] = round_ratios(rounds, base, "tpot_ms_p50")
@@ -346,30 +410,76 @@ def aggregate(runs: dict[str, list[dict]]) -> dict[str, dict]:
             entry["ours_over_this_tokens_per_s"] = round_ratios(ours, rounds, "tokens_per_s")
             entry["ours_over_this_ttft_p50"] = round_ratios(ours, rounds, "ttft_ms_p50")
             entry["ours_over_this_tpot_p50"] = round_ratios(ours, rounds, "tpot_ms_p50")
-        entry["busy"] = {name: sum(r["busy"][name] for r in rounds) / len(rounds)
-                         for name in rounds[0]["busy"]}
+        entry["busy"] = {
+            name: sum(r["busy"][name] for r in rounds) / len(rounds) for name in rounds[0]["busy"]
+        }
         summary[workload.label] = entry
     return summary
 
 
 def tables(summary: dict[str, dict]) -> list[str]:
     traffic = common.markdown_table(
-        ["traffic (loraloop)", "output tok/s", "tok/s vs base", "TTFT p50 ms", "TTFT p99 ms",
-         "TPOT p50 ms", "TPOT p99 ms", "TPOT p50 vs base", "busy: clients", "API",
-         "engine"],
-        [[w.traffic, s["tokens_per_s"], common.format_spread(*s["tokens_per_s_vs_base"]),
-          s["ttft_ms_p50"], s["ttft_ms_p99"], s["tpot_ms_p50"], s["tpot_ms_p99"],
-          common.format_spread(*s["tpot_p50_vs_base"]),
-          *(f"{s['busy'][name]:.0%}" for name in ("clients", "loraloop API",
-                                                  "loraloop engine"))]
-         for w in WORKLOADS if w.engine == "loraloop" for s in [summary[w.label]]])
+        [
+            "traffic (loraloop)",
+            "output tok/s",
+            "tok/s vs base",
+            "TTFT p50 ms",
+            "TTFT p99 ms",
+            "TPOT p50 ms",
+            "TPOT p99 ms",
+            "TPOT p50 vs base",
+            "busy: clients",
+            "API",
+            "engine",
+        ],
+        [
+            [
+                w.traffic,
+                s["tokens_per_s"],
+                common.format_spread(*s["tokens_per_s_vs_base"]),
+                s["ttft_ms_p50"],
+                s["ttft_ms_p99"],
+                s["tpot_ms_p50"],
+                s["tpot_ms_p99"],
+                common.format_spread(*s["tpot_p50_vs_base"]),
+                *(
+                    f"{s['busy'][name]:.0%}"
+                    for name in ("clients", "loraloop API", "loraloop engine")
+                ),
+            ]
+            for w in WORKLOADS
+            if w.engine == "loraloop"
+            for s in [summary[w.label]]
+        ],
+    )
     engines = common.markdown_table(
-        ["engine", "traffic", "output tok/s", "TTFT p50 ms", "TPOT p50 ms",
-         "loraloop / this: tok/s", "TTFT p50", "TPOT p50"],
-        [[w.engine, w.traffic, s["tokens_per_s"], s["ttft_ms_p50"], s["tpot_ms_p50"],
-          *(common.format_spread(*s[f"ours_over_this_{key}"])
-            for key in ("tokens_per_s", "ttft_p50", "tpot_p50"))]
-         for w in WORKLOADS if w.engine != "loraloop" for s in [summary[w.label]]])
+        [
+            "engine",
+            "traffic",
+            "output tok/s",
+            "TTFT p50 ms",
+            "TPOT p50 ms",
+            "loraloop / this: tok/s",
+            "TTFT p50",
+            "TPOT p50",
+        ],
+        [
+            [
+                w.engine,
+                w.traffic,
+                s["tokens_per_s"],
+                s["ttft_ms_p50"],
+                s["tpot_ms_p50"],
+                *(
+                    common.format_spread(*s[f"ours_over_this_{key}"])
+                    for key in ("tokens_per_s", "ttft_p50", "tpot_p50")
+                ),
+            ]
+            for w in WORKLOADS
+            if w.engine != "loraloop"
+            for s in [summary[w.label]]
+        ],
+    )
     return [traffic, engines]
 
 
@@ -383,14 +493,19 @@ def plot(summary: dict[str, dict], path: Path, title: str) -> None:
     uniform = [w for w in WORKLOADS if w.engine == "loraloop" and w.adapters and not w.zipf]
     zipf = [w for w in WORKLOADS if w.engine == "loraloop" and w.zipf]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, key, label in ((left, "tokens_per_s_vs_base", "output tok/s vs base model"),
-                             (right, "tpot_p50_vs_base", "TPOT p50 vs base model")):
+    for axis, key, label in (
+        (left, "tokens_per_s_vs_base", "output tok/s vs base model"),
+        (right, "tpot_p50_vs_base", "TPOT p50 vs base model"),
+    ):
         for group, marker, name in ((uniform, "o-", "uniform"), (zipf, "s", f"Zipf({ZIPF_S})")):
             mean, low, high = zip(*(summary[w.label][key] for w in group), strict=True)
-            errors = [[m - lo for m, lo in zip(mean, low, strict=True)],
-                      [hi - m for m, hi in zip(mean, high, strict=True)]]
-            axis.errorbar([w.adapters for w in group], mean, yerr=errors, fmt=marker,
-                          capsize=4, label=name)
+            errors = [
+                [m - lo for m, lo in zip(mean, low, strict=True)],
+                [hi - m for m, hi in zip(mean, high, strict=True)],
+            ]
+            axis.errorbar(
+                [w.adapters for w in group], mean, yerr=errors, fmt=marker, capsize=4, label=name
+            )
         axis.axhline(1.0, color="grey", linestyle="--", label="base model")
         axis.set_xscale("log", base=2)
         axis.set_xticks([w.adapters for w in uniform], [str(w.adapters) for w in uniform])
@@ -418,14 +533,26 @@ def main() -> None:
         runs = asyncio.run(measure(args.model, root, scale))
     summary = aggregate(runs)
     name = f"adapters-{args.model}"
-    settings = {"model": args.model, "model_description": common.MODELS[args.model].description,
-                "clients": CLIENTS, "max_tokens": MAX_TOKENS, "adapters_registered": ADAPTERS,
-                "adapter_rank": 8, "zipf_s": ZIPF_S, "quick": args.quick, **asdict(scale),
-                "engine": common.engine_settings(args.model, **LORA_SETTINGS)}
-    path = common.write_results(name, {"settings": settings, "summary": summary, "runs": runs},
-                                tables(summary))
-    plot(summary, path.with_suffix(".png"),
-         f"{args.model} model, {CLIENTS} clients, {ADAPTERS} adapters registered")
+    settings = {
+        "model": args.model,
+        "model_description": common.MODELS[args.model].description,
+        "clients": CLIENTS,
+        "max_tokens": MAX_TOKENS,
+        "adapters_registered": ADAPTERS,
+        "adapter_rank": 8,
+        "zipf_s": ZIPF_S,
+        "quick": args.quick,
+        **asdict(scale),
+        "engine": common.engine_settings(args.model, **LORA_SETTINGS),
+    }
+    path = common.write_results(
+        name, {"settings": settings, "summary": summary, "runs": runs}, tables(summary)
+    )
+    plot(
+        summary,
+        path.with_suffix(".png"),
+        f"{args.model} model, {CLIENTS} clients, {ADAPTERS} adapters registered",
+    )
     print(f"plot: {path.with_suffix('.png')}")
 
 

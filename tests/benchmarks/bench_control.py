@@ -56,33 +56,44 @@ def chat(url: str, model: str, max_tokens: int = 1) -> tuple[float, str]:
     """(seconds, the version that answered) for one greedy, non-streamed chat request; one
     token by default, so that the timing is the routing, the adapter and the prefill."""
     started = time.perf_counter()
-    response = httpx.post(f"{url}/v1/chat/completions", timeout=120, headers={
-        "Authorization": f"Bearer {common.ADMIN_KEY}"}, json={
-        "model": model, "max_tokens": max_tokens, "temperature": 0,
-        "messages": [{"role": "user", "content": "where is my order?"}]})
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=120,
+        headers={"Authorization": f"Bearer {common.ADMIN_KEY}"},
+        json={
+            "model": model,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "where is my order?"}],
+        },
+    )
     response.raise_for_status()
     return time.perf_counter() - started, response.json()["model"]
 
 
 def adapter_loads(url: str) -> tuple[float, float]:
     """The server's adapter loads into the engine: (count, seconds spent), from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=30,
-                     headers={"Authorization": f"Bearer {common.ADMIN_KEY}"}).text
+    text = httpx.get(
+        f"{url}/metrics", timeout=30, headers={"Authorization": f"Bearer {common.ADMIN_KEY}"}
+    ).text
 
     def sample(pattern: str) -> float:
         found = re.search(rf"^{pattern} (\S+)$", text, re.M)
         return float(found.group(1)) if found else float("nan")
 
-    return (sample(r'loraloop_adapter_loads_total\{outcome="loaded"\}'),
-            sample("loraloop_adapter_load_seconds_sum"))
+    return (
+        sample(r'loraloop_adapter_loads_total\{outcome="loaded"\}'),
+        sample("loraloop_adapter_load_seconds_sum"),
+    )
 
 
 def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> dict:
     from loraloop.trainer.demo_model import build_random_adapters
 
     name = f"swap/r{rank}"
-    dirs = build_random_adapters(model, {root / f"r{rank}-v{v}": 100 * rank + v
-                                         for v in (1, 2, 3)}, rank=rank)
+    dirs = build_random_adapters(
+        model, {root / f"r{rank}-v{v}": 100 * rank + v for v in (1, 2, 3)}, rank=rank
+    )
     with common.admin(server) as client:
         common.register_live(client, name, dirs[0])
         for directory in dirs[1:]:
@@ -104,14 +115,23 @@ def swap_at_rank(server, model: Path, root: Path, rank: int, repeats: int) -> di
     cold_s, version = chat(server.url, f"{name}@3")
     assert version == f"{name}@3", version
     # Evidence that the pinned request really loaded its version into the engine.
-    cold_loads, load_s = (after - before for after, before in
-                          zip(adapter_loads(server.url), loads_before, strict=True))
+    cold_loads, load_s = (
+        after - before
+        for after, before in zip(adapter_loads(server.url), loads_before, strict=True)
+    )
     warm_s = common.percentile(loaded, 50)
-    return {"rank": rank, "promote_call_ms": promote_s * 1000, "loads_in_promote": promote_loads,
-            "promote_to_first_v2_response_ms": first_v2_s * 1000,
-            "first_v2_request_ms": answered[0] * 1000, "loaded_request_p50_ms": warm_s * 1000,
-            "cold_request_ms": cold_s * 1000, "cold_added_ms": (cold_s - warm_s) * 1000,
-            "engine_loads_during_cold_request": cold_loads, "engine_load_ms": load_s * 1000}
+    return {
+        "rank": rank,
+        "promote_call_ms": promote_s * 1000,
+        "loads_in_promote": promote_loads,
+        "promote_to_first_v2_response_ms": first_v2_s * 1000,
+        "first_v2_request_ms": answered[0] * 1000,
+        "loaded_request_p50_ms": warm_s * 1000,
+        "cold_request_ms": cold_s * 1000,
+        "cold_added_ms": (cold_s - warm_s) * 1000,
+        "engine_loads_during_cold_request": cold_loads,
+        "engine_load_ms": load_s * 1000,
+    }
 
 
 def bare_feedback_app() -> FastAPI:
@@ -120,8 +140,9 @@ def bare_feedback_app() -> FastAPI:
     app = FastAPI()
 
     @app.post("/v1/feedback", status_code=201)
-    async def accept(body: FeedbackRequest,
-                     key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+    async def accept(
+        body: FeedbackRequest, key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
+    ):
         return Response(status_code=201)
 
     @app.get("/ready")
@@ -149,9 +170,22 @@ def bare_server(root: Path) -> Iterator[tuple[int, str]]:
     port = free_port()
     log = (root / "bare.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", f"{__spec__.name}:bare_feedback_app",
-         "--port", str(port), "--no-access-log", "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            f"{__spec__.name}:bare_feedback_app",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).parents[2],
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(f"{url}/ready")
@@ -168,15 +202,21 @@ async def post_feedback(url: str, key: str, events: list[dict]) -> float:
     queue: asyncio.Queue = asyncio.Queue()
     for event in events:
         queue.put_nowait(event)
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+
         async def worker() -> None:
             while not queue.empty():
-                response = await http.post("/v1/feedback", json=queue.get_nowait(),
-                                           headers={"Idempotency-Key": uuid.uuid4().hex})
+                response = await http.post(
+                    "/v1/feedback",
+                    json=queue.get_nowait(),
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
                 if response.status_code != 201:
-                    raise RuntimeError(f"feedback refused: {response.status_code} "
-                                       f"{response.text[:300]}")
+                    raise RuntimeError(
+                        f"feedback refused: {response.status_code} {response.text[:300]}"
+                    )
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(FEEDBACK_CLIENTS)))
@@ -188,8 +228,10 @@ async def post_batches(url: str, key: str, batches: list[str]) -> float:
     queue: asyncio.Queue = asyncio.Queue()
     for batch in batches:
         queue.put_nowait(batch)
-    async with httpx.AsyncClient(base_url=url, timeout=120,
-                                 headers={"Authorization": f"Bearer {key}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+
         async def worker() -> None:
             while not queue.empty():
                 response = await http.post("/v1/feedback/batch", content=queue.get_nowait())
@@ -207,8 +249,12 @@ def measured(pid: int, events: int, run) -> dict:
     cpu = common.cpu_seconds(pid)
     wall_s = run()
     cpu_ms = (common.cpu_seconds(pid) - cpu) * 1000
-    return {"events": events, "wall_s": wall_s, "events_per_s": events / wall_s,
-            "cpu_ms_per_event": cpu_ms / events}
+    return {
+        "events": events,
+        "wall_s": wall_s,
+        "events_per_s": events / wall_s,
+        "cpu_ms_per_event": cpu_ms / events,
+    }
 
 
 def single_rate(pid: int, url: str, key: str, events: list[dict]) -> dict:
@@ -218,12 +264,16 @@ def single_rate(pid: int, url: str, key: str, events: list[dict]) -> dict:
 
 
 def batch_rate(pid: int, url: str, key: str, events: list[dict], batches: int) -> dict:
-    lines = [json.dumps({**event, "idempotency_key": uuid.uuid4().hex})
-             for _ in range(batches + 1) for event in events[:BATCH_LINES]]
-    bodies = ["\n".join(lines[i:i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
+    lines = [
+        json.dumps({**event, "idempotency_key": uuid.uuid4().hex})
+        for _ in range(batches + 1)
+        for event in events[:BATCH_LINES]
+    ]
+    bodies = ["\n".join(lines[i : i + BATCH_LINES]) for i in range(0, len(lines), BATCH_LINES)]
     asyncio.run(post_batches(url, key, bodies[:1]))  # warm-up
-    return measured(pid, batches * BATCH_LINES,
-                    lambda: asyncio.run(post_batches(url, key, bodies[1:])))
+    return measured(
+        pid, batches * BATCH_LINES, lambda: asyncio.run(post_batches(url, key, bodies[1:]))
+    )
 
 
 def feedback_rate(server, model: Path, root: Path, bare: tuple[int, str], quick: bool) -> dict:
@@ -232,17 +282,27 @@ def feedback_rate(server, model: Path, root: Path, bare: tuple[int, str], quick:
 
     with common.admin(server) as client:
         key = common.tenant_key(client, "fb")
-        common.register_live(client, "fb/ingest", build_random_adapter(
-            model, root / f"fb-{server.port}", seed=5))
-    events = preference_feedback("fb/ingest", user_messages(
-        max(FEEDBACK_EVENTS[quick], BATCH_LINES), seed=3))
-    single, rounds = events[:FEEDBACK_EVENTS[quick]], []
+        common.register_live(
+            client, "fb/ingest", build_random_adapter(model, root / f"fb-{server.port}", seed=5)
+        )
+    events = preference_feedback(
+        "fb/ingest", user_messages(max(FEEDBACK_EVENTS[quick], BATCH_LINES), seed=3)
+    )
+    single, rounds = events[: FEEDBACK_EVENTS[quick]], []
     for _ in range(FEEDBACK_ROUNDS):
-        rounds.append({"bare": single_rate(*bare, key, single),
-                       "loraloop": single_rate(server.process.pid, server.url, key, single)})
+        rounds.append(
+            {
+                "bare": single_rate(*bare, key, single),
+                "loraloop": single_rate(server.process.pid, server.url, key, single),
+            }
+        )
     batch = batch_rate(server.process.pid, server.url, key, events, BATCHES[quick])
-    stored = httpx.get(f"{server.url}/v1/feedback/stats", params={"adapter": "fb/ingest"},
-                       headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+    stored = httpx.get(
+        f"{server.url}/v1/feedback/stats",
+        params={"adapter": "fb/ingest"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ).json()
     expected = FEEDBACK_ROUNDS * len(single) + (BATCHES[quick] + 1) * BATCH_LINES
     if stored["total"] != expected:  # every event has a key of its own: each stored once
         raise RuntimeError(f"{stored['total']} feedback rows stored, {expected} acknowledged")
@@ -252,10 +312,23 @@ def feedback_rate(server, model: Path, root: Path, bare: tuple[int, str], quick:
 def start_trainer(model: Path, server, root: Path) -> tuple[subprocess.Popen, Path]:
     log = root / "trainer.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "loraloop.serve.cli", "trainer", "--model", str(model),
-         "--data-dir", str(server.data_dir), "--poll-s", "0.2"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "LORALOOP_LOG_FORMAT": "text"})
+        [
+            sys.executable,
+            "-m",
+            "loraloop.serve.cli",
+            "trainer",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(server.data_dir),
+            "--poll-s",
+            "0.2",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "LORALOOP_LOG_FORMAT": "text"},
+    )
     return process, log
 
 
@@ -265,8 +338,11 @@ def utc(stamp: str) -> float:
 
 def last_train_step(log: Path, run_id: int) -> float | None:
     """Wall time of the trainer's last progress line for the run (its log is local time)."""
-    stamps = [m.group(1) for line in log.read_text(errors="replace").splitlines()
-              if (m := LOG_TIME.match(line)) and int(m.group(2)) == run_id]
+    stamps = [
+        m.group(1)
+        for line in log.read_text(errors="replace").splitlines()
+        if (m := LOG_TIME.match(line)) and int(m.group(2)) == run_id
+    ]
     if not stamps:
         return None
     return datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").astimezone().timestamp()
@@ -283,10 +359,16 @@ def loop_latency(server, model: Path, root: Path, timeout_s: float = 240) -> dic
         trainer, log = start_trainer(model, server, root)
         try:
             time.sleep(5)  # the trainer is watching before the feedback lands
-            lines = "\n".join(json.dumps(event) for event in preference_feedback(
-                adapter, user_messages(FEEDBACK_PAIRS, seed=7)))
-            httpx.post(f"{server.url}/v1/feedback/batch", content=lines, timeout=120,
-                       headers={"Authorization": f"Bearer {key}"}).raise_for_status()
+            lines = "\n".join(
+                json.dumps(event)
+                for event in preference_feedback(adapter, user_messages(FEEDBACK_PAIRS, seed=7))
+            )
+            httpx.post(
+                f"{server.url}/v1/feedback/batch",
+                content=lines,
+                timeout=120,
+                headers={"Authorization": f"Bearer {key}"},
+            ).raise_for_status()
             acked = time.time()
             run = wait_for_run(client, adapter, timeout_s)
             serving = None
@@ -311,30 +393,42 @@ def wait_for_run(client, adapter: str, timeout_s: float) -> dict:
     raise TimeoutError(f"no training run finished in {timeout_s:.0f} s; see trainer.log")
 
 
-def stages(run: dict, version: dict, acked: float, serving: float | None,
-           trained: float | None) -> dict:
+def stages(
+    run: dict, version: dict, acked: float, serving: float | None, trained: float | None
+) -> dict:
     started, finished = utc(run["started_at"]), utc(run["finished_at"])
     registered = utc(version["created_at"])
-    result = {"status": run["status"], "reason": run["reason"], "claim_s": started - acked,
-              "train_s": trained - started if trained else None,
-              "evaluate_s": registered - trained if trained else None,
-              "train_and_evaluate_s": registered - started,
-              "register_and_promote_s": finished - registered,
-              "warm_and_switch_s": serving - finished if serving else None,
-              "total_s": (serving or finished) - acked}
+    result = {
+        "status": run["status"],
+        "reason": run["reason"],
+        "claim_s": started - acked,
+        "train_s": trained - started if trained else None,
+        "evaluate_s": registered - trained if trained else None,
+        "train_and_evaluate_s": registered - started,
+        "register_and_promote_s": finished - registered,
+        "warm_and_switch_s": serving - finished if serving else None,
+        "total_s": (serving or finished) - acked,
+    }
     return result
 
 
-def run_sqlite_server(model: Path, root: Path, settings: dict, parts: set[str],
-                      quick: bool, bare: tuple[int, str] | None) -> dict:
+def run_sqlite_server(
+    model: Path,
+    root: Path,
+    settings: dict,
+    parts: set[str],
+    quick: bool,
+    bare: tuple[int, str] | None,
+) -> dict:
     server = common.start_server(model, root, settings, "sqlite")
     results: dict = {}
     try:
         if "swap" in parts:
             with common.admin(server) as client:
                 client.create_tenant("swap")
-            results["swap"] = [swap_at_rank(server, model, root, rank, 3 if quick else 7)
-                               for rank in RANKS]
+            results["swap"] = [
+                swap_at_rank(server, model, root, rank, 3 if quick else 7) for rank in RANKS
+            ]
             print(f"[swap] {results['swap']}", flush=True)
         if "loop" in parts:
             results["loop"] = loop_latency(server, model, root)
@@ -347,8 +441,9 @@ def run_sqlite_server(model: Path, root: Path, settings: dict, parts: set[str],
     return results
 
 
-def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool,
-                        bare: tuple[int, str]) -> dict:
+def run_postgres_server(
+    model: Path, root: Path, settings: dict, quick: bool, bare: tuple[int, str]
+) -> dict:
     try:
         database = fresh_postgres_database()
         url = database.__enter__()
@@ -367,12 +462,30 @@ def run_postgres_server(model: Path, root: Path, settings: dict, quick: bool,
 
 def swap_table(swaps: list) -> str:
     return common.markdown_table(
-        ["rank", "promote call ms", "promote -> first v2 response ms", "loaded @v p50 ms",
-         "cold @v first ms", "cold added ms", "loads in cold request",
-         "engine load ms"],
-        [[s["rank"], s["promote_call_ms"], s["promote_to_first_v2_response_ms"],
-          s["loaded_request_p50_ms"], s["cold_request_ms"], s["cold_added_ms"],
-          s["engine_loads_during_cold_request"], s["engine_load_ms"]] for s in swaps])
+        [
+            "rank",
+            "promote call ms",
+            "promote -> first v2 response ms",
+            "loaded @v p50 ms",
+            "cold @v first ms",
+            "cold added ms",
+            "loads in cold request",
+            "engine load ms",
+        ],
+        [
+            [
+                s["rank"],
+                s["promote_call_ms"],
+                s["promote_to_first_v2_response_ms"],
+                s["loaded_request_p50_ms"],
+                s["cold_request_ms"],
+                s["cold_added_ms"],
+                s["engine_loads_during_cold_request"],
+                s["engine_load_ms"],
+            ]
+            for s in swaps
+        ],
+    )
 
 
 def feedback_rows(registry: str, result: dict) -> list[list]:
@@ -385,43 +498,77 @@ def feedback_rows(registry: str, result: dict) -> list[list]:
         return statistics.fmean(r[side][figure] for r in rounds)
 
     def within(figure: str) -> float:
-        return statistics.fmean(common.ratio(r["loraloop"][figure], r["bare"][figure])
-                                for r in rounds)
+        return statistics.fmean(
+            common.ratio(r["loraloop"][figure], r["bare"][figure]) for r in rounds
+        )
 
     bare_rate = mean("bare", "events_per_s")
     batch = result["batch"]
     return [
-        [f"bare ({registry} run)", "POST (no storage)", mean("bare", "events_per_s"),
-         mean("bare", "cpu_ms_per_event"), 1.0, 1.0],
-        [registry, "POST /v1/feedback", mean("loraloop", "events_per_s"),
-         mean("loraloop", "cpu_ms_per_event"), within("events_per_s"),
-         within("cpu_ms_per_event")],
-        [registry, f"POST /v1/feedback/batch ({BATCH_LINES} lines)", batch["events_per_s"],
-         batch["cpu_ms_per_event"], common.ratio(batch["events_per_s"], bare_rate),
-         common.ratio(batch["cpu_ms_per_event"], mean("bare", "cpu_ms_per_event"))]]
+        [
+            f"bare ({registry} run)",
+            "POST (no storage)",
+            mean("bare", "events_per_s"),
+            mean("bare", "cpu_ms_per_event"),
+            1.0,
+            1.0,
+        ],
+        [
+            registry,
+            "POST /v1/feedback",
+            mean("loraloop", "events_per_s"),
+            mean("loraloop", "cpu_ms_per_event"),
+            within("events_per_s"),
+            within("cpu_ms_per_event"),
+        ],
+        [
+            registry,
+            f"POST /v1/feedback/batch ({BATCH_LINES} lines)",
+            batch["events_per_s"],
+            batch["cpu_ms_per_event"],
+            common.ratio(batch["events_per_s"], bare_rate),
+            common.ratio(batch["cpu_ms_per_event"], mean("bare", "cpu_ms_per_event")),
+        ],
+    ]
 
 
 def feedback_table(sqlite: dict, pg: dict) -> str:
     return common.markdown_table(
-        ["registry", "endpoint", "events/s", "server CPU ms/event", "events/s vs bare",
-         "CPU/event vs bare"],
-        feedback_rows("SQLite", sqlite) + feedback_rows("PostgreSQL", pg))
+        [
+            "registry",
+            "endpoint",
+            "events/s",
+            "server CPU ms/event",
+            "events/s vs bare",
+            "CPU/event vs bare",
+        ],
+        feedback_rows("SQLite", sqlite) + feedback_rows("PostgreSQL", pg),
+    )
 
 
 def loop_table(loop: dict) -> str:
-    order = ["claim_s", "train_s", "evaluate_s", "train_and_evaluate_s",
-             "register_and_promote_s", "warm_and_switch_s", "total_s"]
+    order = [
+        "claim_s",
+        "train_s",
+        "evaluate_s",
+        "train_and_evaluate_s",
+        "register_and_promote_s",
+        "warm_and_switch_s",
+        "total_s",
+    ]
     return common.markdown_table(
         ["stage", "seconds"],
         [[name, loop[name] if loop[name] is not None else "n/a"] for name in order]
-        + [["run status", loop["status"]]])
+        + [["run status", loop["status"]]],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(common.MODELS), default="tiny")
-    parser.add_argument("--parts", default=",".join(PARTS),
-                        help="comma-separated, of: " + ", ".join(PARTS))
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help="comma-separated, of: " + ", ".join(PARTS)
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats and events")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -433,21 +580,37 @@ def main() -> None:
         bare = stack.enter_context(bare_server(root)) if "feedback" in parts else None
         results = run_sqlite_server(model, root, settings, parts, args.quick, bare)
         if "feedback" in parts:
-            results["feedback"]["postgresql"] = run_postgres_server(model, root, settings,
-                                                                    args.quick, bare)
+            results["feedback"]["postgresql"] = run_postgres_server(
+                model, root, settings, args.quick, bare
+            )
     tables = []
     if "swap" in results:
         tables.append(swap_table(results["swap"]))
     if "feedback" in results:
-        tables.append(feedback_table(results["feedback"]["sqlite"],
-                                     results["feedback"]["postgresql"]))
+        tables.append(
+            feedback_table(results["feedback"]["sqlite"], results["feedback"]["postgresql"])
+        )
     if "loop" in results:
         tables.append(loop_table(results["loop"]))
-    common.write_results(f"control-{args.model}", {"settings": {
-        "model": args.model, "model_description": common.MODELS[args.model].description,
-        "ranks": RANKS, "feedback_clients": FEEDBACK_CLIENTS, "feedback_rounds": FEEDBACK_ROUNDS,
-        "batch_lines": BATCH_LINES, "batch_clients": BATCH_CLIENTS, "engine": settings,
-        "parts": sorted(parts), "quick": args.quick}, **results}, tables)
+    common.write_results(
+        f"control-{args.model}",
+        {
+            "settings": {
+                "model": args.model,
+                "model_description": common.MODELS[args.model].description,
+                "ranks": RANKS,
+                "feedback_clients": FEEDBACK_CLIENTS,
+                "feedback_rounds": FEEDBACK_ROUNDS,
+                "batch_lines": BATCH_LINES,
+                "batch_clients": BATCH_CLIENTS,
+                "engine": settings,
+                "parts": sorted(parts),
+                "quick": args.quick,
+            },
+            **results,
+        },
+        tables,
+    )
     error = results.get("feedback", {}).get("postgresql", {}).get("error")
     if error:
         sys.exit("the PostgreSQL feedback benchmark did not run: " + error)

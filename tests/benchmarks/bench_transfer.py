@@ -2,10 +2,10 @@
 need?
 
 Each teacher is a habit taught by DPO on the demo base (begin every answer with one word:
-"refund", as in the demo, and "ticket"); each is distilled (trainer/transfer.py) to a fresh
-LoRA on the successor base (another shape, other weights, the same tokenizer) from N of the
-tenant's prompts, for N in 8, 16, 32 and 64. Every student is measured on the same held-out
-prompts, which no distillation sees, against the baseline measured in the same run: the
+"refund", as in the demo, and "ticket"); each is distilled (trainer/transfers/distillation.py)
+to a fresh LoRA on the successor base (another shape, other weights, the same tokenizer) from N
+of the tenant's prompts, for N in 8, 16, 32 and 64. Every student is measured on the same
+held-out prompts, which no distillation sees, against the baseline measured in the same run: the
 successor base as it is (a fresh LoRA: zero B, the base's answers).
 
 Two arms: `recipe` distills with the product's settings at every count (so fewer prompts
@@ -37,8 +37,8 @@ import transformers
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.serve.cli.demo import DEMO_POLICY, answers, user_messages
 from loraloop.trainer.demo_model import (
     SUCCESSOR_SHAPE,
@@ -49,7 +49,7 @@ from loraloop.trainer.demo_model import (
 from loraloop.trainer.dpo import train_dpo
 from loraloop.trainer.pairs import PreferencePair
 from loraloop.trainer.rendering import MAX_PROMPT_TOKENS, prompt_ids
-from loraloop.trainer.transfer import (
+from loraloop.trainer.transfers.distillation import (
     Continuation,
     TransferFigures,
     TransferResult,
@@ -93,17 +93,27 @@ def share_equal(ours: list[int], theirs: list[int]) -> float:
     return sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours)
 
 
-def count_row(count: int, result: TransferResult, student: TransferFigures,
-              base: TransferFigures, firsts: dict[str, list[int]]) -> dict:
+def count_row(
+    count: int,
+    result: TransferResult,
+    student: TransferFigures,
+    base: TransferFigures,
+    firsts: dict[str, list[int]],
+) -> dict:
     """One prompt count's figures: the student's against the successor base's, both on the
     held-out set; `firsts` holds each held-out prompt's greedy first answer token of the
     teacher, the student and the base."""
     return {
-        "prompts": count, "steps": result.steps, "final_loss": result.final_loss,
-        "seconds": result.seconds, "positions": student.positions,
-        "kl": student.mean_kl, "kl_base": base.mean_kl,
+        "prompts": count,
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "seconds": result.seconds,
+        "positions": student.positions,
+        "kl": student.mean_kl,
+        "kl_base": base.mean_kl,
         "kl_ratio": common.ratio(student.mean_kl, base.mean_kl),
-        "agreement": student.agreement, "agreement_base": base.agreement,
+        "agreement": student.agreement,
+        "agreement_base": base.agreement,
         "agreement_gain": student.agreement - base.agreement,
         "first_token": share_equal(firsts["student"], firsts["teacher"]),
         "first_token_base": share_equal(firsts["base"], firsts["teacher"]),
@@ -113,13 +123,24 @@ def count_row(count: int, result: TransferResult, student: TransferFigures,
 def by_count(rows: list[dict]) -> dict[tuple[str, int], dict[str, tuple[float, float, float]]]:
     """Per arm and prompt count (in the order first met), each figure's (mean, lowest,
     highest) over the teachers."""
-    names = ("kl", "kl_ratio", "agreement", "agreement_gain", "first_token",
-             "first_token_base", "seconds", "cpu_seconds")
+    names = (
+        "kl",
+        "kl_ratio",
+        "agreement",
+        "agreement_gain",
+        "first_token",
+        "first_token_base",
+        "seconds",
+        "cpu_seconds",
+    )
     keys = list(dict.fromkeys((row["arm"], row["prompts"]) for row in rows))
-    return {key: {name: common.spread([row[name] for row in rows
-                                       if (row["arm"], row["prompts"]) == key])
-                  for name in names}
-            for key in keys}
+    return {
+        key: {
+            name: common.spread([row[name] for row in rows if (row["arm"], row["prompts"]) == key])
+            for name in names
+        }
+        for key in keys
+    }
 
 
 # --- Models ------------------------------------------------------------------------------
@@ -129,9 +150,12 @@ def build_successor(root: Path) -> Path:
     started = time.monotonic()
     path = build_demo_model(root / "model-successor", seed=1, shape=SUCCESSOR_SHAPE)
     shape = SUCCESSOR_SHAPE
-    print(f"[model] successor ({shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "
-          f"seed 1: the demo tokenizer, other weights) generated in "
-          f"{time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"[model] successor ({shape.num_hidden_layers} layers, hidden {shape.hidden_size}, "
+        f"seed 1: the demo tokenizer, other weights) generated in "
+        f"{time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     return path
 
 
@@ -147,8 +171,10 @@ def train_teacher(base: Path, marker: str, seed: int, output: Path) -> Path:
     answer has it and whose rejected answer does not. The trainer's per-step log goes to
     `output`.log, kept with the scratch directory when a run fails."""
     messages, texts = user_messages(TEACHER_PAIRS, seed=seed), answers(TEACHER_PAIRS, seed=seed)
-    pairs = [PreferencePair(chat(message), f"{marker} {text}", text)
-             for message, text in zip(messages, texts, strict=True)]
+    pairs = [
+        PreferencePair(chat(message), f"{marker} {text}", text)
+        for message, text in zip(messages, texts, strict=True)
+    ]
     with output.with_suffix(".log").open("w") as log, contextlib.redirect_stdout(log):
         train_dpo(base, None, pairs, TEACHER_POLICY, output)
     return output
@@ -165,9 +191,14 @@ def train_teacher(base: Path, marker: str, seed: int, output: Path) -> Path:
 def first_tokens(model: torch.nn.Module, tokenizer, prompts: list[StoredPrompt]) -> list[int]:
     """The greedy first answer token per prompt, from the ids the server would render."""
     vocab = len(tokenizer)  # logits past it belong to no token
-    return [int(model(torch.tensor([prompt_ids(tokenizer, p)[-MAX_PROMPT_TOKENS:]]))
-                .logits[0, -1, :vocab].argmax())
-            for p in prompts]
+    return [
+        int(
+            model(torch.tensor([prompt_ids(tokenizer, p)[-MAX_PROMPT_TOKENS:]]))
+            .logits[0, -1, :vocab]
+            .argmax()
+        )
+        for p in prompts
+    ]
 
 
 # --- The run -------------------------------------------------------------------------------
@@ -198,8 +229,9 @@ class Teacher:
     baseline: TransferFigures  # the successor base as it is
 
 
-def make_teacher(marker: str, seed: int, bases: tuple[Path, Path], root: Path,
-                 tokenizer) -> tuple[Teacher, dict]:
+def make_teacher(
+    marker: str, seed: int, bases: tuple[Path, Path], root: Path, tokenizer
+) -> tuple[Teacher, dict]:
     old, new = bases
     prompts = [chat(q) for q in HELD_OUT]
     started = time.monotonic()
@@ -207,25 +239,45 @@ def make_teacher(marker: str, seed: int, bases: tuple[Path, Path], root: Path,
     teacher_s = time.monotonic() - started
     model, base = load(old, adapter), load(new)
     rows = teacher_continuations(model, tokenizer, prompts, SETTINGS)
-    firsts = {"teacher": first_tokens(model, tokenizer, prompts),
-              "base": first_tokens(base, tokenizer, prompts)}
-    teacher = Teacher(marker, adapter, model, rows, firsts,
-                      measure(model, base, rows, vocab=len(tokenizer),
-                              batch_size=SETTINGS.batch_size))
-    habit = share_equal(firsts["teacher"],
-                        [tokenizer.convert_tokens_to_ids(marker)] * len(prompts))
+    firsts = {
+        "teacher": first_tokens(model, tokenizer, prompts),
+        "base": first_tokens(base, tokenizer, prompts),
+    }
+    teacher = Teacher(
+        marker,
+        adapter,
+        model,
+        rows,
+        firsts,
+        measure(model, base, rows, vocab=len(tokenizer), batch_size=SETTINGS.batch_size),
+    )
+    habit = share_equal(firsts["teacher"], [tokenizer.convert_tokens_to_ids(marker)] * len(prompts))
     b = teacher.baseline
-    print(f"[{marker}] teacher trained in {teacher_s:.1f} s; its greedy answers begin with "
-          f"{marker!r} on {habit:.0%} of held-out prompts. Successor base as it is: KL "
-          f"{b.mean_kl:.3f}, agreement {b.agreement:.3f} over {b.positions} positions, first "
-          f"token as the teacher's {share_equal(firsts['base'], firsts['teacher']):.0%}",
-          flush=True)
-    return teacher, {"marker": marker, "teacher_seed": seed, "teacher_s": teacher_s,
-                     "teacher_habit": habit, "baseline": asdict(b)}
+    print(
+        f"[{marker}] teacher trained in {teacher_s:.1f} s; its greedy answers begin with "
+        f"{marker!r} on {habit:.0%} of held-out prompts. Successor base as it is: KL "
+        f"{b.mean_kl:.3f}, agreement {b.agreement:.3f} over {b.positions} positions, first "
+        f"token as the teacher's {share_equal(firsts['base'], firsts['teacher']):.0%}",
+        flush=True,
+    )
+    return teacher, {
+        "marker": marker,
+        "teacher_seed": seed,
+        "teacher_s": teacher_s,
+        "teacher_habit": habit,
+        "baseline": asdict(b),
+    }
 
 
-def transfer(teacher: Teacher, bases: tuple[Path, Path], arm: str, count: int,
-             settings: TransferSettings, output: Path, tokenizer) -> dict:
+def transfer(
+    teacher: Teacher,
+    bases: tuple[Path, Path],
+    arm: str,
+    count: int,
+    settings: TransferSettings,
+    output: Path,
+    tokenizer,
+) -> dict:
     """Distill on `count` prompts and measure the student on the held-out prompts."""
     old, new = bases
     cpu_before = common.cpu_seconds(os.getpid())
@@ -233,23 +285,42 @@ def transfer(teacher: Teacher, bases: tuple[Path, Path], arm: str, count: int,
     # CPU seconds too: on a shared 2-core machine, wall time also counts the others' work.
     cpu_s = common.cpu_seconds(os.getpid()) - cpu_before
     student = load(new, output)
-    row = count_row(count, result,
-                    measure(teacher.model, student, teacher.held_out, vocab=len(tokenizer),
-                            batch_size=SETTINGS.batch_size),
-                    teacher.baseline,
-                    {**teacher.firsts,
-                     "student": first_tokens(student, tokenizer, [chat(q) for q in HELD_OUT])})
-    print(f"[{teacher.marker}] {arm}, {count} prompts: {result.steps} steps, loss "
-          f"{result.final_loss:.3f}; KL {row['kl']:.3f} ({row['kl_ratio']:.2f}x base), "
-          f"agreement {row['agreement']:.3f} ({row['agreement_gain']:+.3f}), first token "
-          f"{row['first_token']:.0%} (base {row['first_token_base']:.0%}), "
-          f"{result.seconds:.1f} s ({cpu_s:.1f} CPU s)", flush=True)
-    return {"arm": arm, **row, "cpu_seconds": cpu_s, "epochs": settings.epochs,
-            "distill_own": asdict(result)}
+    row = count_row(
+        count,
+        result,
+        measure(
+            teacher.model,
+            student,
+            teacher.held_out,
+            vocab=len(tokenizer),
+            batch_size=SETTINGS.batch_size,
+        ),
+        teacher.baseline,
+        {
+            **teacher.firsts,
+            "student": first_tokens(student, tokenizer, [chat(q) for q in HELD_OUT]),
+        },
+    )
+    print(
+        f"[{teacher.marker}] {arm}, {count} prompts: {result.steps} steps, loss "
+        f"{result.final_loss:.3f}; KL {row['kl']:.3f} ({row['kl_ratio']:.2f}x base), "
+        f"agreement {row['agreement']:.3f} ({row['agreement_gain']:+.3f}), first token "
+        f"{row['first_token']:.0%} (base {row['first_token_base']:.0%}), "
+        f"{result.seconds:.1f} s ({cpu_s:.1f} CPU s)",
+        flush=True,
+    )
+    return {
+        "arm": arm,
+        **row,
+        "cpu_seconds": cpu_s,
+        "epochs": settings.epochs,
+        "distill_own": asdict(result),
+    }
 
 
-def run_teacher(marker: str, seed: int, bases: tuple[Path, Path], counts: list[int],
-                root: Path) -> dict:
+def run_teacher(
+    marker: str, seed: int, bases: tuple[Path, Path], counts: list[int], root: Path
+) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(bases[1])
     teacher, record = make_teacher(marker, seed, bases, root, tokenizer)
     rows, done = [], {}  # done: a run per distinct (count, settings); one seed, same bytes
@@ -257,17 +328,26 @@ def run_teacher(marker: str, seed: int, bases: tuple[Path, Path], counts: list[i
         for count in counts:
             settings = arm_settings(arm, count, counts[-1])
             if (count, settings) not in done:
-                done[count, settings] = transfer(teacher, bases, arm, count, settings,
-                                                 root / f"student-{marker}-{len(done)}",
-                                                 tokenizer)
+                done[count, settings] = transfer(
+                    teacher,
+                    bases,
+                    arm,
+                    count,
+                    settings,
+                    root / f"student-{marker}-{len(done)}",
+                    tokenizer,
+                )
             rows.append({**done[count, settings], "arm": arm})
     return {**record, "rows": rows}
 
 
 def counts_table(teachers: list[dict]) -> str:
-    lines = ["| teacher | arm | prompts | steps | KL (nats/token) | base KL | KL vs base | "
-             "agreement | base agreement | gain | first token as teacher | base | seconds | "
-             "CPU s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| teacher | arm | prompts | steps | KL (nats/token) | base KL | KL vs base | "
+        "agreement | base agreement | gain | first token as teacher | base | seconds | "
+        "CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in teachers:
         for r in t["rows"]:
             lines.append(
@@ -276,18 +356,34 @@ def counts_table(teachers: list[dict]) -> str:
                 f"{r['agreement']:.3f} | {r['agreement_base']:.3f} | "
                 f"{r['agreement_gain']:+.3f} | {r['first_token']:.0%} | "
                 f"{r['first_token_base']:.0%} | {r['seconds']:.1f} | "
-                f"{r['cpu_seconds']:.1f} |")
+                f"{r['cpu_seconds']:.1f} |"
+            )
     return "\n".join(lines)
 
 
 def summary_table(summary: dict[tuple[str, int], dict]) -> str:
-    lines = ["| arm | prompts | KL vs base | agreement | gain | first token as teacher | "
-             "base | seconds | CPU s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | prompts | KL vs base | agreement | gain | first token as teacher | "
+        "base | seconds | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (arm, count), s in summary.items():
-        lines.append(f"| {arm} | {count} | " + " | ".join(
-            common.format_spread(*s[name]) for name in (
-                "kl_ratio", "agreement", "agreement_gain", "first_token", "first_token_base",
-                "seconds", "cpu_seconds")) + " |")
+        lines.append(
+            f"| {arm} | {count} | "
+            + " | ".join(
+                common.format_spread(*s[name])
+                for name in (
+                    "kl_ratio",
+                    "agreement",
+                    "agreement_gain",
+                    "first_token",
+                    "first_token_base",
+                    "seconds",
+                    "cpu_seconds",
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -302,13 +398,25 @@ def plot(teachers: list[dict], path: Path) -> None:
         for axis, name in ((agreement, "agreement"), (kl, "kl")):
             for arm, style in zip(ARMS, ("-o", ":s"), strict=True):
                 rows = [r for r in t["rows"] if r["arm"] == arm]
-                axis.plot([r["prompts"] for r in rows], [r[name] for r in rows], style,
-                          color=color, label=f"{t['marker']}: {arm}")
-            axis.axhline(t["rows"][0][f"{name}_base"], color=color, linestyle="--",
-                         linewidth=1, label=f"{t['marker']}: successor base")
+                axis.plot(
+                    [r["prompts"] for r in rows],
+                    [r[name] for r in rows],
+                    style,
+                    color=color,
+                    label=f"{t['marker']}: {arm}",
+                )
+            axis.axhline(
+                t["rows"][0][f"{name}_base"],
+                color=color,
+                linestyle="--",
+                linewidth=1,
+                label=f"{t['marker']}: successor base",
+            )
     counts = sorted({r["prompts"] for t in teachers for r in t["rows"]})
-    for axis, label in ((agreement, "greedy next-token agreement"),
-                        (kl, "KL(teacher || student), nats/token")):
+    for axis, label in (
+        (agreement, "greedy next-token agreement"),
+        (kl, "KL(teacher || student), nats/token"),
+    ):
         axis.set_xscale("log", base=2)
         axis.set_xticks(counts, [str(count) for count in counts])
         axis.minorticks_off()
@@ -324,13 +432,21 @@ def plot(teachers: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--counts", default=",".join(map(str, COUNTS)),
-                        help=f"comma-separated prompt counts, each 1 to {max(COUNTS)}")
-    parser.add_argument("--teachers", default=",".join(TEACHERS),
-                        help="comma-separated first words to teach (each one token of the "
-                             "demo tokenizer)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the first teacher at 8 and 16 prompts: checks the script")
+    parser.add_argument(
+        "--counts",
+        default=",".join(map(str, COUNTS)),
+        help=f"comma-separated prompt counts, each 1 to {max(COUNTS)}",
+    )
+    parser.add_argument(
+        "--teachers",
+        default=",".join(TEACHERS),
+        help="comma-separated first words to teach (each one token of the demo tokenizer)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the first teacher at 8 and 16 prompts: checks the script",
+    )
     args = parser.parse_args()
     if args.quick:
         args.counts, args.teachers = "8,16", TEACHERS[0]
@@ -346,36 +462,50 @@ def main() -> None:
     with common.scratch_dir("transfer") as root:
         bases = common.build_model(root, "tiny"), build_successor(root)
         started, load_before = time.monotonic(), os.getloadavg()
-        teachers = [run_teacher(marker, 7 + index, bases, counts, root)
-                    for index, marker in enumerate(markers)]
+        teachers = [
+            run_teacher(marker, 7 + index, bases, counts, root)
+            for index, marker in enumerate(markers)
+        ]
         wall_s, load_after = time.monotonic() - started, os.getloadavg()
     rows = [row for t in teachers for row in t["rows"]]
     summary = by_count(rows)
-    results = {"settings": {"counts": counts, "teachers": markers,
-                            "teacher_pairs": TEACHER_PAIRS,
-                            "teacher_policy": TEACHER_POLICY.model_dump(mode="json"),
-                            "held_out_prompts": HELD_OUT_PROMPTS,
-                            "transfer": asdict(SETTINGS), "arms": list(ARMS),
-                            "wall_s": wall_s,
-                            # 1, 5 and 15 min: other work on the machine shows here.
-                            "load_average": {"before": load_before, "after": load_after}},
-               "teachers": teachers,
-               "summary": [{"arm": arm, "prompts": count, **spreads}
-                           for (arm, count), spreads in summary.items()]}
-    path = common.write_results("transfer", results,
-                                [counts_table(teachers), summary_table(summary)])
+    results = {
+        "settings": {
+            "counts": counts,
+            "teachers": markers,
+            "teacher_pairs": TEACHER_PAIRS,
+            "teacher_policy": TEACHER_POLICY.model_dump(mode="json"),
+            "held_out_prompts": HELD_OUT_PROMPTS,
+            "transfer": asdict(SETTINGS),
+            "arms": list(ARMS),
+            "wall_s": wall_s,
+            # 1, 5 and 15 min: other work on the machine shows here.
+            "load_average": {"before": load_before, "after": load_after},
+        },
+        "teachers": teachers,
+        "summary": [
+            {"arm": arm, "prompts": count, **spreads} for (arm, count), spreads in summary.items()
+        ],
+    }
+    path = common.write_results(
+        "transfer", results, [counts_table(teachers), summary_table(summary)]
+    )
     plot(teachers, path.with_suffix(".png"))
-    print(f"plot: {path.with_suffix('.png')}\nwall: {wall_s:.0f} s; load average "
-          f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+    print(
+        f"plot: {path.with_suffix('.png')}\nwall: {wall_s:.0f} s; load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after"
+    )
 
 
 def check_markers(parser: argparse.ArgumentParser, markers: list[str]) -> None:
     tokenizer = build_tokenizer(DemoModelShape().vocab_size)  # both bases' tokenizer
     split = [m for m in markers if len(tokenizer.tokenize(m)) != 1]
     if split or len(set(markers)) != len(markers):
-        parser.error(f"--teachers takes distinct words of one demo-tokenizer token each "
-                     f"(e.g. {','.join(TEACHERS)}); got {','.join(markers)!r}"
-                     + (f", where {', '.join(split)} split into several" if split else ""))
+        parser.error(
+            f"--teachers takes distinct words of one demo-tokenizer token each "
+            f"(e.g. {','.join(TEACHERS)}); got {','.join(markers)!r}"
+            + (f", where {', '.join(split)} split into several" if split else "")
+        )
 
 
 if __name__ == "__main__":

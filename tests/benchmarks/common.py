@@ -41,23 +41,37 @@ class BenchModel:
 
 MODELS = {
     # The test suite's model and settings: float32, as the tests run it.
-    "tiny": BenchModel(DemoModelShape(), "float32",
-                       "the demo model: 2 layers, hidden 256, 1.6M parameters"),
+    "tiny": BenchModel(
+        DemoModelShape(), "float32", "the demo model: 2 layers, hidden 256, 1.6M parameters"
+    ),
     # Llama layout at about 0.5B parameters (24 layers, hidden 1024, MLP 5632, GQA 16/4
     # heads) with the demo tokenizer's small vocabulary; bfloat16, as such a model is served
     # (CPUs with AVX512-BF16 or AMX compute it natively). Random weights: it measures speed
     # only, and pretraining it on 2 cores would take hours.
-    "0.5b": BenchModel(DemoModelShape(hidden_size=1024, intermediate_size=5632,
-                                      num_hidden_layers=24, num_attention_heads=16,
-                                      num_key_value_heads=4, pretrain_steps=0), "bfloat16",
-                       "Llama layout, 24 layers, hidden 1024, MLP 5632, 16/4 heads: 0.48B"),
+    "0.5b": BenchModel(
+        DemoModelShape(
+            hidden_size=1024,
+            intermediate_size=5632,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            pretrain_steps=0,
+        ),
+        "bfloat16",
+        "Llama layout, 24 layers, hidden 1024, MLP 5632, 16/4 heads: 0.48B",
+    ),
 }
 
 
 def engine_settings(model: str, **lora: int) -> dict:
     """Server settings shared by every engine of a run (the CLI flags are derived from it)."""
-    return {"dtype": MODELS[model].dtype, "enforce_eager": True, "max_model_len": 1024,
-            "kv_cache_gib": 1.0, **lora}
+    return {
+        "dtype": MODELS[model].dtype,
+        "enforce_eager": True,
+        "max_model_len": 1024,
+        "kv_cache_gib": 1.0,
+        **lora,
+    }
 
 
 def cli_flags(settings: dict) -> list[str]:
@@ -121,27 +135,40 @@ def build_model(root: Path, model: str = "tiny") -> Path:
 
     started = time.monotonic()
     path = build_demo_model(root / f"model-{model}", shape=MODELS[model].shape)
-    print(f"[model] {model} ({MODELS[model].description}) generated in "
-          f"{time.monotonic() - started:.1f} s", flush=True)
+    print(
+        f"[model] {model} ({MODELS[model].description}) generated in "
+        f"{time.monotonic() - started:.1f} s",
+        flush=True,
+    )
     return path
 
 
-def start_server(model: Path, root: Path, settings: dict, label: str,
-                 extra: Sequence[str] = (), env: dict[str, str] | None = None) -> ServerProcess:
+def start_server(
+    model: Path,
+    root: Path,
+    settings: dict,
+    label: str,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
     data = root / f"data-{label}"
     data.mkdir()
-    flags = ["--model", str(model), "--served-model-name", MODEL_NAME, *cli_flags(settings),
-             *extra]
-    server = ServerProcess(flags, root / f"{label}.log",
-                           env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})}, data_dir=data)
+    flags = ["--model", str(model), "--served-model-name", MODEL_NAME, *cli_flags(settings), *extra]
+    server = ServerProcess(
+        flags,
+        root / f"{label}.log",
+        env={"LORALOOP_ADMIN_KEY": ADMIN_KEY, **(env or {})},
+        data_dir=data,
+    )
     started = time.monotonic()
     try:
         server.wait_ready()
     except Exception:
         server.stop()
         raise
-    print(f"[{label}] server ready in {time.monotonic() - started:.1f} s ({server.url})",
-          flush=True)
+    print(
+        f"[{label}] server ready in {time.monotonic() - started:.1f} s ({server.url})", flush=True
+    )
     return server
 
 
@@ -200,12 +227,22 @@ class CpuMeter:
 
 
 def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.now(timezone.utc).isoformat(),
+    }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                                  if line.startswith("Model name")), None)
+        info["cpu_model"] = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in lscpu.splitlines()
+                if line.startswith("Model name")
+            ),
+            None,
+        )
     except OSError:
         info["cpu_model"] = None
     from importlib.metadata import version
@@ -237,8 +274,9 @@ def write_results(name: str, results: dict, tables: list[str]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps({"machine": machine, **results}, indent=2, default=str) + "\n")
     described = ", ".join(f"{key} {value}" for key, value in machine.items())
-    (RESULTS_DIR / f"{name}.md").write_text(f"Machine: {described}.\n\n"
-                                            + "\n\n".join(tables) + "\n")
+    (RESULTS_DIR / f"{name}.md").write_text(
+        f"Machine: {described}.\n\n" + "\n\n".join(tables) + "\n"
+    )
     for table in tables:
         print("\n" + table)
     print(f"\nresults: {path} (tables: {path.with_suffix('.md')})")

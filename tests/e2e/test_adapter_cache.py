@@ -15,14 +15,16 @@ HOST_CACHE = int(LORA_CACHE_ARGS[LORA_CACHE_ARGS.index("--max-cpu-loras") + 1])
 
 def greedy(server, model: str) -> str:
     body = {"model": model, "prompt": "the weather today", "max_tokens": 8, "temperature": 0}
-    response = httpx.post(f"{server.url}/v1/completions", json=body, headers=ADMIN_HEADERS,
-                          timeout=120)
+    response = httpx.post(
+        f"{server.url}/v1/completions", json=body, headers=ADMIN_HEADERS, timeout=120
+    )
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]["text"]
 
 
-def test_more_versions_than_the_host_cache_keep_their_own_answers(vllm_server, demo_model,
-                                                                  tmp_path):
+def test_more_versions_than_the_host_cache_keep_their_own_answers(
+    vllm_server, demo_model, tmp_path
+):
     count = HOST_CACHE + 3
     with AdminClient(vllm_server.url, ADMIN_KEY, actor="warmup-test") as admin:
         admin.create_adapter("acme/many")
@@ -38,8 +40,10 @@ def test_more_versions_than_the_host_cache_keep_their_own_answers(vllm_server, d
             admin.reject("acme/many", n, reason="unloaded")
         for model in models[:2]:
             body = {"model": model, "prompt": "x", "max_tokens": 2}
-            response = httpx.post(f"{vllm_server.url}/v1/completions", json=body,
-                                  headers=ADMIN_HEADERS, timeout=60)
+            response = httpx.post(
+                f"{vllm_server.url}/v1/completions", json=body, headers=ADMIN_HEADERS, timeout=60
+            )
             assert response.status_code == 404
         assert {model: greedy(vllm_server, model) for model in models[2:]} == {
-            model: first[model] for model in models[2:]}
+            model: first[model] for model in models[2:]
+        }

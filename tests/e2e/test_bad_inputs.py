@@ -14,8 +14,9 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def post(server, path: str, headers: dict | None = None, **kwargs) -> httpx.Response:
-    return httpx.post(f"{server.url}{path}", headers={**ADMIN_HEADERS, **(headers or {})},
-                      timeout=30, **kwargs)
+    return httpx.post(
+        f"{server.url}{path}", headers={**ADMIN_HEADERS, **(headers or {})}, timeout=30, **kwargs
+    )
 
 
 def chat(**fields) -> dict:
@@ -28,18 +29,30 @@ CASES = {
     "foreign-looking path": (chat(model="../../etc/passwd"), 404, "model"),
     "unknown pinned version": (chat(model="acme/support@9"), 404, "model"),
     "max_tokens over the bound": (chat(max_tokens=100_000), 400, "max_tokens"),
-    "max_completion_tokens over the bound": (chat(max_completion_tokens=100_000), 400,
-                                             "max_completion_tokens"),
+    "max_completion_tokens over the bound": (
+        chat(max_completion_tokens=100_000),
+        400,
+        "max_completion_tokens",
+    ),
     "max_tokens zero": (chat(max_tokens=0), 400, "max_tokens"),
     "negative temperature": (chat(temperature=-0.5), 400, "temperature"),
     "top_p zero": (chat(top_p=0), 400, "top_p"),
     "n over the bound": (chat(n=1000), 400, "n"),
     "empty messages": (chat(messages=[]), 400, "messages"),
     "messages not a list": (chat(messages="hi"), 400, "messages"),
-    "unknown role": (chat(messages=[{"role": "robot", "content": "hi"}]), 400,
-                     "messages.0.role"),
-    "image content": (chat(messages=[{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x"}}]}]), 400, None),
+    "unknown role": (chat(messages=[{"role": "robot", "content": "hi"}]), 400, "messages.0.role"),
+    "image content": (
+        chat(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://x"}}],
+                }
+            ]
+        ),
+        400,
+        None,
+    ),
     "max_tokens as a string": (chat(max_tokens="ten"), 400, "max_tokens"),
     "stream as a string": (chat(stream="yes"), 400, "stream"),
     "too many stop sequences": (chat(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
@@ -49,13 +62,20 @@ CASES = {
     "tool without its function": (chat(tools=[{"type": "function"}]), 400, "tools.0.function"),
     "negative seed": (chat(seed=-1), 400, "seed"),
     "prompt longer than the context": (
-        chat(messages=[{"role": "user", "content": "word " * 3000}]), 400, "messages"),
+        chat(messages=[{"role": "user", "content": "word " * 3000}]),
+        400,
+        "messages",
+    ),
     "max_tokens beyond the context": (
-        chat(messages=[{"role": "user", "content": "word " * 700}], max_tokens=500), 400,
-        "max_tokens"),
+        chat(messages=[{"role": "user", "content": "word " * 700}], max_tokens=500),
+        400,
+        "max_tokens",
+    ),
     "max_completion_tokens beyond the context": (
         chat(messages=[{"role": "user", "content": "word " * 700}], max_completion_tokens=500),
-        400, "max_completion_tokens"),
+        400,
+        "max_completion_tokens",
+    ),
 }
 
 COMPLETION_CASES = {
@@ -102,8 +122,12 @@ def test_context_overflow_has_its_own_code(vllm_server):
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'{"model": "acme/support"'])
 def test_malformed_json(vllm_server, raw):
-    response = post(vllm_server, "/v1/chat/completions", content=raw,
-                    headers={"content-type": "application/json"})
+    response = post(
+        vllm_server,
+        "/v1/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json"},
+    )
     assert_openai_error(response, 400, None)
 
 
@@ -126,8 +150,9 @@ def test_damaged_version_fails_only_its_own_requests(vllm_server, client, demo_m
     response = post(vllm_server, "/v1/chat/completions", json=chat(model="acme/fragile@1"))
     error = assert_openai_error(response, 500, None)
     assert error["code"] == "adapter_load_failed"
-    healthy = client.chat.completions.create(model="acme/support", messages=OK_MESSAGES,
-                                             max_tokens=4)
+    healthy = client.chat.completions.create(
+        model="acme/support", messages=OK_MESSAGES, max_tokens=4
+    )
     assert healthy.choices[0].finish_reason in ("stop", "length")
 
 
@@ -136,6 +161,7 @@ def test_server_healthy_after_bad_inputs(vllm_server, client):
         post(vllm_server, "/v1/chat/completions", json=case[0])
     assert httpx.get(f"{vllm_server.url}/health").status_code == 200
     assert httpx.get(f"{vllm_server.url}/ready").status_code == 200
-    answer = client.chat.completions.create(model="acme/support", messages=OK_MESSAGES,
-                                            max_tokens=4)
+    answer = client.chat.completions.create(
+        model="acme/support", messages=OK_MESSAGES, max_tokens=4
+    )
     assert answer.usage.completion_tokens >= 1

@@ -36,14 +36,19 @@ class Cli:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def run(self, *args: str, url: str | None = None,
-            admin_key: str = ADMIN_KEY) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, url: str | None = None, admin_key: str = ADMIN_KEY
+    ) -> subprocess.CompletedProcess:
         # The caller's own LORALOOP_* settings must not leak into the commands under test.
         env = {k: v for k, v in os.environ.items() if not k.startswith("LORALOOP_")}
-        env.update(LORALOOP_URL=url or self.url, LORALOOP_ADMIN_KEY=admin_key,
-                   LORALOOP_ACTOR=ACTOR)
-        return subprocess.run([sys.executable, "-m", "loraloop.serve.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+        env.update(LORALOOP_URL=url or self.url, LORALOOP_ADMIN_KEY=admin_key, LORALOOP_ACTOR=ACTOR)
+        return subprocess.run(
+            [sys.executable, "-m", "loraloop.serve.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
 
     def ok(self, *args: str) -> subprocess.CompletedProcess:
         done = self.run(*args)
@@ -72,6 +77,7 @@ def served_model(server: ServerProcess, api_key: str, model: str) -> str:
 
 # -- fixtures ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cli_model(tmp_path_factory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("cli-model") / "demo")
@@ -80,8 +86,14 @@ def cli_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(cli_model, tmp_path_factory):
     server = ServerProcess(
-        ["--model", str(cli_model), "--engine", "reference",
-         "--data-dir", str(tmp_path_factory.mktemp("cli-data"))],
+        [
+            "--model",
+            str(cli_model),
+            "--engine",
+            "reference",
+            "--data-dir",
+            str(tmp_path_factory.mktemp("cli-data")),
+        ],
         tmp_path_factory.mktemp("cli-logs") / "server.log",
         env={"LORALOOP_ADMIN_KEY": ADMIN_KEY},
     )
@@ -123,12 +135,25 @@ def registrations(cli, issued, adapter_dirs) -> list[subprocess.CompletedProcess
     return [
         cli.ok("adapters", "register", ADAPTER, first, "--reason", "first cut"),
         cli.ok("adapters", "--json", "register", ADAPTER, first),
-        cli.ok("adapters", "register", ADAPTER, second, "--parent", "1", "--metric", "acc=0.9",
-               "--tag", "run=x", "--reason", "more data"),
+        cli.ok(
+            "adapters",
+            "register",
+            ADAPTER,
+            second,
+            "--parent",
+            "1",
+            "--metric",
+            "acc=0.9",
+            "--tag",
+            "run=x",
+            "--reason",
+            "more data",
+        ),
     ]
 
 
 # -- tenants and keys ----------------------------------------------------------------------
+
 
 def test_key_is_printed_once_then_listed_by_prefix(cli, issued, tenant_key):
     assert tenant_key.startswith("llk_") and len(tenant_key) >= 40
@@ -142,6 +167,7 @@ def test_key_is_printed_once_then_listed_by_prefix(cli, issued, tenant_key):
 
 
 # -- registering ---------------------------------------------------------------------------
+
 
 def test_registering_the_same_files_twice_gives_the_same_version(registrations):
     first, again, second = registrations
@@ -174,9 +200,12 @@ def test_list_and_show_as_json(cli, registrations):
 
 # -- releasing -----------------------------------------------------------------------------
 
+
 def test_release_lifecycle_moves_what_serves(cli, server, tenant_key, registrations):
-    assert "live version 1" in cli.ok("adapters", "promote", ADAPTER, "1",
-                                      "--reason", "ship it").stdout
+    assert (
+        "live version 1"
+        in cli.ok("adapters", "promote", ADAPTER, "1", "--reason", "ship it").stdout
+    )
     assert served_model(server, tenant_key, ADAPTER) == f"{ADAPTER}@1"
     cli.ok("adapters", "promote", ADAPTER, "2", "--expected-live", "1", "--reason", "better")
     assert served_model(server, tenant_key, ADAPTER) == f"{ADAPTER}@2"
@@ -185,13 +214,15 @@ def test_release_lifecycle_moves_what_serves(cli, server, tenant_key, registrati
     assert_clean_failure(stale, 1)
     assert stale.stderr.startswith(f"error: The live version of '{ADAPTER}' is 2, not 1")
 
-    canary = cli.json("adapters", "canary", "set", ADAPTER, "1", "--percent", "10",
-                      "--reason", "compare")
+    canary = cli.json(
+        "adapters", "canary", "set", ADAPTER, "1", "--percent", "10", "--reason", "compare"
+    )
     assert (canary["canary_version"], canary["canary_percent"]) == (1, 10)
     cleared = cli.json("adapters", "canary", "clear", ADAPTER, "--reason", "enough")
     assert cleared["canary_version"] is None and cleared["live_version"] == 2
-    assert "live version 1" in cli.ok("adapters", "rollback", ADAPTER,
-                                      "--reason", "regressed").stdout
+    assert (
+        "live version 1" in cli.ok("adapters", "rollback", ADAPTER, "--reason", "regressed").stdout
+    )
     assert served_model(server, tenant_key, ADAPTER) == f"{ADAPTER}@1"
     assert cli.json("adapters", "reject", ADAPTER, "2", "--reason", "bad")["status"] == "rejected"
 
@@ -215,8 +246,15 @@ def test_history_records_every_change_in_order(cli):
 def test_policy_show_and_set_round_trip(cli, registrations):
     defaults = cli.json("adapters", "policy", "show", ADAPTER)
     assert defaults["record_completions"] is False
-    cli.ok("adapters", "policy", "set", ADAPTER, "min_pairs=16", "record_completions=true",
-           "gate.min_accuracy=0.7")
+    cli.ok(
+        "adapters",
+        "policy",
+        "set",
+        ADAPTER,
+        "min_pairs=16",
+        "record_completions=true",
+        "gate.min_accuracy=0.7",
+    )
     shown = cli.json("adapters", "policy", "show", ADAPTER)
     assert (shown["min_pairs"], shown["record_completions"]) == (16, True)
     assert shown["gate"]["min_accuracy"] == 0.7
@@ -225,6 +263,7 @@ def test_policy_show_and_set_round_trip(cli, registrations):
 
 
 # -- failures ------------------------------------------------------------------------------
+
 
 def test_a_refused_adapter_lists_every_problem(cli, issued, adapter_dirs, tmp_path):
     broken = tmp_path / "broken"

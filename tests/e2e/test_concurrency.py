@@ -11,8 +11,10 @@ MAX_TOKENS = 32
 
 async def _ask(client, adapter: str, question: str) -> str:
     response = await client.chat.completions.create(
-        model=adapter, messages=[{"role": "user", "content": question}],
-        max_tokens=MAX_TOKENS, temperature=0,
+        model=adapter,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=MAX_TOKENS,
+        temperature=0,
     )
     return response.choices[0].message.content
 

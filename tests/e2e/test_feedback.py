@@ -14,8 +14,12 @@ from loraloop.serve.cli.client import AdminClient
 from ..conftest import ADMIN_KEY
 
 MESSAGES = [{"role": "user", "content": "where is my parcel"}]
-PREFERENCE = {"adapter": "acme/support", "messages": MESSAGES,
-              "chosen": "It ships today.", "rejected": "No idea."}
+PREFERENCE = {
+    "adapter": "acme/support",
+    "messages": MESSAGES,
+    "chosen": "It ships today.",
+    "rejected": "No idea.",
+}
 
 
 def tenant_headers(server, tenant: str, **extra) -> dict:
@@ -23,13 +27,21 @@ def tenant_headers(server, tenant: str, **extra) -> dict:
 
 
 def post(server, body, tenant: str = "acme", path: str = "/v1/feedback", **headers):
-    return httpx.post(f"{server.url}{path}", json=body, timeout=30,
-                      headers=tenant_headers(server, tenant, **headers))
+    return httpx.post(
+        f"{server.url}{path}",
+        json=body,
+        timeout=30,
+        headers=tenant_headers(server, tenant, **headers),
+    )
 
 
 def stats(server, adapter: str, tenant: str = "acme") -> httpx.Response:
-    return httpx.get(f"{server.url}/v1/feedback/stats", params={"adapter": adapter},
-                     headers=tenant_headers(server, tenant), timeout=30)
+    return httpx.get(
+        f"{server.url}/v1/feedback/stats",
+        params={"adapter": adapter},
+        headers=tenant_headers(server, tenant),
+        timeout=30,
+    )
 
 
 def test_preference_is_stored_before_it_is_acknowledged(vllm_server):
@@ -38,7 +50,11 @@ def test_preference_is_stored_before_it_is_acknowledged(vllm_server):
     assert response.status_code == 201
     created = response.json()
     assert (created["adapter"], created["version"], created["kind"], created["status"]) == (
-        "acme/support", 1, "preference", "pending")
+        "acme/support",
+        1,
+        "preference",
+        "pending",
+    )
     after = stats(vllm_server, "acme/support").json()
     assert after["total"] == before["total"] + 1
     assert after["by_version"].get("1", 0) == before["by_version"].get("1", 0) + 1
@@ -52,10 +68,13 @@ def test_a_retry_with_the_same_key_stores_nothing_new(vllm_server):
     assert first.status_code == again.status_code == 201
     assert again.json() == first.json()
     assert (first.headers["Idempotent-Replayed"], again.headers["Idempotent-Replayed"]) == (
-        "false", "true")
+        "false",
+        "true",
+    )
     assert stats(vllm_server, "acme/support").json()["total"] == total
-    other_body = post(vllm_server, {**PREFERENCE, "chosen": "Tomorrow."},
-                      **{"Idempotency-Key": key})
+    other_body = post(
+        vllm_server, {**PREFERENCE, "chosen": "Tomorrow."}, **{"Idempotency-Key": key}
+    )
     assert other_body.status_code == 409
     assert other_body.json()["error"]["code"] == "conflict"
 
@@ -65,12 +84,24 @@ BAD = {
     "same texts": ({**PREFERENCE, "rejected": PREFERENCE["chosen"]}, "the same text"),
     "prompt and messages": ({**PREFERENCE, "prompt": "hi"}, "not both"),
     "no prompt": ({k: v for k, v in PREFERENCE.items() if k != "messages"}, "not both"),
-    "score above 1": ({"adapter": "acme/support", "prompt": "hi", "completion": "yo",
-                       "score": 1.5, "judge": "gpt"}, "score"),
-    "score without judge": ({"adapter": "acme/support", "prompt": "hi", "completion": "yo",
-                             "score": 0.5}, "needs judge"),
-    "score without completion": ({"adapter": "acme/support", "prompt": "hi", "score": 0.5,
-                                  "judge": "j"}, "needs completion_id, or completion"),
+    "score above 1": (
+        {
+            "adapter": "acme/support",
+            "prompt": "hi",
+            "completion": "yo",
+            "score": 1.5,
+            "judge": "gpt",
+        },
+        "score",
+    ),
+    "score without judge": (
+        {"adapter": "acme/support", "prompt": "hi", "completion": "yo", "score": 0.5},
+        "needs judge",
+    ),
+    "score without completion": (
+        {"adapter": "acme/support", "prompt": "hi", "score": 0.5, "judge": "j"},
+        "needs completion_id, or completion",
+    ),
     "text too long": ({**PREFERENCE, "chosen": "x" * 32_001}, "chosen"),
     "unknown field": ({**PREFERENCE, "weight": 2}, "weight"),
     "wrong type": ({**PREFERENCE, "chosen": 7}, "chosen"),
@@ -102,13 +133,33 @@ def test_batch_reports_each_line(vllm_server):
         json.dumps({**PREFERENCE, "adapter": "globex/chat"}),
         "{not json",
         json.dumps({**PREFERENCE, "chosen": None}),
-        json.dumps({"adapter": "acme/support", "prompt": "hi", "completion": "hello",
-                    "score": 0.9, "judge": "rubric-v1", "idempotency_key": "b-1"}),
-        json.dumps({"adapter": "acme/support", "prompt": "hi", "completion": "hello",
-                    "score": 0.9, "judge": "rubric-v1", "idempotency_key": "b-1"}),
+        json.dumps(
+            {
+                "adapter": "acme/support",
+                "prompt": "hi",
+                "completion": "hello",
+                "score": 0.9,
+                "judge": "rubric-v1",
+                "idempotency_key": "b-1",
+            }
+        ),
+        json.dumps(
+            {
+                "adapter": "acme/support",
+                "prompt": "hi",
+                "completion": "hello",
+                "score": 0.9,
+                "judge": "rubric-v1",
+                "idempotency_key": "b-1",
+            }
+        ),
     ]
-    response = httpx.post(f"{vllm_server.url}/v1/feedback/batch", content="\n".join(lines),
-                          headers=tenant_headers(vllm_server, "acme"), timeout=30)
+    response = httpx.post(
+        f"{vllm_server.url}/v1/feedback/batch",
+        content="\n".join(lines),
+        headers=tenant_headers(vllm_server, "acme"),
+        timeout=30,
+    )
     assert response.status_code == 200
     result = response.json()
     assert [r["status"] for r in result["data"]] == [201, 404, 400, 400, 201, 200]
@@ -119,29 +170,44 @@ def test_batch_reports_each_line(vllm_server):
 def test_scores_can_name_a_recorded_completion(vllm_server):
     with AdminClient(vllm_server.url, ADMIN_KEY) as admin:
         admin._call("PUT", "/adapters/initech/memo/policy", json={"record_completions": True})
-    initech = openai.OpenAI(base_url=f"{vllm_server.url}/v1", max_retries=0,
-                            api_key=vllm_server.tenant_keys["initech"])
-    answer = initech.chat.completions.create(model="initech/memo", messages=MESSAGES,
-                                             max_tokens=4, n=2)
+    initech = openai.OpenAI(
+        base_url=f"{vllm_server.url}/v1", max_retries=0, api_key=vllm_server.tenant_keys["initech"]
+    )
+    answer = initech.chat.completions.create(
+        model="initech/memo", messages=MESSAGES, max_tokens=4, n=2
+    )
     for choice in (0, 1):
-        response = post(vllm_server, {"completion_id": answer.id, "choice": choice,
-                                      "score": 0.25 * (choice + 1), "judge": "human"},
-                        tenant="initech")
+        response = post(
+            vllm_server,
+            {
+                "completion_id": answer.id,
+                "choice": choice,
+                "score": 0.25 * (choice + 1),
+                "judge": "human",
+            },
+            tenant="initech",
+        )
         assert response.status_code == 201, response.text
         assert response.json()["version"] == 1
     assert stats(vllm_server, "initech/memo", tenant="initech").json()["by_kind"] == {"score": 2}
     # Another tenant cannot score it, and completions of unrecorded adapters are unknown.
     foreign = post(vllm_server, {"completion_id": answer.id, "score": 1, "judge": "x"})
     assert foreign.status_code == 404
-    unrecorded = initech.chat.completions.create(model="initech/tps", messages=MESSAGES,
-                                                 max_tokens=2)
-    missing = post(vllm_server, {"completion_id": unrecorded.id, "score": 1, "judge": "x"},
-                   tenant="initech")
+    unrecorded = initech.chat.completions.create(
+        model="initech/tps", messages=MESSAGES, max_tokens=2
+    )
+    missing = post(
+        vllm_server, {"completion_id": unrecorded.id, "score": 1, "judge": "x"}, tenant="initech"
+    )
     assert missing.status_code == 404
 
 
 def test_a_batch_that_is_not_text_is_refused(vllm_server):
-    response = httpx.post(f"{vllm_server.url}/v1/feedback/batch", content=b"\xff\xfe{}",
-                          headers=tenant_headers(vllm_server, "acme"), timeout=30)
+    response = httpx.post(
+        f"{vllm_server.url}/v1/feedback/batch",
+        content=b"\xff\xfe{}",
+        headers=tenant_headers(vllm_server, "acme"),
+        timeout=30,
+    )
     assert response.status_code == 400
     assert "UTF-8" in response.json()["error"]["message"]

@@ -51,14 +51,29 @@ ADAPTER = "dur/support"
 
 
 def event(n: int) -> dict:
-    return {"adapter": ADAPTER, "prompt": f"question {n}?", "chosen": f"good {n}.",
-            "rejected": f"bad {n}."}
+    return {
+        "adapter": ADAPTER,
+        "prompt": f"question {n}?",
+        "chosen": f"good {n}.",
+        "rejected": f"bad {n}.",
+    }
 
 
 def serve(demo_model: Path, data_dir: Path, url: str, log: Path) -> ServerProcess:
-    return start_server(["--model", str(demo_model), "--engine", "reference",
-                         "--served-model-name", BASE_MODEL_NAME, "--database-url", url],
-                        log, data_dir).wait_ready()
+    return start_server(
+        [
+            "--model",
+            str(demo_model),
+            "--engine",
+            "reference",
+            "--served-model-name",
+            BASE_MODEL_NAME,
+            "--database-url",
+            url,
+        ],
+        log,
+        data_dir,
+    ).wait_ready()
 
 
 def provision(server: ServerProcess, adapter_dir: Path) -> str:
@@ -71,8 +86,9 @@ def provision(server: ServerProcess, adapter_dir: Path) -> str:
     return key
 
 
-async def post_until_killed(url: str, key: str, pending: list[int], acked: dict[int, int],
-                            server: ServerProcess) -> None:
+async def post_until_killed(
+    url: str, key: str, pending: list[int], acked: dict[int, int], server: ServerProcess
+) -> None:
     """CLIENTS clients post events; the server is SIGKILLed once KILL_AFTER_ACKS are
     acknowledged. Events whose request failed stay in `pending`."""
     queue = list(pending)
@@ -82,8 +98,9 @@ async def post_until_killed(url: str, key: str, pending: list[int], acked: dict[
         while queue:
             n = queue.pop()
             try:
-                response = await http.post("/v1/feedback", json=event(n),
-                                           headers={"Idempotency-Key": f"event-{n}"})
+                response = await http.post(
+                    "/v1/feedback", json=event(n), headers={"Idempotency-Key": f"event-{n}"}
+                )
             except httpx.TransportError:
                 pending.append(n)  # unacknowledged: a client would retry it
                 continue
@@ -94,19 +111,20 @@ async def post_until_killed(url: str, key: str, pending: list[int], acked: dict[
             if len(acked) == KILL_AFTER_ACKS:
                 os.killpg(server.process.pid, signal.SIGKILL)
 
-    async with httpx.AsyncClient(base_url=url, timeout=30,
-                                 headers={"Authorization": f"Bearer {key}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
         await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
 
 
 def retry_all(url: str, key: str, numbers: list[int]) -> dict[int, tuple[int, str]]:
     """Every event posted again until stored: (row id, Idempotent-Replayed) by event."""
     answers = {}
-    with httpx.Client(base_url=url, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as http:
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
         for n in numbers:
-            response = http.post("/v1/feedback", json=event(n),
-                                 headers={"Idempotency-Key": f"event-{n}"})
+            response = http.post(
+                "/v1/feedback", json=event(n), headers={"Idempotency-Key": f"event-{n}"}
+            )
             assert response.status_code == 201, response.text
             answers[n] = (response.json()["id"], response.headers["Idempotent-Replayed"])
     return answers
@@ -182,14 +200,16 @@ def count_rows(book: FeedbackBook) -> int:
 
 
 def test_one_group_answers_each_submission_on_its_own(book):
-    outcomes = book.submit_many([
-        Submission(item(), "k", "h1"),
-        Submission(item(), "k", "h1"),  # the same request again, in the same group
-        Submission(item(chosen="other"), "k", "h2"),  # the same key for another body
-        Submission(item("acme/missing")),
-        Submission(item("globex/chat"), "k", "h3"),  # keys belong to one tenant
-        Submission(item()),
-    ])
+    outcomes = book.submit_many(
+        [
+            Submission(item(), "k", "h1"),
+            Submission(item(), "k", "h1"),  # the same request again, in the same group
+            Submission(item(chosen="other"), "k", "h2"),  # the same key for another body
+            Submission(item("acme/missing")),
+            Submission(item("globex/chat"), "k", "h3"),  # keys belong to one tenant
+            Submission(item()),
+        ]
+    )
     first, again, other, missing, globex, keyless = outcomes
     assert first[1] is False and again == (first[0], True)
     assert isinstance(other, Conflict) and isinstance(missing, NotFound)
@@ -203,8 +223,9 @@ def test_one_group_answers_each_submission_on_its_own(book):
 
 
 def test_a_thousand_lines_are_one_insert_with_ids_in_order(book):
-    outcomes = book.submit_many([Submission(item(chosen=f"c{i}"), f"b{i}", "h")
-                                 for i in range(1000)])
+    outcomes = book.submit_many(
+        [Submission(item(chosen=f"c{i}"), f"b{i}", "h") for i in range(1000)]
+    )
     ids = [record.id for record, replayed in outcomes]
     assert ids == sorted(ids) and len(set(ids)) == 1000
     with book.db.reading() as session:
@@ -221,8 +242,13 @@ def test_a_key_committed_by_another_server_meanwhile_costs_only_its_row(book):
     transaction = other.begin()
     write_group([Submission(item(), "k", "h")], AdapterIds(), connection=other)
     results = []
-    worker = threading.Thread(target=lambda: results.append(book.submit_many([
-        Submission(item(), "k", "h"), Submission(item(chosen="new"), "j", "h")])))
+    worker = threading.Thread(
+        target=lambda: results.append(
+            book.submit_many(
+                [Submission(item(), "k", "h"), Submission(item(chosen="new"), "j", "h")]
+            )
+        )
+    )
     worker.start()
     time.sleep(0.5)  # the group is now waiting on the uncommitted "k"
     transaction.commit()
@@ -237,6 +263,8 @@ def test_each_row_is_its_own_key(book):
     key = uuid.uuid4().hex
     record, replayed = book.submit(item(), idempotency_key=key, request_hash="h")
     assert (replayed, book.submit(item(), idempotency_key=key, request_hash="h")) == (
-        False, (record, True))
+        False,
+        (record, True),
+    )
     with pytest.raises(Conflict):
         book.submit(item(), idempotency_key=key, request_hash="other")

@@ -22,7 +22,7 @@ from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.registry import open_registry
 from loraloop.adapters.validation import CONFIG_FILE, WEIGHTS_FILE
 from loraloop.serve.cli.client import AdminApiError, AdminClient
-from loraloop.serve.engine.protocol import GenerationDelta, TokenLogprob
+from loraloop.serve.engine.interface import GenerationDelta, TokenLogprob
 from loraloop.serve.errors import NonFiniteOutput
 from loraloop.serve.openai import responses
 from loraloop.serve.openai.service import Generation
@@ -53,8 +53,7 @@ def gains(tensors: dict[str, torch.Tensor], scale: float) -> dict[str, float]:
     return found
 
 
-def write_adapter(template: Path, target: Path, tensors: dict[str, torch.Tensor],
-                  **config) -> Path:
+def write_adapter(template: Path, target: Path, tensors: dict[str, torch.Tensor], **config) -> Path:
     """`template`'s PEFT config with `config` changed, and these factors."""
     target.mkdir(parents=True)
     settings = {**json.loads((template / CONFIG_FILE).read_text()), **config}
@@ -95,20 +94,32 @@ def poisoned_adapters(demo_model: Path, root: Path) -> dict[str, Path]:
 
     everywhere = {"target_modules": list(ALL_MODULES)}
     built = {"benign": build_random_adapter(demo_model, root / "benign", seed=15)}
-    built["edge-alpha"] = write_adapter(template, root / "alpha", demo,
-                                        lora_alpha=to_edge(demo, 8, bound))
+    built["edge-alpha"] = write_adapter(
+        template, root / "alpha", demo, lora_alpha=to_edge(demo, 8, bound)
+    )
     huge = factors(base, 8, normal, normal)
     huge = {k: v * (to_edge(huge, 8, bound) / 8 if "lora_B" in k else 1) for k, v in huge.items()}
-    built["edge-weights"] = write_adapter(template, root / "weights", huge, r=8, lora_alpha=8,
-                                          **everywhere)
+    built["edge-weights"] = write_adapter(
+        template, root / "weights", huge, r=8, lora_alpha=8, **everywhere
+    )
     ranked = factors(base, MAX_RANK, normal, normal)
-    built["edge-rank"] = write_adapter(template, root / "rank", ranked, r=MAX_RANK,
-                                       lora_alpha=to_edge(ranked, MAX_RANK, bound), **everywhere)
-    for name, a_gain, sign in [("edge-positive", 1.0, 1), ("edge-negative", 1.0, -1),
-                               ("edge-big-a", 0.98 * bound, -1)]:
+    built["edge-rank"] = write_adapter(
+        template,
+        root / "rank",
+        ranked,
+        r=MAX_RANK,
+        lora_alpha=to_edge(ranked, MAX_RANK, bound),
+        **everywhere,
+    )
+    for name, a_gain, sign in [
+        ("edge-positive", 1.0, 1),
+        ("edge-negative", 1.0, -1),
+        ("edge-big-a", 0.98 * bound, -1),
+    ]:
         aligned = factors(base, 8, constant(1, a_gain), constant(sign, 1.0))
-        built[name] = write_adapter(template, root / name, aligned, r=8,
-                                    lora_alpha=to_edge(aligned, 8, bound), **everywhere)
+        built[name] = write_adapter(
+            template, root / name, aligned, r=8, lora_alpha=to_edge(aligned, 8, bound), **everywhere
+        )
     return built
 
 
@@ -147,10 +158,15 @@ def victim_jobs() -> list[tuple[str, dict]]:
 
 def attacker_jobs(adapter: str) -> list[tuple[str, dict]]:
     return [
-        ("/v1/chat/completions", {"model": f"{ATTACKER}/{adapter}", **CHAT,
-                                  "messages": [{"role": "user", "content": "hello world"}]}),
-        ("/v1/completions", {"model": f"{ATTACKER}/{adapter}", "prompt": "one two",
-                             **COMPLETION}),
+        (
+            "/v1/chat/completions",
+            {
+                "model": f"{ATTACKER}/{adapter}",
+                **CHAT,
+                "messages": [{"role": "user", "content": "hello world"}],
+            },
+        ),
+        ("/v1/completions", {"model": f"{ATTACKER}/{adapter}", "prompt": "one two", **COMPLETION}),
     ]
 
 
@@ -186,10 +202,14 @@ def assert_same(got: list[tuple[int, str]], alone: list[tuple[int, str]], where:
     for job, ((status, body), (_, expected)) in enumerate(zip(got, alone, strict=True)):
         if (status, body) == (200, expected):
             continue
-        drift = max((abs(x - y) for x, y in zip(_logprobs(body), _logprobs(expected),
-                                                strict=False)), default=None)
-        raise AssertionError(f"{where}: victim job {job} got status {status}, largest logprob "
-                             f"change {drift}:\n{body[:600]}\nalone:\n{expected[:600]}")
+        drift = max(
+            (abs(x - y) for x, y in zip(_logprobs(body), _logprobs(expected), strict=False)),
+            default=None,
+        )
+        raise AssertionError(
+            f"{where}: victim job {job} got status {status}, largest logprob "
+            f"change {drift}:\n{body[:600]}\nalone:\n{expected[:600]}"
+        )
 
 
 async def _victim(http, keys) -> list[tuple[int, str]]:
@@ -197,15 +217,23 @@ async def _victim(http, keys) -> list[tuple[int, str]]:
 
 
 async def _attacker(http, keys, adapter: str) -> list[tuple[int, str]]:
-    return list(await asyncio.gather(
-        *(_send(http, keys[ATTACKER], j) for j in attacker_jobs(adapter))))
+    return list(
+        await asyncio.gather(*(_send(http, keys[ATTACKER], j) for j in attacker_jobs(adapter)))
+    )
 
 
 # --- Tests ------------------------------------------------------------------------------------
 
 
-POISONED = ("benign", "edge-alpha", "edge-weights", "edge-rank", "edge-positive", "edge-negative",
-            "edge-big-a")
+POISONED = (
+    "benign",
+    "edge-alpha",
+    "edge-weights",
+    "edge-rank",
+    "edge-positive",
+    "edge-negative",
+    "edge-big-a",
+)
 
 
 def test_poisoned_adapters_never_change_another_tenants_answers(vllm_server, tenants):
@@ -216,13 +244,15 @@ def test_poisoned_adapters_never_change_another_tenants_answers(vllm_server, ten
             for _ in range(ROUNDS):
                 for adapter in POISONED:
                     # Side by side: the attacker's requests share the victim's batches.
-                    both = await asyncio.gather(_victim(http, tenants),
-                                                _attacker(http, tenants, adapter))
+                    both = await asyncio.gather(
+                        _victim(http, tenants), _attacker(http, tenants, adapter)
+                    )
                     assert_same(both[0], alone, f"{adapter}, concurrent")
                     assert all(status == 200 for status, _ in both[1]), both[1]
                     # In turn: whatever the attacker left behind (cache blocks, buffers).
-                    assert all(status == 200 for status, _ in
-                               await _attacker(http, tenants, adapter)), adapter
+                    assert all(
+                        status == 200 for status, _ in await _attacker(http, tenants, adapter)
+                    ), adapter
                     assert_same(await _victim(http, tenants), alone, f"{adapter}, after")
 
     asyncio.run(run())
@@ -243,19 +273,28 @@ def test_overflowing_adapters_are_refused_and_change_nothing(
         with pytest.raises(AdminApiError) as error:
             admin.register(name, refused_adapters(demo_model, tmp_path)[refused])
         assert error.value.status == 400
-        assert any("has a gain (spectral norm) of" in p and "lower lora_alpha" in p
-                   for p in error.value.problems), error.value.problems
+        assert any(
+            "has a gain (spectral norm) of" in p and "lower lora_alpha" in p
+            for p in error.value.problems
+        ), error.value.problems
         assert admin.list_versions(name) == []
     assert asyncio.run(victim()) == before
 
 
-@pytest.mark.parametrize(("dtype", "computes_in"), [("float16", torch.float16),
-                                                    ("auto", torch.float32)])
+@pytest.mark.parametrize(
+    ("dtype", "computes_in"), [("float16", torch.float16), ("auto", torch.float32)]
+)
 def test_the_gain_bound_follows_the_served_dtype(demo_model, tmp_path, dtype, computes_in):
     """The demo checkpoint is float32: served as float16, adapters must stay finite in that."""
-    registry = open_registry(model=str(demo_model), aliases=[], data_dir=tmp_path,
-                             database_url=None, max_rank=MAX_RANK, max_bytes=1 << 30,
-                             dtype=dtype)
+    registry = open_registry(
+        model=str(demo_model),
+        aliases=[],
+        data_dir=tmp_path,
+        database_url=None,
+        max_rank=MAX_RANK,
+        max_bytes=1 << 30,
+        dtype=dtype,
+    )
     try:
         assert registry.adapters.registration_policy.base.compute_dtype == computes_in
     finally:
@@ -269,11 +308,25 @@ def generation(*logprobs: float) -> Generation:
     async def events():
         for i, value in enumerate(logprobs):
             top = ((" a", value), (" b", -1.0))
-            yield 0, GenerationDelta(f" t{i}", (i,), (TokenLogprob(f" t{i}", value, top),),
-                                     "stop" if i == len(logprobs) - 1 else None)
+            yield (
+                0,
+                GenerationDelta(
+                    f" t{i}",
+                    (i,),
+                    (TokenLogprob(f" t{i}", value, top),),
+                    "stop" if i == len(logprobs) - 1 else None,
+                ),
+            )
 
-    return Generation(id="cmpl-test", created=0, model="acme/x@1", adapter=None,
-                      prompt_tokens=1, choices=1, events=events())
+    return Generation(
+        id="cmpl-test",
+        created=0,
+        model="acme/x@1",
+        adapter=None,
+        prompt_tokens=1,
+        choices=1,
+        events=events(),
+    )
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
@@ -298,4 +351,3 @@ def test_minus_infinity_logprob_is_reported_at_the_floor():
     encoded = json.loads(json.dumps(whole.model_dump(mode="json"), allow_nan=False))
     assert encoded["choices"][0]["logprobs"]["token_logprobs"] == [responses.LOGPROB_FLOOR, -0.25]
     assert encoded["choices"][0]["logprobs"]["top_logprobs"][0][" a"] == responses.LOGPROB_FLOOR
-

@@ -9,24 +9,34 @@ asks by default) every reply parses.
 from __future__ import annotations
 
 from loraloop.adapters.judge_keys import DEFAULT_KEY_VARIABLES
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.trainer.judges import judge_for
 
 from ..conftest import ADMIN_KEY, BASE_MODEL_NAME
 
 PROMPT = StoredPrompt.chat([("user", "where is my order?")])
-ANSWERS = [("It ships today.", "No idea, sorry, I cannot say anything about it."),
-           ("Tomorrow.", "Your order left the city this morning."),
-           ("Soon.", "It is late.")]
+ANSWERS = [
+    ("It ships today.", "No idea, sorry, I cannot say anything about it."),
+    ("Tomorrow.", "Your order left the city this morning."),
+    ("Soon.", "It is late."),
+]
 
 
 def llm_judge(server, monkeypatch, *, structured: bool):
     monkeypatch.setenv("JUDGE_SERVER_KEY", ADMIN_KEY)
-    policy = TrainingPolicy.model_validate({"judge": {
-        "kind": "llm", "url": f"{server.url}/v1", "model": BASE_MODEL_NAME,
-        "rubric": "Prefer the shorter answer.", "api_key_env": "JUDGE_SERVER_KEY",
-        "structured": structured}}).judge
+    policy = TrainingPolicy.model_validate(
+        {
+            "judge": {
+                "kind": "llm",
+                "url": f"{server.url}/v1",
+                "model": BASE_MODEL_NAME,
+                "rubric": "Prefer the shorter answer.",
+                "api_key_env": "JUDGE_SERVER_KEY",
+                "structured": structured,
+            }
+        }
+    ).judge
     return judge_for(policy, None, key_variables=DEFAULT_KEY_VARIABLES)
 
 

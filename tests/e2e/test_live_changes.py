@@ -40,7 +40,8 @@ def shared_data_dir(tmp_path_factory) -> Path:
 def pg_vllm_server(demo_model, postgres_url, shared_data_dir, tmp_path_factory):
     server = start_server(
         ["--model", str(demo_model), *ENGINE_ARGS, "--database-url", postgres_url],
-        tmp_path_factory.mktemp("logs") / "pg-vllm-server.log", shared_data_dir,
+        tmp_path_factory.mktemp("logs") / "pg-vllm-server.log",
+        shared_data_dir,
     )
     try:
         yield server.wait_ready()
@@ -51,9 +52,17 @@ def pg_vllm_server(demo_model, postgres_url, shared_data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pg_reference_server(demo_model, postgres_url, shared_data_dir, tmp_path_factory):
     server = start_server(
-        ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS,
-         "--database-url", postgres_url],
-        tmp_path_factory.mktemp("logs") / "pg-reference-server.log", shared_data_dir,
+        [
+            "--model",
+            str(demo_model),
+            "--engine",
+            "reference",
+            *ENGINE_ARGS,
+            "--database-url",
+            postgres_url,
+        ],
+        tmp_path_factory.mktemp("logs") / "pg-reference-server.log",
+        shared_data_dir,
     )
     try:
         yield server.wait_ready()
@@ -64,8 +73,7 @@ def pg_reference_server(demo_model, postgres_url, shared_data_dir, tmp_path_fact
 @pytest.fixture(params=BACKENDS)
 def registry_server(request):
     """The session server (SQLite registry), or a vLLM server on a PostgreSQL registry."""
-    return request.getfixturevalue("vllm_server" if request.param == "sqlite" else
-                                   "pg_vllm_server")
+    return request.getfixturevalue("vllm_server" if request.param == "sqlite" else "pg_vllm_server")
 
 
 def two_versions(server, adapter_id: str, adapter_dirs: dict[str, Path]) -> AdminClient:
@@ -92,17 +100,20 @@ class Served:
 async def _ask(client: openai.AsyncOpenAI, model: str, stream: bool) -> str:
     if not stream:
         response = await client.chat.completions.create(
-            model=model, messages=MESSAGES, max_tokens=8, temperature=0)
+            model=model, messages=MESSAGES, max_tokens=8, temperature=0
+        )
         return response.model
     chunks = await client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=8, temperature=0, stream=True)
+        model=model, messages=MESSAGES, max_tokens=8, temperature=0, stream=True
+    )
     names = {chunk.model async for chunk in chunks}
     assert len(names) == 1  # one version serves a whole response
     return names.pop()
 
 
-async def _send_until(stop: asyncio.Event, client, model: str, stream: bool,
-                      served: list[Served], failures: list[str]) -> None:
+async def _send_until(
+    stop: asyncio.Event, client, model: str, stream: bool, served: list[Served], failures: list[str]
+) -> None:
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -116,8 +127,10 @@ async def _send_until(stop: asyncio.Event, client, model: str, stream: bool,
 async def _promote_and_roll_back_under_load(server, admin: AdminClient, adapter_id: str):
     served, failures, stop = [], [], asyncio.Event()
     client = async_client(server)
-    senders = [asyncio.create_task(_send_until(stop, client, adapter_id, i % 2 == 0, served,
-                                               failures)) for i in range(CLIENTS)]
+    senders = [
+        asyncio.create_task(_send_until(stop, client, adapter_id, i % 2 == 0, served, failures))
+        for i in range(CLIENTS)
+    ]
     await asyncio.sleep(PHASE_S)
     marks = [time.monotonic()]
     await asyncio.to_thread(admin.promote, adapter_id, 2, expected_live=1)
@@ -136,7 +149,8 @@ async def _promote_and_roll_back_under_load(server, admin: AdminClient, adapter_
 def test_promote_and_rollback_under_load_fail_nothing(registry_server, adapter_dirs):
     admin = two_versions(registry_server, "load/chat", adapter_dirs)
     served, failures, (promoting, promoted, rolling, rolled) = asyncio.run(
-        _promote_and_roll_back_under_load(registry_server, admin, "load/chat"))
+        _promote_and_roll_back_under_load(registry_server, admin, "load/chat")
+    )
     admin.close()
     assert failures == []
     assert len(served) > 6 * CLIENTS
@@ -158,7 +172,8 @@ async def _serve_many(server, model: str, count: int) -> list[str]:
     async def one() -> str:
         async with gate:
             response = await client.chat.completions.create(
-                model=model, messages=MESSAGES, max_tokens=1)
+                model=model, messages=MESSAGES, max_tokens=1
+            )
             return response.model
 
     try:
@@ -186,8 +201,7 @@ def _wait_served(server, model: str, expected: str, timeout_s: float) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         try:
-            response = client.chat.completions.create(model=model, messages=MESSAGES,
-                                                      max_tokens=1)
+            response = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1)
         except openai.NotFoundError:  # this replica has not seen the adapter yet
             response = None
         if response is not None and response.model == expected:
@@ -197,7 +211,8 @@ def _wait_served(server, model: str, expected: str, timeout_s: float) -> float:
 
 
 def test_a_promote_through_one_replica_is_served_by_the_other(
-        pg_vllm_server, pg_reference_server, adapter_dirs):
+    pg_vllm_server, pg_reference_server, adapter_dirs
+):
     with two_versions(pg_reference_server, "replica/chat", adapter_dirs) as through_reference:
         _wait_served(pg_vllm_server, "replica/chat", "replica/chat@1", timeout_s=2)
         through_reference.promote("replica/chat", 2)

@@ -14,7 +14,10 @@ def test_chat_names_the_version_that_served_it(client, tokenizer):
     # The end of the turn is ruled out, so the answer runs to max_tokens.
     never_stop = {str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}
     raw = client.chat.completions.with_raw_response.create(
-        model="acme/support", messages=MESSAGES, max_tokens=8, temperature=0,
+        model="acme/support",
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,
         logit_bias=never_stop,
     )
     response = raw.parse()
@@ -55,10 +58,16 @@ def test_streamed_chat_concatenates_to_the_whole_answer(client):
     whole = client.chat.completions.create(
         model="globex/chat", messages=MESSAGES, max_tokens=40, temperature=0
     )
-    chunks = list(client.chat.completions.create(
-        model="globex/chat", messages=MESSAGES, max_tokens=40, temperature=0, stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="globex/chat",
+            messages=MESSAGES,
+            max_tokens=40,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == whole.choices[0].message.content
@@ -77,14 +86,17 @@ def test_streamed_completion_concatenates_to_the_whole_answer(client):
 
 def test_completion_prompts_batch_and_token_ids(client, tokenizer):
     prompts = ["hello world", "the price of water"]
-    batch = client.completions.create(model="acme/sales", prompt=prompts, n=2, max_tokens=12,
-                                      temperature=0)
+    batch = client.completions.create(
+        model="acme/sales", prompt=prompts, n=2, max_tokens=12, temperature=0
+    )
     assert sorted(c.index for c in batch.choices) == [0, 1, 2, 3]
     texts = {c.index: c.text for c in batch.choices}
     assert texts[0] == texts[1] and texts[2] == texts[3]  # greedy: n copies of one answer
     assert texts[0] != texts[2]
     tokenized = client.completions.create(
-        model="acme/sales", prompt=tokenizer("hello world")["input_ids"], max_tokens=12,
+        model="acme/sales",
+        prompt=tokenizer("hello world")["input_ids"],
+        max_tokens=12,
         temperature=0,
     )
     assert tokenized.choices[0].text == texts[0]
@@ -100,8 +112,15 @@ def test_stop_sequence_cuts_the_answer(client):
 
 
 def test_seeded_sampling_is_reproducible_and_choices_differ(client):
-    args = dict(model="acme/legal", messages=MESSAGES, temperature=1.0, top_p=0.95,
-                max_tokens=24, seed=1234, n=3)
+    args = dict(
+        model="acme/legal",
+        messages=MESSAGES,
+        temperature=1.0,
+        top_p=0.95,
+        max_tokens=24,
+        seed=1234,
+        n=3,
+    )
     first = [c.message.content for c in client.chat.completions.create(**args).choices]
     second = [c.message.content for c in client.chat.completions.create(**args).choices]
     assert first == second
@@ -110,7 +129,11 @@ def test_seeded_sampling_is_reproducible_and_choices_differ(client):
 
 def test_chat_logprobs(client):
     response = client.chat.completions.create(
-        model="globex/docs", messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True,
+        model="globex/docs",
+        messages=MESSAGES,
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
         top_logprobs=3,
     )
     tokens = response.choices[0].logprobs.content

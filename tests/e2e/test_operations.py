@@ -14,8 +14,11 @@ CHAT = "/v1/chat/completions"
 
 def samples(url: str) -> dict[tuple[str, frozenset], float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(metrics: dict, name: str, **labels) -> float:
@@ -27,11 +30,15 @@ def test_metrics_count_a_scripted_workload(vllm_server, client):
     generated = 0
     for _ in range(3):
         reply = client.chat.completions.create(
-            model="acme/legal", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+            model="acme/legal", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
         generated += reply.usage.completion_tokens
-    missing = httpx.post(f"{vllm_server.url}{CHAT}", headers=ADMIN_HEADERS, timeout=30,
-                         json={"model": "acme/nope", "messages": [{"role": "user",
-                                                                   "content": "hi"}]})
+    missing = httpx.post(
+        f"{vllm_server.url}{CHAT}",
+        headers=ADMIN_HEADERS,
+        timeout=30,
+        json={"model": "acme/nope", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert missing.status_code == 404
     after = samples(vllm_server.url)
 
@@ -41,8 +48,9 @@ def test_metrics_count_a_scripted_workload(vllm_server, client):
     legal = adapter_label("acme/legal")  # the server shows no adapter ids by default
     served = dict(endpoint=CHAT, adapter=legal, version="1", status="200")
     assert delta("loraloop_requests_total", **served) == 3
-    assert delta("loraloop_requests_total", endpoint=CHAT, adapter="-", version="-",
-                 status="404") == 1
+    assert (
+        delta("loraloop_requests_total", endpoint=CHAT, adapter="-", version="-", status="404") == 1
+    )
     assert delta("loraloop_generation_tokens_total", adapter=legal) == generated
     assert delta("loraloop_prompt_tokens_total", adapter=legal) > 0
     assert delta("loraloop_time_to_first_token_seconds_count", endpoint=CHAT) == 3
@@ -54,8 +62,12 @@ def test_metrics_count_a_scripted_workload(vllm_server, client):
 
 def test_oversized_bodies_are_refused_before_they_are_read(vllm_server):
     too_big = b"x" * ((16 << 20) + 1)
-    declared = httpx.post(f"{vllm_server.url}{CHAT}", content=too_big, timeout=60,
-                          headers={**ADMIN_HEADERS, "content-type": "application/json"})
+    declared = httpx.post(
+        f"{vllm_server.url}{CHAT}",
+        content=too_big,
+        timeout=60,
+        headers={**ADMIN_HEADERS, "content-type": "application/json"},
+    )
     assert declared.status_code == 413
     assert declared.json()["error"]["code"] == "payload_too_large"
 
@@ -63,7 +75,11 @@ def test_oversized_bodies_are_refused_before_they_are_read(vllm_server):
         for _ in range(17):
             yield b"x" * (1 << 20)
 
-    chunked = httpx.post(f"{vllm_server.url}{CHAT}", content=chunks(), timeout=60,
-                         headers={**ADMIN_HEADERS, "content-type": "application/json"})
+    chunked = httpx.post(
+        f"{vllm_server.url}{CHAT}",
+        content=chunks(),
+        timeout=60,
+        headers={**ADMIN_HEADERS, "content-type": "application/json"},
+    )
     assert chunked.status_code == 413
     assert httpx.get(f"{vllm_server.url}/health").status_code == 200

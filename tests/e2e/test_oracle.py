@@ -12,8 +12,10 @@ from ..support import chat_ids, greedy_text, text_ids
 MAX_TOKENS = 24
 CONVERSATIONS = [
     [{"role": "user", "content": "hello world"}],
-    [{"role": "system", "content": "answer the question"},
-     {"role": "user", "content": "can you help with my refund order"}],
+    [
+        {"role": "system", "content": "answer the question"},
+        {"role": "user", "content": "can you help with my refund order"},
+    ],
 ]
 
 
@@ -27,8 +29,9 @@ def chat_text(client, model: str, messages) -> str:
 @pytest.mark.parametrize("adapter", ["acme/support", "globex/code", "initech/memo"])
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 def test_adapter_greedy_equals_peft(client, demo_model, adapter_dirs, adapter, messages):
-    expected = greedy_text(demo_model, adapter_dirs[adapter], chat_ids(demo_model, messages),
-                           MAX_TOKENS)
+    expected = greedy_text(
+        demo_model, adapter_dirs[adapter], chat_ids(demo_model, messages), MAX_TOKENS
+    )
     assert chat_text(client, adapter, messages) == expected
 
 

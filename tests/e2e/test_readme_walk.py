@@ -1,14 +1,19 @@
-"""The READMEs, followed to the letter: every command in their ```sh and ```python blocks runs,
-in document order, against a server started the way README.md starts it (`make serve`).
+"""The documentation, followed to the letter: every command in the ```sh and ```python blocks
+of README.md, of every page in docs/ and of k8s/README.md runs, in reading order, against a
+server started the way README.md starts it (`make serve`).
 
-The commands are read from README.md and k8s/README.md at test time, so the documents and the
-walk cannot drift apart. All shell commands run in one bash process (`set -euo pipefail`), so
-variables and files made by one command are there for the next; each python block runs in
-that shell as a script. A command fails the walk when it exits non-zero, runs past its
-timeout, or prints an OpenAI-shaped error body; `curl` runs with `--fail-with-body`, so an HTTP
-error is a non-zero exit even where a README command says `curl -s`.
+The commands are read from the documents at test time, so the documents and the walk cannot
+drift apart; each docs/ page goes on from the state the pages before it left (the server
+running, `acme/support` registered, `ACME_KEY` set), and a page left out of DOCUMENTS fails
+the walk. ```yaml blocks are configuration to copy, not commands, and are not run.
 
-What the walk changes, all of it listed below: the README's address (port 8000) becomes a free
+All shell commands run in one bash process (`set -euo pipefail`), so variables and files made
+by one command are there for the next; each python block runs in that shell as a script. A
+command fails the walk when it exits non-zero, runs past its timeout, or prints an
+OpenAI-shaped error body; `curl` runs with `--fail-with-body`, so an HTTP error is a non-zero
+exit even where a documented command says `curl -s`.
+
+What the walk changes, all of it listed below: the documents' address (port 8000) becomes a free
 port; `make serve` runs in the background, in its own process group, with a fresh data
 directory; commands that need a GPU, a cluster or a Docker engine run in a harmless form
 (REWRITES) or not at all (NOT_RUN, each with its reason). Every entry of both tables must still
@@ -37,7 +42,24 @@ import pytest
 from ..support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = ("README.md", "k8s/README.md")
+# Reading order: a page may use what the ones before it made.
+DOCS_PAGES = (
+    "api",
+    "registry",
+    "feedback-and-training",
+    "learning-without-labels",
+    "rollouts",
+    "base-upgrades",
+    "console",
+    "operating",
+    "failure-modes",
+    "kubernetes",
+    "architecture",
+    "development",
+)
+DOCUMENTS = ("README.md", *(f"docs/{page}.md" for page in DOCS_PAGES), "k8s/README.md")
+COMMAND_LANGUAGES = ("sh", "python")
+CONFIG_LANGUAGES = ("yaml",)
 README_ADDRESSES = ("127.0.0.1:8000", "localhost:8000")
 FENCE = re.compile(r"^```(\S*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # An error body the server sends (serve/errors.py), wherever a command prints one.
@@ -57,8 +79,10 @@ NOT_RUN = {
     "which this machine neither uses nor reaches",
     ("k8s/README.md", "kubectl rollout status"): "needs a cluster",
     ("k8s/README.md", "kubectl port-forward"): "needs a cluster",
-    ("k8s/README.md", 'export LORALOOP_ADMIN_KEY="$(kubectl get secret'):
-        "reads the Secret from a cluster",
+    (
+        "k8s/README.md",
+        'export LORALOOP_ADMIN_KEY="$(kubectl get secret',
+    ): "reads the Secret from a cluster",
     ("k8s/README.md", "loraloop tenants list"): "talks to the cluster's server through the "
     "port-forward above",
 }
@@ -76,16 +100,31 @@ class Rewrite:
 
 START_SERVER = "make serve"
 REWRITES = (
-    Rewrite(r"make demo", lambda m, port: f"make demo HOST=127.0.0.1 PORT={port}",
-            "the walk's server listens on a free port"),
-    Rewrite(r"(?s)\.venv/bin/loraloop serve --model \S+.*", lambda m, port: f"{m[0]} --help",
-            "needs a GPU and the model hub: the options are checked, nothing is served"),
-    Rewrite(r"docker build .*", lambda m, port: "hadolint --failure-threshold style Dockerfile",
-            "no Docker engine here: the Dockerfile it builds is linted instead"),
-    Rewrite(r"kubectl apply -k (\S+)", lambda m, port: f"kubectl kustomize {m[1]} >/dev/null",
-            "no cluster: what it would apply is rendered instead"),
-    Rewrite(r"(?s)kubectl create secret .*", lambda m, port: f"{m[0]} --dry-run=client -o yaml",
-            "no cluster: the Secret is made on the client only"),
+    Rewrite(
+        r"make demo",
+        lambda m, port: f"make demo HOST=127.0.0.1 PORT={port}",
+        "the walk's server listens on a free port",
+    ),
+    Rewrite(
+        r"(?s)\.venv/bin/loraloop serve --model \S+.*",
+        lambda m, port: f"{m[0]} --help",
+        "needs a GPU and the model hub: the options are checked, nothing is served",
+    ),
+    Rewrite(
+        r"docker build .*",
+        lambda m, port: "hadolint --failure-threshold style Dockerfile",
+        "no Docker engine here: the Dockerfile it builds is linted instead",
+    ),
+    Rewrite(
+        r"kubectl apply -k (\S+)",
+        lambda m, port: f"kubectl kustomize {m[1]} >/dev/null",
+        "no cluster: what it would apply is rendered instead",
+    ),
+    Rewrite(
+        r"(?s)kubectl create secret .*",
+        lambda m, port: f"{m[0]} --dry-run=client -o yaml",
+        "no cluster: the Secret is made on the client only",
+    ),
 )
 
 
@@ -97,6 +136,7 @@ class Step:
 
 
 # -- reading the documents -----------------------------------------------------------------
+
 
 def _complete(text: str) -> bool:
     """Whether `text` is whole shell commands (no open quote, `$(`, `|` or `\\`)."""
@@ -124,9 +164,12 @@ def steps(document: str) -> list[Step]:
     found = []
     for match in FENCE.finditer(text):
         language, block = match[1], match[2]
-        assert language in ("sh", "python"), (
+        assert language in COMMAND_LANGUAGES + CONFIG_LANGUAGES, (
             f"{document} has a ```{language} block; tag it ```sh or ```python so that this "
-            f"walk runs it:\n{block}")
+            f"walk runs it:\n{block}"
+        )
+        if language in CONFIG_LANGUAGES:
+            continue
         if language == "python":
             found.append(Step(document, "python", block))
         else:
@@ -140,10 +183,10 @@ def _bare(command: str) -> str:
     for line in command.splitlines():
         for comment in re.finditer(r"(?<=\s)#", line):
             try:  # a `#` outside quotes starts a comment
-                shlex.split("\n".join([*lines, line[:comment.start()]]))
+                shlex.split("\n".join([*lines, line[: comment.start()]]))
             except ValueError:
                 continue
-            line = line[:comment.start()]
+            line = line[: comment.start()]
             break
         lines.append(line.rstrip())
     return "\n".join(lines).strip()
@@ -169,6 +212,7 @@ def rewritten(step: Step, port: int) -> tuple[str, Rewrite | None]:
 
 # -- one bash process ----------------------------------------------------------------------
 
+
 class WalkFailed(AssertionError):
     pass
 
@@ -180,9 +224,16 @@ class Shell:
         self.marker = f"__walk_done_{secrets.token_hex(8)}__"
         self.transcript: list[str] = []
         self.process = subprocess.Popen(
-            ["bash", "--noprofile", "--norc"], cwd=ROOT, env=env, text=True, bufsize=1,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            ["bash", "--noprofile", "--norc"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            bufsize=1,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         # An HTTP error status fails curl, and shows the error body.
@@ -197,8 +248,9 @@ class Shell:
         if echo:
             self.transcript.append(f"$ {command}\n")
         # Its own stdin is /dev/null: a command that reads stdin must not eat the next ones.
-        self._send(f"set -euo pipefail\n{{ {command}\n}} </dev/null\n"
-                   f"printf '\\n%s\\n' {self.marker}\n")
+        self._send(
+            f"set -euo pipefail\n{{ {command}\n}} </dev/null\nprintf '\\n%s\\n' {self.marker}\n"
+        )
         started = time.monotonic()
         output = self._output_until_marker(command, timeout_s)
         if echo:
@@ -220,11 +272,13 @@ class Shell:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise WalkFailed(f"`{command}` ran past {timeout_s:.0f} s; its output so far:"
-                                 f"\n{''.join(output)}") from None
+                raise WalkFailed(
+                    f"`{command}` ran past {timeout_s:.0f} s; its output so far:\n{''.join(output)}"
+                ) from None
             if line is None:
-                raise WalkFailed(f"`{command}` exited {self.process.wait(timeout=10)}:\n"
-                                 f"{''.join(output)}")
+                raise WalkFailed(
+                    f"`{command}` exited {self.process.wait(timeout=10)}:\n{''.join(output)}"
+                )
             if line.rstrip("\n") == self.marker:
                 self.transcript += output
                 return "".join(output)
@@ -265,6 +319,7 @@ def _group_alive(pgid: int) -> bool:
 
 # -- the server `make serve` starts --------------------------------------------------------
 
+
 class Server:
     """`make serve` started from the walk's shell, in its own process group, logging to a file."""
 
@@ -274,8 +329,10 @@ class Server:
         self.pgid: int | None = None
 
     def command(self, port: int) -> str:
-        return (f"setsid make serve HOST=127.0.0.1 PORT={port} >{self.log_path} 2>&1 "
-                f"</dev/null & echo $! >{self.pid_path}")
+        return (
+            f"setsid make serve HOST=127.0.0.1 PORT={port} >{self.log_path} 2>&1 "
+            f"</dev/null & echo $! >{self.pid_path}"
+        )
 
     def wait_ready(self) -> None:
         self.pgid = int(self.pid_path.read_text())
@@ -303,18 +360,24 @@ class Server:
 
 # -- the walk ------------------------------------------------------------------------------
 
+
 def walk_env(tmp_path: Path, url: str) -> dict[str, str]:
     """A user's terminal: none of this process's LORALOOP_* settings, make state or virtual
     environment (the README puts .venv/bin on PATH itself); a fresh data directory, and the
     CLI pointed at the walk's server."""
     venv_bin = str(Path(sys.executable).parent)
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith(("LORALOOP_", "MAKE", "MFLAGS", "VIRTUAL_ENV"))}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if p and p != venv_bin)
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("LORALOOP_", "MAKE", "MFLAGS", "VIRTUAL_ENV"))
+    }
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin
+    )
     (tmp_path / "tmp").mkdir()
-    env.update(LORALOOP_DATA_DIR=str(tmp_path / "data"), LORALOOP_URL=url,
-               TMPDIR=str(tmp_path / "tmp"))
+    env.update(
+        LORALOOP_DATA_DIR=str(tmp_path / "data"), LORALOOP_URL=url, TMPDIR=str(tmp_path / "tmp")
+    )
     return env
 
 
@@ -323,8 +386,9 @@ def timeout_for(command: str) -> float:
     return max(starts)[1] if starts else COMMAND_TIMEOUT_S
 
 
-def run_step(step: Step, index: int, shell: Shell, server: Server, port: int,
-             workdir: Path) -> Rewrite | None:
+def run_step(
+    step: Step, index: int, shell: Shell, server: Server, port: int, workdir: Path
+) -> Rewrite | None:
     command, rule = rewritten(step, port)
     if step.language == "python":
         script = workdir / f"readme-block-{index}.py"
@@ -342,17 +406,20 @@ def run_step(step: Step, index: int, shell: Shell, server: Server, port: int,
 
 
 def failure_report(error: Exception, step: Step, shell: Shell, server: Server) -> str:
-    return (f"{step.document}: `{step.text}` failed: {error}\n\n"
-            f"--- the walk so far (last part) ---\n{''.join(shell.transcript)[-LOG_TAIL_CHARS:]}"
-            f"\n--- make serve's log (last part) ---\n{server.log()}")
+    return (
+        f"{step.document}: `{step.text}` failed: {error}\n\n"
+        f"--- the walk so far (last part) ---\n{''.join(shell.transcript)[-LOG_TAIL_CHARS:]}"
+        f"\n--- make serve's log (last part) ---\n{server.log()}"
+    )
 
 
 def all_steps() -> list[Step]:
     return [step for document in DOCUMENTS for step in steps(document)]
 
 
-def walk(walked: list[Step], shell: Shell, server: Server, port: int,
-         workdir: Path) -> tuple[list, list, set]:
+def walk(
+    walked: list[Step], shell: Shell, server: Server, port: int, workdir: Path
+) -> tuple[list, list, set]:
     ran, skipped, rules_used = [], [], set()
     for index, step in enumerate(walked):
         if entry := not_run_entry(step):
@@ -370,17 +437,29 @@ def walk(walked: list[Step], shell: Shell, server: Server, port: int,
 
 # -- the tests -----------------------------------------------------------------------------
 
+
+def test_every_docs_page_is_walked():
+    pages = {path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").glob("*.md")}
+    assert pages == set(DOCUMENTS) - {"README.md", "k8s/README.md"}, (
+        "DOCS_PAGES and docs/*.md differ: add a new page to DOCS_PAGES in its reading order, "
+        "or drop a removed one"
+    )
+
+
 def test_tables_name_commands_in_the_documents():
     """Both tables still match their documents: cheap, and runs without the slow walk."""
     walked = all_steps()
     for document, start in NOT_RUN:
         assert any(not_run_entry(s) == (document, start) for s in walked), (
-            f"NOT_RUN names `{start}`, which {document} no longer has: remove it from the table")
+            f"NOT_RUN names `{start}`, which {document} no longer has: remove it from the table"
+        )
     for rule in REWRITES:
         assert any(rewritten(s, 8000)[1] is rule for s in walked), (
-            f"REWRITES has `{rule.pattern}`, which no README command matches: remove it")
+            f"REWRITES has `{rule.pattern}`, which no documented command matches: remove it"
+        )
     assert sum(_bare(s.text) == START_SERVER for s in walked) == 1, (
-        f"README.md must start the server once, with `{START_SERVER}`")
+        f"README.md must start the server once, with `{START_SERVER}`"
+    )
 
 
 @pytest.mark.slow

@@ -24,9 +24,11 @@ def reference_server(demo_model, adapter_dirs, tmp_path_factory):
         ["--model", str(demo_model), "--engine", "reference", *ENGINE_ARGS],
         tmp_path_factory.mktemp("logs") / "reference-server.log",
         tmp_path_factory.mktemp("reference-data"),
-        env={"LORALOOP_MAX_PENDING_REQUESTS": str(MAX_PENDING),
-             "LORALOOP_MAX_TENANT_REQUESTS": "1",
-             "LORALOOP_TENANT_TOKENS_PER_MINUTE": str(TOKENS_PER_MINUTE)},
+        env={
+            "LORALOOP_MAX_PENDING_REQUESTS": str(MAX_PENDING),
+            "LORALOOP_MAX_TENANT_REQUESTS": "1",
+            "LORALOOP_TENANT_TOKENS_PER_MINUTE": str(TOKENS_PER_MINUTE),
+        },
     )
     yield from provisioned(server, adapter_dirs)
 
@@ -60,8 +62,9 @@ def test_reference_engine_stop_sequences_like_vllm(client, reference_client):
 def test_reference_engine_logit_bias_like_vllm(client, reference_client, tokenizer):
     """-100 on the end of the turn: both engines answer to the token limit, the same way."""
     never_stop = {str(tokenizer.convert_tokens_to_ids(tokenizer.eos_token)): -100}
-    args = dict(model="acme/support", messages=MESSAGES, max_tokens=40, temperature=0,
-                logit_bias=never_stop)
+    args = dict(
+        model="acme/support", messages=MESSAGES, max_tokens=40, temperature=0, logit_bias=never_stop
+    )
     expected = client.chat.completions.create(**args).choices[0]
     assert expected.finish_reason == "length"
     got = reference_client.chat.completions.create(**args).choices[0]
@@ -73,7 +76,8 @@ def test_full_queue_answers_503_with_retry_after(reference_server, reference_cli
         async with async_client(reference_server) as client:
             calls = [
                 client.chat.completions.with_raw_response.create(
-                    model="acme/sales", messages=MESSAGES, max_tokens=200, temperature=0)
+                    model="acme/sales", messages=MESSAGES, max_tokens=200, temperature=0
+                )
                 for _ in range(MAX_PENDING + 4)
             ]
             return await asyncio.gather(*calls, return_exceptions=True)
@@ -87,19 +91,26 @@ def test_full_queue_answers_503_with_retry_after(reference_server, reference_cli
         assert error.status_code == 503
         assert error.code == "overloaded"
         assert int(error.response.headers["retry-after"]) >= 1
-    after = reference_client.chat.completions.create(model="acme/sales", messages=MESSAGES,
-                                                     max_tokens=4)
+    after = reference_client.chat.completions.create(
+        model="acme/sales", messages=MESSAGES, max_tokens=4
+    )
     assert after.usage.completion_tokens >= 1
 
 
 def test_a_tenant_over_its_share_gets_429_while_others_are_served(reference_server):
     async def burst() -> list:
-        clients = {tenant: openai.AsyncOpenAI(base_url=f"{reference_server.url}/v1",
-                                              api_key=key, max_retries=0)
-                   for tenant, key in reference_server.tenant_keys.items()}
-        calls = [clients[tenant].chat.completions.with_raw_response.create(
-                     model=model, messages=MESSAGES, max_tokens=100, temperature=0)
-                 for tenant, model in [("acme", "acme/sales")] * 3 + [("globex", "globex/chat")]]
+        clients = {
+            tenant: openai.AsyncOpenAI(
+                base_url=f"{reference_server.url}/v1", api_key=key, max_retries=0
+            )
+            for tenant, key in reference_server.tenant_keys.items()
+        }
+        calls = [
+            clients[tenant].chat.completions.with_raw_response.create(
+                model=model, messages=MESSAGES, max_tokens=100, temperature=0
+            )
+            for tenant, model in [("acme", "acme/sales")] * 3 + [("globex", "globex/chat")]
+        ]
         try:
             return await asyncio.gather(*calls, return_exceptions=True)
         finally:
@@ -116,8 +127,11 @@ def test_a_tenant_over_its_share_gets_429_while_others_are_served(reference_serv
 
 
 def test_a_tenant_over_its_tokens_per_minute_waits(reference_server):
-    initech = openai.OpenAI(base_url=f"{reference_server.url}/v1", max_retries=0,
-                            api_key=reference_server.tenant_keys["initech"])
+    initech = openai.OpenAI(
+        base_url=f"{reference_server.url}/v1",
+        max_retries=0,
+        api_key=reference_server.tenant_keys["initech"],
+    )
     args = dict(model="initech/tps", messages=MESSAGES, temperature=0)
     first = initech.chat.completions.create(**args, max_tokens=TOKENS_PER_MINUTE + 10)
     assert first.choices[0].finish_reason == "length"  # the whole budget, and more, spent

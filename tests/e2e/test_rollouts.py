@@ -30,10 +30,13 @@ TENANT = "roll"
 PREFERS_MARKER = {"kind": "rules", "required": [f"^{MARKER}"]}
 FORBIDS_MARKER = {"kind": "rules", "forbidden": [f"^{MARKER}"]}
 PLAN = {
-    "steps": [{"percent": 0, "min_requests": 8, "min_comparisons": 7, "max_seconds": 600},
-              {"percent": 10, "min_requests": 80, "min_comparisons": 7, "max_seconds": 600},
-              {"percent": 50, "min_requests": 30, "min_comparisons": 7, "max_seconds": 600}],
-    "shadow_percent": 100, "error_rate": 0.05,
+    "steps": [
+        {"percent": 0, "min_requests": 8, "min_comparisons": 7, "max_seconds": 600},
+        {"percent": 10, "min_requests": 80, "min_comparisons": 7, "max_seconds": 600},
+        {"percent": 50, "min_requests": 30, "min_comparisons": 7, "max_seconds": 600},
+    ],
+    "shadow_percent": 100,
+    "error_rate": 0.05,
     "watch": {"min_comparisons": 7, "max_seconds": 600},
 }
 STEP_TIMEOUT_S = 240
@@ -52,14 +55,18 @@ class Fleet:
 
     def _start_server(self):
         self.starts += 1
-        return start_server(["--model", str(self.demo_model), *ENGINE_ARGS],
-                            self.logs / f"server-{self.starts}.log", self.data_dir).wait_ready()
+        return start_server(
+            ["--model", str(self.demo_model), *ENGINE_ARGS],
+            self.logs / f"server-{self.starts}.log",
+            self.data_dir,
+        ).wait_ready()
 
     def _start_trainer(self):
         os.environ.update(LORALOOP_ROLLOUT_POLL_S="0.5", LORALOOP_ROLLOUT_LEASE_S="4")
         try:
-            return start_trainer(self.demo_model, self.data_dir,
-                                 self.logs / f"trainer-{time.monotonic_ns()}.log")
+            return start_trainer(
+                self.demo_model, self.data_dir, self.logs / f"trainer-{time.monotonic_ns()}.log"
+            )
         finally:
             for name in ("LORALOOP_ROLLOUT_POLL_S", "LORALOOP_ROLLOUT_LEASE_S"):
                 os.environ.pop(name)
@@ -88,8 +95,9 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(demo_model, tmp_path_factory):
-    fleet = Fleet(demo_model, tmp_path_factory.mktemp("rollout-data"),
-                  tmp_path_factory.mktemp("rollout-logs"))
+    fleet = Fleet(
+        demo_model, tmp_path_factory.mktemp("rollout-data"), tmp_path_factory.mktemp("rollout-logs")
+    )
     with fleet.admin() as admin:
         admin.create_tenant(TENANT)
         fleet.key = admin.issue_key(TENANT)["key"]
@@ -123,8 +131,9 @@ class Traffic:
     def _where(self) -> tuple[str, dict]:
         """Where the rollout is (its stage, or how it ended), noted, and the rollout."""
         rollout = self.rollout()
-        where = rollout["stage"] if rollout["status"] in ("active", "paused") else (
-            rollout["status"])
+        where = (
+            rollout["stage"] if rollout["status"] in ("active", "paused") else (rollout["status"])
+        )
         if not self.stages or self.stages[-1] != where:
             self.stages.append(where)
         return where, rollout
@@ -133,8 +142,11 @@ class Traffic:
         """Send requests (every one must succeed) until `done(rollout)`."""
         # No traffic before a trainer drives the rollout: a trainer starting up beside a busy
         # engine on two cores can take minutes to get going.
-        wait_until(lambda: self.rollout()["driver"] or self.rollout()["status"] != "active",
-                   DRIVER_TIMEOUT_S, "a trainer driving the rollout")
+        wait_until(
+            lambda: self.rollout()["driver"] or self.rollout()["status"] != "active",
+            DRIVER_TIMEOUT_S,
+            "a trainer driving the rollout",
+        )
         deadline = time.monotonic() + timeout_s
         users = self.fleet.users(self.fleet.key)
         while time.monotonic() < deadline:
@@ -145,13 +157,17 @@ class Traffic:
                 question = QUESTIONS[self.sent % len(QUESTIONS)]
                 self.sent += 1
                 response = users.chat.completions.create(
-                    model=self.adapter_id, temperature=0, max_tokens=6,
-                    messages=[{"role": "user", "content": question}])
+                    model=self.adapter_id,
+                    temperature=0,
+                    max_tokens=6,
+                    messages=[{"role": "user", "content": question}],
+                )
                 self.served.append((before, response.model, ""))
             after, _ = self._where()
             self.served[-4:] = [(b, m, after) for b, m, _ in self.served[-4:]]
-        raise AssertionError(f"{what}: not within {timeout_s} s; stages {self.stages}; "
-                             f"rollout {self.rollout()}")
+        raise AssertionError(
+            f"{what}: not within {timeout_s} s; stages {self.stages}; rollout {self.rollout()}"
+        )
 
     def share_at(self, stage: str, version: int) -> tuple[int, int]:
         """(requests answered by `version`, requests) among those sent wholly in `stage`."""
@@ -169,7 +185,8 @@ def within_binomial_bound(hits: int, n: int, p: float) -> bool:
 
 
 def test_a_better_version_earns_its_traffic_then_is_rolled_back_when_it_turns_worse(
-        fleet, adapter_dirs, marker_teacher):
+    fleet, adapter_dirs, marker_teacher
+):
     adapter_id = new_adapter(fleet, "better", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
         admin.register(adapter_id, marker_teacher)  # the policy plans its rollout
@@ -206,7 +223,8 @@ def test_a_better_version_earns_its_traffic_then_is_rolled_back_when_it_turns_wo
 
 
 def test_a_worse_version_is_rolled_back_before_it_serves_many_users(
-        fleet, adapter_dirs, marker_teacher):
+    fleet, adapter_dirs, marker_teacher
+):
     adapter_id = new_adapter(fleet, "worse", adapter_dirs["acme/support"], FORBIDS_MARKER)
     with fleet.admin() as admin:
         admin.register(adapter_id, marker_teacher)
@@ -223,8 +241,7 @@ def test_a_worse_version_is_rolled_back_before_it_serves_many_users(
     assert "rollout_rollback" in kinds[-2:] and "promote" not in kinds[3:]
 
 
-def test_an_operator_promote_during_a_rollout_ends_it_and_wins(
-        fleet, adapter_dirs, marker_teacher):
+def test_an_operator_promote_during_a_rollout_ends_it_and_wins(fleet, adapter_dirs, marker_teacher):
     adapter_id = new_adapter(fleet, "operator", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
         admin.register(adapter_id, marker_teacher)
@@ -257,29 +274,36 @@ def test_the_rollout_commands_and_routes(fleet, adapter_dirs, marker_teacher):
     env = {**os.environ, "LORALOOP_URL": fleet.server.url, "LORALOOP_ADMIN_KEY": ADMIN_KEY}
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "loraloop.serve.cli", "adapters",
-                               "rollout", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "loraloop.serve.cli", "adapters", "rollout", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
     started = cli("start", adapter_id, "2", "--reason", "by hand")
     assert "rollout" in started and "[shadow] > canary 10% > canary 50% > watch" in started
     assert "paused" in cli("pause", adapter_id, "--reason", "look first")
-    tenant = httpx.post(f"{fleet.server.url}/admin/v1/adapters/{adapter_id}/rollout/resume",
-                        headers={"Authorization": f"Bearer {fleet.key}"}, json={})
+    tenant = httpx.post(
+        f"{fleet.server.url}/admin/v1/adapters/{adapter_id}/rollout/resume",
+        headers={"Authorization": f"Bearer {fleet.key}"},
+        json={},
+    )
     assert tenant.status_code == 403  # a tenant's key never steers a rollout
     assert "active" in cli("resume", adapter_id)
     shown = cli("status", adapter_id)
     assert "started" in shown and "by hand" in shown
     assert "aborted" in cli("abort", adapter_id, "--reason", "not now")
     kinds = [e["kind"] for e in history(fleet, adapter_id)]
-    assert kinds[-4:] == ["rollout_started", "rollout_paused", "rollout_resumed",
-                          "rollout_aborted"]
+    assert kinds[-4:] == ["rollout_started", "rollout_paused", "rollout_resumed", "rollout_aborted"]
 
 
 def test_a_killed_server_and_a_killed_driver_leave_the_rollout_to_go_on(
-        fleet, adapter_dirs, marker_teacher):
+    fleet, adapter_dirs, marker_teacher
+):
     adapter_id = new_adapter(fleet, "restart", adapter_dirs["acme/support"], PREFERS_MARKER)
     with fleet.admin() as admin:
         admin.register(adapter_id, marker_teacher)
@@ -288,11 +312,17 @@ def test_a_killed_server_and_a_killed_driver_leave_the_rollout_to_go_on(
     fleet.kill_server_and_restart()  # SIGKILL: nothing is flushed, nothing is said
     after = traffic.rollout()
     assert (after["id"], after["stage"], after["status"]) == (
-        at_canary["id"], "canary 10%", "active")
+        at_canary["id"],
+        "canary 10%",
+        "active",
+    )
     killed = traffic.rollout()["driver"]
     fleet.kill_trainer_and_restart()  # the driver too; a new one takes the lapsed lease
-    wait_until(lambda: traffic.rollout()["driver"] not in (None, killed), DRIVER_TIMEOUT_S,
-               "the new trainer taking the rollout over")
+    wait_until(
+        lambda: traffic.rollout()["driver"] not in (None, killed),
+        DRIVER_TIMEOUT_S,
+        "the new trainer taking the rollout over",
+    )
     done = traffic.until(lambda r: r["stage"] == "watch", "the rollout going on")
     assert done["id"] == at_canary["id"]
     drivers = {e["actor"] for e in history(fleet, adapter_id) if e["kind"] == "rollout_advance"}

@@ -39,12 +39,22 @@ def chat(message: str) -> StoredPrompt:
 
 
 def start_trainer(model: Path, data_dir: Path, log: Path, targets: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "loraloop.trainer", "--model", str(model), "--data-dir",
-               str(data_dir), "--poll-s", "0.3"]
+    command = [
+        sys.executable,
+        "-m",
+        "loraloop.trainer",
+        "--model",
+        str(model),
+        "--data-dir",
+        str(data_dir),
+        "--poll-s",
+        "0.3",
+    ]
     env = {**os.environ, "LORALOOP_TRANSFER_TARGETS": targets}
     with open(log, "wb") as output:
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env)
+        return subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +70,9 @@ def fleet(demo_model, successor_model, marker_teacher, tmp_path_factory):
         teacher = marker_teacher
         old.wait_ready()
         new.wait_ready()
-        trainer = start_trainer(demo_model, data, logs / "trainer.log",
-                                f"{NEW_BASE}={successor_model}")
+        trainer = start_trainer(
+            demo_model, data, logs / "trainer.log", f"{NEW_BASE}={successor_model}"
+        )
         with AdminClient(old.url, ADMIN_KEY, actor="upgrade-test") as admin:
             admin.create_tenant("upgrade")
             key = admin.issue_key("upgrade")["key"]
@@ -70,9 +81,12 @@ def fleet(demo_model, successor_model, marker_teacher, tmp_path_factory):
             admin.promote(ADAPTER, 1, expected_live=0)
             admin.set_policy(ADAPTER, {"enabled": False, "transfer": QUICK_TRANSFER})
         lines = preference_feedback(ADAPTER, user_messages(FEEDBACK, seed=7))
-        stored = httpx.post(f"{old.url}/v1/feedback/batch", timeout=60,
-                            content="\n".join(json.dumps(line) for line in lines),
-                            headers={"Authorization": f"Bearer {key}"})
+        stored = httpx.post(
+            f"{old.url}/v1/feedback/batch",
+            timeout=60,
+            content="\n".join(json.dumps(line) for line in lines),
+            headers={"Authorization": f"Bearer {key}"},
+        )
         assert stored.status_code == 200 and stored.json()["failed"] == 0, stored.text
         yield old, new, trainer
     finally:
@@ -84,10 +98,25 @@ def fleet(demo_model, successor_model, marker_teacher, tmp_path_factory):
 
 def cli(server, group: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LORALOOP_ADMIN_KEY": ADMIN_KEY}
-    return subprocess.run([sys.executable, "-m", "loraloop.serve.cli", group, "--url",
-                           server.url, *args, "--poll-s", "1", "--timeout-s",
-                           str(MIGRATE_TIMEOUT_S)], env=env, capture_output=True, text=True,
-                          timeout=MIGRATE_TIMEOUT_S + 30)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loraloop.serve.cli",
+            group,
+            "--url",
+            server.url,
+            *args,
+            "--poll-s",
+            "1",
+            "--timeout-s",
+            str(MIGRATE_TIMEOUT_S),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_TIMEOUT_S + 30,
+    )
 
 
 def migrate(server) -> subprocess.CompletedProcess:
@@ -97,9 +126,17 @@ def migrate(server) -> subprocess.CompletedProcess:
 def first_tokens(server, model: str, messages: list[str]) -> list[str]:
     """The greedy first token of each answer, as text."""
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=ADMIN_KEY, max_retries=0)
-    return [client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": message}], max_tokens=1,
-        temperature=0).choices[0].message.content for message in messages]
+    return [
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": message}],
+            max_tokens=1,
+            temperature=0,
+        )
+        .choices[0]
+        .message.content
+        for message in messages
+    ]
 
 
 def share_equal(ours: list, theirs: list) -> float:
@@ -125,21 +162,35 @@ def test_base_migrate_carries_the_adapter_and_each_server_routes_its_own(fleet):
         assert admin.show_adapter(ADAPTER)["live_version"] == 2
     assert (job["status"], job["result_version"], job["attempts"]) == ("passed", 2, 1)
     assert (version["source"], version["parent_version"], version["status"]) == (
-        "transfer", 1, "live")
+        "transfer",
+        1,
+        "live",
+    )
     assert version["tags"]["prompts"] == f"golden 0, sampling 0, recorded 0, feedback {FEEDBACK}"
     metrics = version["metrics"]
     assert metrics["transfer_kl"] <= metrics["transfer_max_kl"]
-    print(f"\nmigrated in {migrated_s:.0f}s: agreement {metrics['transfer_agreement']:.3f} "
-          f"(untrained {metrics['transfer_untrained_agreement']:.3f}), KL "
-          f"{metrics['transfer_kl']:.3f} (untrained {metrics['transfer_untrained_kl']:.3f}), "
-          f"distilled in {metrics['transfer_seconds']:.0f}s")
+    print(
+        f"\nmigrated in {migrated_s:.0f}s: agreement {metrics['transfer_agreement']:.3f} "
+        f"(untrained {metrics['transfer_untrained_agreement']:.3f}), KL "
+        f"{metrics['transfer_kl']:.3f} (untrained {metrics['transfer_untrained_kl']:.3f}), "
+        f"distilled in {metrics['transfer_seconds']:.0f}s"
+    )
 
     # The new server notices the registry change within a poll, then answers with it.
     unseen = user_messages(FEEDBACK + UNSEEN, seed=7)[FEEDBACK:]
     client = openai.OpenAI(base_url=f"{new.url}/v1", api_key=ADMIN_KEY, max_retries=0)
-    wait_until(lambda: client.chat.completions.create(
-        model=ADAPTER, messages=[{"role": "user", "content": "hi"}], max_tokens=1,
-    ).model == f"{ADAPTER}@2", 10, "the new server to route version 2")
+    wait_until(
+        lambda: (
+            client.chat.completions.create(
+                model=ADAPTER,
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=1,
+            ).model
+            == f"{ADAPTER}@2"
+        ),
+        10,
+        "the new server to route version 2",
+    )
     taught = first_tokens(old, ADAPTER, unseen)
     assert share_equal(taught, [MARKER] * UNSEEN) >= 0.75, taught  # the habit itself
     carried = first_tokens(new, ADAPTER, unseen)
@@ -150,9 +201,11 @@ def test_base_migrate_carries_the_adapter_and_each_server_routes_its_own(fleet):
     # A server routes only versions made for its own base model.
     for server, model in ((old, f"{ADAPTER}@2"), (new, f"{ADAPTER}@1")):
         with pytest.raises(openai.NotFoundError):
-            openai.OpenAI(base_url=f"{server.url}/v1", api_key=ADMIN_KEY,
-                          max_retries=0).chat.completions.create(
-                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+            openai.OpenAI(
+                base_url=f"{server.url}/v1", api_key=ADMIN_KEY, max_retries=0
+            ).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+            )
 
     # Run again: what passed stays as it is, nothing is queued or redone.
     again = migrate(old)
@@ -166,9 +219,11 @@ def test_base_migrate_carries_the_adapter_and_each_server_routes_its_own(fleet):
 
 def test_a_base_no_trainer_knows_fails_with_the_names_it_knows(fleet):
     old, _, _ = fleet
-    refused = httpx.post(f"{old.url}/admin/v1/adapters/{ADAPTER}/transfers",
-                         json={"to_base": "/models/next"},
-                         headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    refused = httpx.post(
+        f"{old.url}/admin/v1/adapters/{ADAPTER}/transfers",
+        json={"to_base": "/models/next"},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
     assert refused.status_code == 400, refused.text  # a name, never a path
     assert "to_base" in refused.json()["error"]["message"]
     done = cli(old, "adapters", "transfer", ADAPTER, "--to-base", "nowhere", "--wait")
@@ -179,7 +234,8 @@ def test_a_base_no_trainer_knows_fails_with_the_names_it_knows(fleet):
     assert (job["to_base"], job["status"], job["result_version"]) == ("nowhere", "failed", None)
     assert job["reason"] == (
         "refused: this trainer knows no base named 'nowhere' (it knows: successor); name one "
-        "of those, or add nowhere=MODEL to the trainers' LORALOOP_TRANSFER_TARGETS")
+        "of those, or add nowhere=MODEL to the trainers' LORALOOP_TRANSFER_TARGETS"
+    )
 
 
 def test_a_tenant_sees_its_jobs_status_but_not_the_fleets_bases(fleet):
@@ -193,12 +249,15 @@ def test_a_tenant_sees_its_jobs_status_but_not_the_fleets_bases(fleet):
         seen = console.get(f"/admin/v1/adapters/{ADAPTER}/transfers").json()
         seen_versions = console.get(f"/admin/v1/adapters/{ADAPTER}/versions").json()
     assert [(j["id"], j["status"]) for j in seen] == [(j["id"], j["status"]) for j in jobs]
-    generic = {"passed": "carried to the new base model",
-               "failed": "the transfer could not be done; an operator can see why"}
+    generic = {
+        "passed": "carried to the new base model",
+        "failed": "the transfer could not be done; an operator can see why",
+    }
     assert all(j["reason"] == generic.get(j["status"]) for j in seen)
     assert all(j["to_base_fingerprint"] is None and j["worker"] is None for j in seen)
     fingerprints = {v["base_fingerprint"] for v in versions} - {
-        v["base_fingerprint"] for v in versions if v["version"] == 1}
+        v["base_fingerprint"] for v in versions if v["version"] == 1
+    }
     assert fingerprints  # the carried version's base, which the tenant must not learn here
     text = json.dumps(seen) + json.dumps(seen_versions)
     assert not any(fingerprint in text for fingerprint in fingerprints)

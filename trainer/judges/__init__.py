@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from loraloop.adapters.policy import JudgePolicy, LLMJudgePolicy, RuleJudgePolicy
+from loraloop.adapters.training_policy import JudgePolicy, LLMJudgePolicy, RuleJudgePolicy
 
-from .protocol import Comparison, Judge, JudgeUnavailable, Tally, Verdict
+from .interface import Comparison, Judge, JudgeUnavailable, Tally, Verdict
 
 __all__ = ["Comparison", "Judge", "JudgeUnavailable", "Tally", "Verdict", "judge_for"]
 

@@ -15,10 +15,10 @@ import logging
 import math
 import numbers
 
-from loraloop.adapters.policy import PythonJudgePolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import PythonJudgePolicy
 
-from .protocol import MAX_NAME_CHARS, JudgeUnavailable, ScoringJudge, Tally, Verdict
+from .interface import MAX_NAME_CHARS, JudgeUnavailable, ScoringJudge, Tally, Verdict
 
 logger = logging.getLogger(__name__)
 # A rationale is stored with the score; an abstention's reason is a key of the run's tally.
@@ -45,8 +45,10 @@ def _imported(target: str):
     try:  # a module may raise anything while it is imported, not only ImportError
         function = getattr(importlib.import_module(module_name), function_name)
     except Exception as exc:
-        raise JudgeUnavailable(f"the judge {target} cannot be imported in the trainer's "
-                               f"environment: {type(exc).__name__}: {exc}") from exc
+        raise JudgeUnavailable(
+            f"the judge {target} cannot be imported in the trainer's "
+            f"environment: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(function):
         raise JudgeUnavailable(f"the judge {target} is not a function")
     return function

@@ -28,10 +28,10 @@ import httpx
 import regex
 
 from loraloop.adapters.judge_keys import key_refusal
-from loraloop.adapters.policy import LLMJudgePolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import LLMJudgePolicy
 
-from .protocol import MAX_NAME_CHARS, Comparison, JudgeUnavailable, Tally, Verdict
+from .interface import MAX_NAME_CHARS, Comparison, JudgeUnavailable, Tally, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -61,17 +61,38 @@ The answer:
 
 How well does the answer follow the rubric, from 0 (not at all) to 10 (fully)? Reply with \
 JSON only: {{"score": 0 to 10, "reason": "one sentence"}}"""
-PAIRWISE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True,
-                   "schema": {"type": "object", "additionalProperties": False,
-                              "required": ["winner", "reason"],
-                              "properties": {"winner": {"enum": ["A", "B"]},
-                                             "reason": {"type": "string", "maxLength": 160}}}}}
-SCORE_FORMAT = {"type": "json_schema", "json_schema": {"name": "score", "strict": True,
-                "schema": {"type": "object", "additionalProperties": False,
-                           "required": ["score", "reason"],
-                           "properties": {"score": {"type": "integer", "minimum": 0,
-                                                    "maximum": 10},
-                                          "reason": {"type": "string", "maxLength": 160}}}}}
+PAIRWISE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "verdict",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["winner", "reason"],
+            "properties": {
+                "winner": {"enum": ["A", "B"]},
+                "reason": {"type": "string", "maxLength": 160},
+            },
+        },
+    },
+}
+SCORE_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "score",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["score", "reason"],
+            "properties": {
+                "score": {"type": "integer", "minimum": 0, "maximum": 10},
+                "reason": {"type": "string", "maxLength": 160},
+            },
+        },
+    },
+}
 # A reply that is not JSON may still start with the verdict ("B. Because...").
 _LEADING_WINNER = regex.compile(r"^\W*(A|B)\b")
 # Enough for the JSON verdict whatever the tokenizer: its reason is at most 160 characters.
@@ -90,14 +111,20 @@ def _hash(text: str) -> str:
 
 
 class LLMJudge:
-    def __init__(self, policy: LLMJudgePolicy, *, key_variables: tuple[str, ...] = (),
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        policy: LLMJudgePolicy,
+        *,
+        key_variables: tuple[str, ...] = (),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         """`key_variables`: the variables the operator lets judges use as their key (none
         unless given)."""
         self.policy = policy
         prompts = _hash(PAIRWISE_PROMPT + SCORE_PROMPT)
-        self.name = (f"llm:{PROMPT_VERSION}-{prompts}:rubric-{_hash(policy.rubric)}:"
-                     f"{policy.model}")[:MAX_NAME_CHARS]
+        self.name = (
+            f"llm:{PROMPT_VERSION}-{prompts}:rubric-{_hash(policy.rubric)}:{policy.model}"
+        )[:MAX_NAME_CHARS]
         self.tally = Tally()
         self.calls = 0
         self._deadline: float | None = None  # set by the first call: the run's time budget
@@ -121,25 +148,37 @@ class LLMJudge:
         return self.tally.count(forward)
 
     def score(self, prompt: StoredPrompt, completion: str) -> Verdict:
-        reply = self._call(SCORE_PROMPT.format(rubric=self.policy.rubric,
-                                               conversation=_conversation(prompt),
-                                               answer=completion), SCORE_FORMAT)
+        reply = self._call(
+            SCORE_PROMPT.format(
+                rubric=self.policy.rubric, conversation=_conversation(prompt), answer=completion
+            ),
+            SCORE_FORMAT,
+        )
         if isinstance(reply, Verdict):  # the call itself came to nothing
             return self.tally.count(reply)
         try:
             verdict = _json(reply)
             score = verdict["score"]
-            if isinstance(score, bool) or not isinstance(score, int | float) \
-                    or not 0 <= score <= 10:
+            if (
+                isinstance(score, bool)
+                or not isinstance(score, int | float)
+                or not 0 <= score <= 10
+            ):
                 raise ValueError(score)
         except (ValueError, TypeError, KeyError):
             return self.tally.count(Verdict.abstain("malformed reply"))
         return self.tally.count(Verdict(score / 10, str(verdict.get("reason", ""))[:300]))
 
     def _ask_pairwise(self, prompt: StoredPrompt, first: str, second: str) -> Comparison:
-        reply = self._call(PAIRWISE_PROMPT.format(rubric=self.policy.rubric,
-                                                  conversation=_conversation(prompt),
-                                                  first=first, second=second), PAIRWISE_FORMAT)
+        reply = self._call(
+            PAIRWISE_PROMPT.format(
+                rubric=self.policy.rubric,
+                conversation=_conversation(prompt),
+                first=first,
+                second=second,
+            ),
+            PAIRWISE_FORMAT,
+        )
         if isinstance(reply, Verdict):
             return Comparison(None, reply.rationale)
         winner, reason = _parse_winner(reply)
@@ -149,8 +188,12 @@ class LLMJudge:
 
     def _call(self, content: str, response_format: dict) -> str | Verdict:
         """The reply's text, or an abstention saying why there is none."""
-        body = {"model": self.policy.model, "temperature": 0, "max_tokens": MAX_REPLY_TOKENS,
-                "messages": [{"role": "user", "content": content}]}
+        body = {
+            "model": self.policy.model,
+            "temperature": 0,
+            "max_tokens": MAX_REPLY_TOKENS,
+            "messages": [{"role": "user", "content": content}],
+        }
         if self.policy.structured:
             body["response_format"] = response_format
         if self._deadline is None:
@@ -163,7 +206,7 @@ class LLMJudge:
                 return Verdict.abstain("time budget spent")
             self.calls += 1
             try:
-                status, content = self._post(body, min(self.policy.timeout_s, left))
+                status, reply = self._post(body, min(self.policy.timeout_s, left))
             except (TimeoutError, httpx.TimeoutException):
                 failure = "timed out"
             except ReplyTooLarge:
@@ -173,7 +216,7 @@ class LLMJudge:
             else:
                 if status < 300:
                     try:
-                        return json.loads(content)["choices"][0]["message"]["content"] or ""
+                        return json.loads(reply)["choices"][0]["message"]["content"] or ""
                     except (ValueError, KeyError, IndexError, TypeError):
                         return Verdict.abstain("malformed response")
                 failure = f"HTTP {status}"
@@ -184,20 +227,26 @@ class LLMJudge:
         logger.warning("judge %s: giving up on a call: %s", self.name, failure)
         return Verdict.abstain(failure)
 
-
     def _post(self, body: dict, seconds: float) -> tuple[int, bytes]:
         """(status, reply body) of one call that ends within `seconds`, whatever the endpoint
         does: TimeoutError past it, ReplyTooLarge past MAX_REPLY_BYTES."""
+
         async def within() -> tuple[int, bytes]:
             return await asyncio.wait_for(self._stream(body, seconds), seconds)
 
         return asyncio.run(within())
 
     async def _stream(self, body: dict, seconds: float) -> tuple[int, bytes]:
-        async with httpx.AsyncClient(
-                base_url=str(self.policy.url).rstrip("/"), headers=self._headers,
-                timeout=seconds, transport=self._transport, verify=self._tls) as http, \
-                http.stream("POST", "/chat/completions", json=body) as response:
+        async with (
+            httpx.AsyncClient(
+                base_url=str(self.policy.url).rstrip("/"),
+                headers=self._headers,
+                timeout=seconds,
+                transport=self._transport,
+                verify=self._tls,
+            ) as http,
+            http.stream("POST", "/chat/completions", json=body) as response,
+        ):
             if response.status_code >= 300:
                 return response.status_code, b""
             content = bytearray()
@@ -217,8 +266,9 @@ def _auth_headers(variable: str | None, allowed: tuple[str, ...]) -> dict[str, s
         raise JudgeUnavailable(f"the judge's key variable is refused: {why}")
     key = os.environ.get(variable)
     if not key:
-        raise JudgeUnavailable(f"the judge's key variable {variable} is not set in the "
-                               "trainer's environment")
+        raise JudgeUnavailable(
+            f"the judge's key variable {variable} is not set in the trainer's environment"
+        )
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -242,4 +292,4 @@ def _parse_winner(reply: str) -> tuple[str | None, str]:
 def _conversation(prompt: StoredPrompt) -> str:
     if prompt.text is not None:
         return prompt.text
-    return "\n".join(f"{m.role}: {m.content}" for m in prompt.messages)
+    return "\n".join(f"{m.role}: {m.content}" for m in prompt.turns)

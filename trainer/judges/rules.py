@@ -20,10 +20,10 @@ import regex
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.validators import extend, validator_for
 
-from loraloop.adapters.policy import RuleJudgePolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import RuleJudgePolicy
 
-from .protocol import ScoringJudge, Tally, Verdict
+from .interface import ScoringJudge, Tally, Verdict
 
 REGEX_TIMEOUT_S = 0.25
 
@@ -97,8 +97,11 @@ class SchemaCheck:
 
     def __init__(self, schema: dict) -> None:
         base = validator_for(schema, default=Draft202012Validator)
-        keywords = {"pattern": self._pattern, "patternProperties": self._pattern_properties,
-                    "additionalProperties": self._additional_properties}
+        keywords = {
+            "pattern": self._pattern,
+            "patternProperties": self._pattern_properties,
+            "additionalProperties": self._additional_properties,
+        }
         bounded = extend(base, {k: f for k, f in keywords.items() if k in base.VALIDATORS})
         self._validator = bounded(schema)
         self._deadline = 0.0
@@ -121,23 +124,27 @@ class SchemaCheck:
         if validator.is_type(instance, "string") and not self._search(pattern, instance):
             yield ValidationError(f"{instance[:80]!r} does not match {pattern!r}")
 
-    def _pattern_properties(self, validator, patterns, instance, schema
-                            ) -> Iterator[ValidationError]:
+    def _pattern_properties(
+        self, validator, patterns, instance, schema
+    ) -> Iterator[ValidationError]:
         if not validator.is_type(instance, "object"):
             return
         for pattern, subschema in patterns.items():
             for name, value in instance.items():
                 if self._search(pattern, name):
-                    yield from validator.descend(value, subschema, path=name,
-                                                 schema_path=pattern)
+                    yield from validator.descend(value, subschema, path=name, schema_path=pattern)
 
-    def _additional_properties(self, validator, additional, instance, schema
-                               ) -> Iterator[ValidationError]:
+    def _additional_properties(
+        self, validator, additional, instance, schema
+    ) -> Iterator[ValidationError]:
         if not validator.is_type(instance, "object"):
             return
         known, patterns = schema.get("properties", {}), schema.get("patternProperties", {})
-        extras = [name for name in instance if name not in known
-                  and not any(self._search(pattern, name) for pattern in patterns)]
+        extras = [
+            name
+            for name in instance
+            if name not in known and not any(self._search(pattern, name) for pattern in patterns)
+        ]
         if validator.is_type(additional, "object"):
             for name in extras:
                 yield from validator.descend(instance[name], additional, path=name)

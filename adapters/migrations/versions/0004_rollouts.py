@@ -53,8 +53,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sqlite_autoincrement=True,
     )
-    op.create_index("ix_shadow_comparisons_rollout_step", "shadow_comparisons",
-                    ["rollout_id", "step"])
+    op.create_index(
+        "ix_shadow_comparisons_rollout_step", "shadow_comparisons", ["rollout_id", "step"]
+    )
     op.create_table(
         "rollout_counts",
         sa.Column("rollout_id", sa.Integer(), nullable=False),

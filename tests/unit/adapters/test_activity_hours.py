@@ -34,13 +34,15 @@ def zoned_registry(request, tmp_path, base):
             name = make_url(url).database
             server = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
             with server.connect() as connection:
-                connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone = "
-                                        "'Asia/Kolkata'"))
+                connection.execute(text(f"ALTER DATABASE \"{name}\" SET timezone = 'Asia/Kolkata'"))
             server.dispose()
         db = Database(url)
         db.upgrade()
-        registry = registry_on(db, WeightStore(tmp_path / "weights"),
-                               RegistrationPolicy(base, max_rank=64, max_bytes=1 << 30))
+        registry = registry_on(
+            db,
+            WeightStore(tmp_path / "weights"),
+            RegistrationPolicy(base, max_rank=64, max_bytes=1 << 30),
+        )
         registry.tenants.create("acme", actor="test")
         registry.adapters.create(ADAPTER, actor="test")
         yield registry
@@ -52,8 +54,17 @@ def test_hours_are_utc_hours_on_the_wire_with_z(zoned_registry):
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect() as connection:
             assert connection.execute(text("SHOW timezone")).scalar() == "Asia/Kolkata"
-    zoned_registry.feedback.submit(NewFeedback(ADAPTER, None, "score", StoredPrompt(text="hi"),
-                                               completion="hello", score=1.0, judge="app"))
+    zoned_registry.feedback.submit(
+        NewFeedback(
+            ADAPTER,
+            None,
+            "score",
+            StoredPrompt(text="hi"),
+            completion="hello",
+            score=1.0,
+            judge="app",
+        )
+    )
     this_hour = hour_of(utcnow())
     UsageBook(db).add({UsageKey(ADAPTER, 1, this_hour): UsageCount(1, 5, 7)})
 
@@ -64,6 +75,9 @@ def test_hours_are_utc_hours_on_the_wire_with_z(zoned_registry):
     assert hours[-1] == this_hour
     assert this_hour - timedelta(hours=1) <= hours[0] <= this_hour  # the feedback's hour
     assert hours[0].minute == 0
-    wire = [FeedbackActivityPublic.of(activity).model_dump(mode="json")["per_hour"][0]["hour"],
-            UsagePublic.of(usage).model_dump(mode="json")["hour"]]
+    activity_wire = FeedbackActivityPublic.model_validate(activity).model_dump(mode="json")
+    wire = [
+        activity_wire["per_hour"][0]["hour"],
+        UsagePublic.model_validate(usage).model_dump(mode="json")["hour"],
+    ]
     assert all(stamp.endswith(":00:00Z") for stamp in wire), wire

@@ -20,7 +20,7 @@ from loraloop.adapters.registry import registry_on
 from loraloop.adapters.schema import AdapterVersion, LivePointer
 from loraloop.adapters.serving_view import read_serving_view
 from loraloop.adapters.versions import RegistrationPolicy
-from loraloop.trainer.transfer_job import TransferRunner, known_targets
+from loraloop.trainer.transfers.runner import TransferRunner, known_targets
 
 from ..conftest import ADAPTER
 
@@ -71,8 +71,7 @@ def test_weight_digests_are_remembered_by_path_size_and_time(demo_model, tmp_pat
     assert BaseModelInfo.load(model).fingerprint != first  # hashed again without the cache
 
 
-def test_a_same_shape_base_serves_none_of_the_old_versions(registry, three_versions,
-                                                           twin_model):
+def test_a_same_shape_base_serves_none_of_the_old_versions(registry, three_versions, twin_model):
     registry.adapters.promote(ADAPTER, 1, actor="op")
     twin = _registry_of(registry, twin_model)
     view = read_serving_view(registry.db, twin.adapters.base)
@@ -81,8 +80,9 @@ def test_a_same_shape_base_serves_none_of_the_old_versions(registry, three_versi
     assert view.elsewhere == {(ADAPTER, n): registry.adapters.base for n in (1, 2, 3)}
 
 
-def test_versions_stored_by_shape_are_adopted_by_their_own_base_only(registry, three_versions,
-                                                                     base, twin_model):
+def test_versions_stored_by_shape_are_adopted_by_their_own_base_only(
+    registry, three_versions, base, twin_model
+):
     registry.adapters.promote(ADAPTER, 1, actor="op")
     with registry.db.transaction() as session:  # as a registry before weights counted
         session.execute(update(AdapterVersion).values(base_fingerprint=base.shape_fingerprint))
@@ -99,10 +99,12 @@ def test_versions_stored_by_shape_are_adopted_by_their_own_base_only(registry, t
 
 
 def test_a_same_shape_base_is_a_transfer_target(registry, demo_model, twin_model, tmp_path):
-    TransferRunner(registry, demo_model, known_targets({"twin": str(twin_model)}),
-                   worker="w", lease_s=30)  # accepted: another base
+    TransferRunner(
+        registry, demo_model, known_targets({"twin": str(twin_model)}), worker="w", lease_s=30
+    )  # accepted: another base
     copy = tmp_path / "copy"
     shutil.copytree(demo_model, copy)
     with pytest.raises(ValueError, match="own base model"):
-        TransferRunner(registry, demo_model, known_targets({"copy": str(copy)}),
-                       worker="w", lease_s=30)
+        TransferRunner(
+            registry, demo_model, known_targets({"copy": str(copy)}), worker="w", lease_s=30
+        )

@@ -23,8 +23,9 @@ ADAPTER = "acme/support"
 @pytest.fixture
 def successor_registry(registry, successor_model, tmp_path):
     """The same database and store, as processes of the second base model see them."""
-    policy = RegistrationPolicy(BaseModelInfo.load(successor_model, aliases=["successor"]),
-                                max_rank=64, max_bytes=1 << 30)
+    policy = RegistrationPolicy(
+        BaseModelInfo.load(successor_model, aliases=["successor"]), max_rank=64, max_bytes=1 << 30
+    )
     return registry_on(registry.db, registry.store, policy)
 
 
@@ -33,12 +34,12 @@ def successor_files(successor_model, tmp_path):
     return adapter_files(build_random_adapter(successor_model, tmp_path / "b", seed=11))
 
 
-def test_each_base_has_its_own_live_version(registry, successor_registry, three_versions,
-                                            successor_files):
+def test_each_base_has_its_own_live_version(
+    registry, successor_registry, three_versions, successor_files
+):
     old, new = registry.adapters, successor_registry.adapters
     old.promote(ADAPTER, 1, actor="op")
-    carried, _ = new.register(ADAPTER, successor_files, NewVersion(source="transfer"),
-                              actor="op")
+    carried, _ = new.register(ADAPTER, successor_files, NewVersion(source="transfer"), actor="op")
     assert carried.number == 4 and carried.base_fingerprint == new.base != old.base
     new.promote(ADAPTER, 4, actor="op", expected_live=0)  # none live on the new base yet
     assert (old.get(ADAPTER).live_version, new.get(ADAPTER).live_version) == (1, 4)
@@ -50,8 +51,9 @@ def test_each_base_has_its_own_live_version(registry, successor_registry, three_
     assert statuses == {1: "live", 2: "retired", 3: "candidate", 4: "live"}
 
 
-def test_a_server_routes_only_versions_of_its_base(registry, successor_registry,
-                                                   three_versions, successor_files):
+def test_a_server_routes_only_versions_of_its_base(
+    registry, successor_registry, three_versions, successor_files
+):
     registry.adapters.promote(ADAPTER, 1, actor="op")
     successor_registry.adapters.register(ADAPTER, successor_files, NewVersion(), actor="op")
     successor_registry.adapters.promote(ADAPTER, 4, actor="op")
@@ -72,23 +74,41 @@ def test_upgrading_moves_the_pointers_to_their_base(tmp_path, files, base):
     db.upgrade("0004")
     with db.engine.begin() as connection:
         now = {"now": "2026-12-01 00:00:00"}
-        connection.execute(text("INSERT INTO tenants (id, name, created_at, created_by) "
-                                "VALUES (1, 'acme', :now, 't')"), now)
-        connection.execute(text(
-            "INSERT INTO adapters (id, tenant_id, name, created_at, created_by, live_version, "
-            "canary_version, canary_percent) VALUES (1, 1, 'support', :now, 't', 2, 3, 10), "
-            "(2, 1, 'idle', :now, 't', NULL, NULL, NULL)"), now)
+        connection.execute(
+            text(
+                "INSERT INTO tenants (id, name, created_at, created_by) "
+                "VALUES (1, 'acme', :now, 't')"
+            ),
+            now,
+        )
+        connection.execute(
+            text(
+                "INSERT INTO adapters (id, tenant_id, name, created_at, created_by, live_version, "
+                "canary_version, canary_percent) VALUES (1, 1, 'support', :now, 't', 2, 3, 10), "
+                "(2, 1, 'idle', :now, 't', NULL, NULL, NULL)"
+            ),
+            now,
+        )
         for number in (1, 2, 3):
-            connection.execute(text(
-                "INSERT INTO adapter_versions (adapter_id, number, status, content_hash, "
-                "storage_key, base_fingerprint, rank, alpha, target_modules, size_bytes, "
-                "source, metrics, tags, created_at, created_by) VALUES (1, :n, 'candidate', "
-                ":h, 'k', :base, 8, 8, '[]', 1, 'upload', '{}', '{}', :now, 't')"),
-                {"n": number, "h": f"h{number}", "base": base.fingerprint, **now})
+            connection.execute(
+                text(
+                    "INSERT INTO adapter_versions (adapter_id, number, status, content_hash, "
+                    "storage_key, base_fingerprint, rank, alpha, target_modules, size_bytes, "
+                    "source, metrics, tags, created_at, created_by) VALUES (1, :n, 'candidate', "
+                    ":h, 'k', :base, 8, 8, '[]', 1, 'upload', '{}', '{}', :now, 't')"
+                ),
+                {"n": number, "h": f"h{number}", "base": base.fingerprint, **now},
+            )
     db.upgrade()
     with db.reading() as session:
-        rows = session.execute(select(LivePointer.adapter_id, LivePointer.base_fingerprint,
-                                      LivePointer.live_version, LivePointer.canary_version,
-                                      LivePointer.canary_percent)).all()
+        rows = session.execute(
+            select(
+                LivePointer.adapter_id,
+                LivePointer.base_fingerprint,
+                LivePointer.live_version,
+                LivePointer.canary_version,
+                LivePointer.canary_percent,
+            )
+        ).all()
     assert rows == [(1, base.fingerprint, 2, 3, 10)]
     db.dispose()

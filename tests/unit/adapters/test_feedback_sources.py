@@ -25,19 +25,36 @@ def test_the_upgrade_tells_the_trainers_scores_from_applications(database):
     db.upgrade("0006")
     now = utcnow()
     with db.engine.begin() as connection:
-        connection.execute(text("INSERT INTO tenants (id, name, created_at, created_by) "
-                                "VALUES (1, 'acme', :now, 'test')"), {"now": now})
-        connection.execute(text("INSERT INTO adapters (id, tenant_id, name, created_at, "
-                                "created_by) VALUES (1, 1, 'support', :now, 'test')"),
-                           {"now": now})
+        connection.execute(
+            text(
+                "INSERT INTO tenants (id, name, created_at, created_by) "
+                "VALUES (1, 'acme', :now, 'test')"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO adapters (id, tenant_id, name, created_at, "
+                "created_by) VALUES (1, 1, 'support', :now, 'test')"
+            ),
+            {"now": now},
+        )
         for judge, completion_id, key, _ in STORED:
-            connection.execute(text(
-                "INSERT INTO feedback (tenant_id, adapter_id, version, kind, prompt, "
-                "completion, score, judge, completion_id, idempotency_key, status, "
-                "created_at) VALUES (1, 1, 1, 'score', :prompt, 'an answer', 1.0, :judge, "
-                ":completion_id, :key, 'pending', :now)"),
-                {"prompt": '{"text": "hi"}', "judge": judge, "completion_id": completion_id,
-                 "key": key, "now": now})
+            connection.execute(
+                text(
+                    "INSERT INTO feedback (tenant_id, adapter_id, version, kind, prompt, "
+                    "completion, score, judge, completion_id, idempotency_key, status, "
+                    "created_at) VALUES (1, 1, 1, 'score', :prompt, 'an answer', 1.0, :judge, "
+                    ":completion_id, :key, 'pending', :now)"
+                ),
+                {
+                    "prompt": '{"text": "hi"}',
+                    "judge": judge,
+                    "completion_id": completion_id,
+                    "key": key,
+                    "now": now,
+                },
+            )
     db.upgrade()
     with db.engine.connect() as connection:
         sources = connection.execute(text("SELECT source FROM feedback ORDER BY id")).scalars()

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from loraloop.adapters import patterns
 from loraloop.adapters.judge_keys import check_key_variables
-from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.training_policy import TrainingPolicy
 
 ALLOWED = ("JUDGE_*", "OPENAI_API_KEY")
 
@@ -21,8 +21,13 @@ def admitted(judge: dict, allowed: tuple[str, ...] = ALLOWED) -> TrainingPolicy:
 
 
 def llm(api_key_env: str) -> dict:
-    return {"kind": "llm", "url": "http://judge.test/v1", "model": "m", "rubric": "r",
-            "api_key_env": api_key_env}
+    return {
+        "kind": "llm",
+        "url": "http://judge.test/v1",
+        "model": "m",
+        "rubric": "r",
+        "api_key_env": api_key_env,
+    }
 
 
 def refusal(judge: dict, allowed: tuple[str, ...] = ALLOWED) -> tuple[tuple, str]:
@@ -32,9 +37,18 @@ def refusal(judge: dict, allowed: tuple[str, ...] = ALLOWED) -> tuple[tuple, str
     return problem["loc"], problem["msg"]
 
 
-@pytest.mark.parametrize("variable", ["LORALOOP_ADMIN_KEY", "LORALOOP_DATABASE_URL",
-                                      "AWS_SECRET_ACCESS_KEY", "DATABASE_URL", "PGPASSWORD",
-                                      "GOOGLE_APPLICATION_CREDENTIALS", "HF_TOKEN"])
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "LORALOOP_ADMIN_KEY",
+        "LORALOOP_DATABASE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "DATABASE_URL",
+        "PGPASSWORD",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "HF_TOKEN",
+    ],
+)
 def test_the_servers_and_trainers_credentials_are_refused_whatever_the_allow_list(variable):
     loc, message = refusal(llm(variable), allowed=(*ALLOWED, variable))
     assert loc == ("judge", "llm", "api_key_env")
@@ -53,9 +67,15 @@ def test_a_key_variable_outside_the_allow_list_is_refused_saying_which_setting_a
     assert TrainingPolicy.stored({"judge": llm("SOME_OTHER_KEY")}).judge is not None
 
 
-@pytest.mark.parametrize(("entries", "message"), [
-    (("LORALOOP_*",), "never sent to a judge"), (("AWS_SECRET_ACCESS_KEY",), "never sent"),
-    (("judge_key",), "not an upper-case variable name"), (("*",), "not an upper-case")])
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        (("LORALOOP_*",), "never sent to a judge"),
+        (("AWS_SECRET_ACCESS_KEY",), "never sent"),
+        (("judge_key",), "not an upper-case variable name"),
+        (("*",), "not an upper-case"),
+    ],
+)
 def test_the_allow_list_itself_is_checked_at_start_up(entries, message):
     with pytest.raises(ValueError, match=message):
         check_key_variables(entries)
@@ -75,14 +95,27 @@ def test_a_pattern_of_nested_counted_repeats_is_refused_at_once_without_growing(
 
 
 def test_schema_patterns_are_bounded_as_the_judges_own():
-    loc, message = refusal({"kind": "rules", "json_schema": {
-        "type": "string", "pattern": "((x{100}){100}){100}"}})
+    loc, message = refusal(
+        {"kind": "rules", "json_schema": {"type": "string", "pattern": "((x{100}){100}){100}"}}
+    )
     assert loc == ("judge", "rules", "json_schema") and "repeats too much" in message
-    loc, message = refusal({"kind": "rules", "json_schema": {
-        "type": "object", "patternProperties": {"((x{100}){100}){100}": {}}}})
+    loc, message = refusal(
+        {
+            "kind": "rules",
+            "json_schema": {"type": "object", "patternProperties": {"((x{100}){100}){100}": {}}},
+        }
+    )
     assert "repeats too much" in message
-    loc, message = refusal({"kind": "rules", "json_schema": {
-        "type": "object", "patternProperties": {"^a": {}}, "unevaluatedProperties": False}})
+    loc, message = refusal(
+        {
+            "kind": "rules",
+            "json_schema": {
+                "type": "object",
+                "patternProperties": {"^a": {}},
+                "unevaluatedProperties": False,
+            },
+        }
+    )
     assert "use additionalProperties" in message
 
 
@@ -104,9 +137,11 @@ def test_the_child_compiler_names_each_refusal():
     assert "too much memory" in verdicts["(x{1000}){1000}"]
     assert "is not a regular expression" in verdicts["(unclosed"]
     slow = patterns.compile_in_child(["ok", "((a{100}){100}){400}", "later"], 0.5, 4 << 30)
-    assert slow == {"ok": None,
-                    "((a{100}){100}){400}": "/((a{100}){100}){400}/ takes more than 0.5 s to "
-                                            "compile; simplify it"}
+    assert slow == {
+        "ok": None,
+        "((a{100}){100}){400}": "/((a{100}){100}){400}/ takes more than 0.5 s to "
+        "compile; simplify it",
+    }
 
 
 def test_a_schema_nested_hundreds_of_levels_is_refused_naming_the_field():
@@ -115,9 +150,10 @@ def test_a_schema_nested_hundreds_of_levels_is_refused_naming_the_field():
     for _ in range(300):
         node["items"] = {}
         node = node["items"]
-    for validate in (lambda: admitted({"kind": "rules", "json_schema": schema}),
-                     lambda: TrainingPolicy.stored({"judge": {"kind": "rules",
-                                                              "json_schema": schema}})):
+    for validate in (
+        lambda: admitted({"kind": "rules", "json_schema": schema}),
+        lambda: TrainingPolicy.stored({"judge": {"kind": "rules", "json_schema": schema}}),
+    ):
         with pytest.raises(ValidationError) as refused:
             validate()
         problem = refused.value.errors()[0]

@@ -6,18 +6,32 @@ import json
 
 from loraloop.adapters.prompts import StoredMessage, StoredPrompt, StoredToolCall
 
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "a": {"type": "boolean"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "a": {"type": "boolean"}},
+            },
+        },
+    }
+]
 
 
 def conversation() -> StoredPrompt:
-    return StoredPrompt.chat([
-        ("developer", "be brief"),
-        ("user", "weather?"),
-        StoredMessage.of("assistant", "", [StoredToolCall("c1", "get_weather",
-                                                          '{"city":"oslo"}')]),
-        StoredMessage.of("tool", "snow", tool_call_id="c1"),
-    ], TOOLS)
+    return StoredPrompt.chat(
+        [
+            ("developer", "be brief"),
+            ("user", "weather?"),
+            StoredMessage.of(
+                "assistant", "", [StoredToolCall("c1", "get_weather", '{"city":"oslo"}')]
+            ),
+            StoredMessage.of("tool", "snow", tool_call_id="c1"),
+        ],
+        TOOLS,
+    )
 
 
 def test_round_trip_through_json_keeps_everything_and_the_key_order():

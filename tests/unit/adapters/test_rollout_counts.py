@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from loraloop.adapters.rollout_counts import (
+from loraloop.adapters.rollouts.counts import (
     TPOT_BUCKETS,
     TPOT_EDGES_MS,
     p95_time_per_token_ms,
@@ -20,8 +20,14 @@ def test_a_time_falls_in_the_first_bucket_whose_edge_holds_it():
     assert TPOT_BUCKETS[0] == "tpot_le_1" and TPOT_BUCKETS[-1] == "tpot_le_inf"
     assert len(TPOT_BUCKETS) == len(TPOT_EDGES_MS) + 1
     assert [tpot_bucket(ms) for ms in (0.2, 1, 1.01, 999, 1000, 1000.5, 60_000)] == [
-        "tpot_le_1", "tpot_le_1", "tpot_le_2", "tpot_le_1000", "tpot_le_1000", "tpot_le_inf",
-        "tpot_le_inf"]
+        "tpot_le_1",
+        "tpot_le_1",
+        "tpot_le_2",
+        "tpot_le_1000",
+        "tpot_le_1000",
+        "tpot_le_inf",
+        "tpot_le_inf",
+    ]
 
 
 def test_p95_is_read_linearly_within_its_bucket():

@@ -10,15 +10,17 @@ import pytest
 from sqlalchemy import update
 
 from loraloop.adapters.errors import Conflict
+from loraloop.adapters.leased_jobs import LeaseLost
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.rollout_policy import RolloutPolicy, RolloutStep
-from loraloop.adapters.rollouts import RolloutLost, ShadowPair
+from loraloop.adapters.rollouts.book import ShadowPair
 from loraloop.adapters.schema import LivePointer, Rollout, utcnow
 from loraloop.adapters.serving_view import read_serving_view
 
 ADAPTER = "acme/support"
-PLAN = RolloutPolicy(steps=[RolloutStep(percent=0), RolloutStep(percent=10),
-                            RolloutStep(percent=50)])
+PLAN = RolloutPolicy(
+    steps=[RolloutStep(percent=0), RolloutStep(percent=10), RolloutStep(percent=50)]
+)
 
 
 @pytest.fixture
@@ -40,21 +42,28 @@ def test_steps_move_the_pointers_then_the_watch_completes(registry, rolling):
     assert _pointers(registry) == (1, None, None)  # shadow: users see only version 1
     seen = [rolling.stage]
     for expected in [(1, 2, 10), (1, 2, 50), (2, None, None)]:
-        record = rollouts.advance(rolling.id, worker="a", decision={"action": "advance"},
-                                  reason="better")
+        record = rollouts.advance(
+            rolling.id, worker="a", decision={"action": "advance"}, reason="better"
+        )
         assert _pointers(registry) == expected
         seen.append(record.stage)
     assert seen == ["shadow", "canary 10%", "canary 50%", "watch"]
     assert registry.adapters.version(ADAPTER, 2).status == "live"
-    done = rollouts.advance(rolling.id, worker="a", decision={"action": "advance"},
-                            reason="watch over")
+    done = rollouts.advance(
+        rolling.id, worker="a", decision={"action": "advance"}, reason="watch over"
+    )
     assert done.status == "completed" and done.finished_at is not None
     kinds = [(e.kind, e.actor) for e in registry.adapters.history(ADAPTER)]
     driver = "rollout:a"
-    assert kinds[-7:] == [("rollout_started", "op"), ("rollout_advance", driver),
-                          ("rollout_advance", driver), ("rollout_advance", driver),
-                          ("canary_cleared", driver), ("promote", driver),
-                          ("rollout_completed", driver)]
+    assert kinds[-7:] == [
+        ("rollout_started", "op"),
+        ("rollout_advance", driver),
+        ("rollout_advance", driver),
+        ("rollout_advance", driver),
+        ("canary_cleared", driver),
+        ("promote", driver),
+        ("rollout_completed", driver),
+    ]
     advance = registry.adapters.history(ADAPTER)[-4]
     assert advance.detail["decision"] == {"action": "advance"} and advance.reason == "better"
 
@@ -63,8 +72,8 @@ def test_a_rollback_at_a_canary_step_rejects_the_candidate(registry, rolling):
     registry.rollouts.advance(rolling.id, worker="a", decision={}, reason="better")
     assert _pointers(registry) == (1, 2, 10)
     record = registry.rollouts.roll_back(
-        rolling.id, worker="a", decision={"action": "rollback", "cause": "judge"},
-        reason="worse")
+        rolling.id, worker="a", decision={"action": "rollback", "cause": "judge"}, reason="worse"
+    )
     assert record.status == "rolled_back" and record.decision["cause"] == "judge"
     assert _pointers(registry) == (1, None, None)
     assert registry.adapters.version(ADAPTER, 2).status == "rejected"
@@ -86,12 +95,12 @@ def test_a_rollback_in_the_watch_makes_the_previous_version_live(registry, rolli
 def test_one_driver_at_a_time_and_a_lapsed_lease_passes_on(registry, rolling):
     rollouts = registry.rollouts
     assert not rollouts.acquire(rolling.id, worker="b", lease_s=30)
-    with pytest.raises(RolloutLost):
+    with pytest.raises(LeaseLost):
         rollouts.advance(rolling.id, worker="b", decision={}, reason="not mine")
     with registry.db.transaction(routing_change=False) as session:
         session.execute(update(Rollout).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert rollouts.acquire(rolling.id, worker="b", lease_s=30)
-    with pytest.raises(RolloutLost):
+    with pytest.raises(LeaseLost):
         rollouts.note_decision(rolling.id, worker="a", decision={"action": "wait"})
     assert _pointers(registry) == (1, None, None)
 
@@ -130,7 +139,7 @@ def test_an_operator_change_ends_the_rollout_and_wins(registry, rolling, change)
         adapters.reject(ADAPTER, 2, actor="op", reason="hotfix")
     ended = rollouts.current(ADAPTER)
     assert ended.status == "superseded" and "by op: hotfix" in ended.reason
-    with pytest.raises(RolloutLost):  # the driver's next step finds it over
+    with pytest.raises(LeaseLost):  # the driver's next step finds it over
         rollouts.advance(rolling.id, worker="a", decision={}, reason="better")
     promotes = [e for e in adapters.history(ADAPTER) if e.kind == "promote"]
     assert all(e.actor == "op" for e in promotes)
@@ -145,7 +154,7 @@ def test_the_final_advance_is_compare_and_swap_on_the_live_version(registry, rol
     # advance must not promote over it.
     with registry.db.transaction() as session:
         session.execute(update(LivePointer).values(live_version=3))
-    with pytest.raises(RolloutLost, match="no longer 1"):
+    with pytest.raises(LeaseLost, match="no longer 1"):
         rollouts.advance(rolling.id, worker="a", decision={}, reason="better")
     assert registry.adapters.get(ADAPTER).live_version == 3
 
@@ -198,12 +207,13 @@ def test_a_first_canary_step_sets_the_canary_at_once(registry, three_versions):
 
 
 def test_the_policy_plans_rollouts_of_new_versions(registry, three_versions):
-    from loraloop.adapters.policy import TrainingPolicy
+    from loraloop.adapters.training_policy import TrainingPolicy
 
     assert registry.rollouts.start_planned(ADAPTER, 2, actor="op") is None  # no plan
     three_versions.promote(ADAPTER, 1, actor="op")
     policy = TrainingPolicy.model_validate(
-        {"judge": {"kind": "rules", "max_tokens": 8}, "rollout": {"shadow_percent": 50}})
+        {"judge": {"kind": "rules", "max_tokens": 8}, "rollout": {"shadow_percent": 50}}
+    )
     three_versions.set_policy(ADAPTER, policy, actor="op")
     started = registry.rollouts.start_planned(ADAPTER, 2, actor="op", reason="uploaded")
     assert started.plan.shadow_percent == 50 and started.candidate == 2
@@ -214,8 +224,7 @@ def test_servers_see_the_step_and_the_evidence_adds_up(registry, rolling):
     view = read_serving_view(registry.db, registry.adapters.base)
     assert [(r.adapter_id, r.stage) for r in view.rollouts] == [(ADAPTER, "shadow")]
     prompt = StoredPrompt.from_json({"messages": [{"role": "user", "content": "hi"}]})
-    rollouts.add_pairs([ShadowPair(rolling.id, 0, 1, prompt, f"c{i}", f"b{i}")
-                        for i in range(3)])
+    rollouts.add_pairs([ShadowPair(rolling.id, 0, 1, prompt, f"c{i}", f"b{i}") for i in range(3)])
     rollouts.add_counts({(rolling.id, 0, 1, "requests"): 4})
     rollouts.add_counts({(rolling.id, 0, 1, "requests"): 5, (rolling.id, 0, 1, "errors"): 1})
     pairs = rollouts.to_judge(rolling, limit=10)

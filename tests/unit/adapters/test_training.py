@@ -10,12 +10,13 @@ import pytest
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.db import Database
 from loraloop.adapters.feedback import FeedbackBook, NewFeedback
-from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.leased_jobs import LeaseLost
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.schema import utcnow
 from loraloop.adapters.store import WeightStore
 from loraloop.adapters.tenants import TenantBook
-from loraloop.adapters.training import LEASE_LOST, LeaseLost, TrainingBook
+from loraloop.adapters.training import LEASE_LOST, TrainingBook
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.adapters.versions import AdapterBook, RegistrationPolicy
 
 ADAPTER = "acme/support"
@@ -31,8 +32,9 @@ def books(database, tmp_path, demo_model):
     AdapterBook(db, WeightStore(tmp_path / "w"), policy).create(ADAPTER, actor="t")
     feedback = FeedbackBook(db)
     for i in range(6):
-        feedback.submit(NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"a{i}",
-                                    rejected=f"b{i}"))
+        feedback.submit(
+            NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"a{i}", rejected=f"b{i}")
+        )
     yield TrainingBook(db, policy.base.fingerprint), feedback
     db.dispose()
 
@@ -68,8 +70,9 @@ def test_consumed_only_with_the_registration_and_released_on_failure(books):
     assert feedback.stats(ADAPTER).by_status == {"consumed": 6}
 
     for i in range(2):
-        feedback.submit(NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"c{i}",
-                                    rejected=f"d{i}"))
+        feedback.submit(
+            NewFeedback(ADAPTER, None, "preference", PROMPT, chosen=f"c{i}", rejected=f"d{i}")
+        )
     failed = training.claim(ADAPTER, worker="a", lease_s=60)
     training.finish(failed.run_id, "failed", reason="boom", release=True)
     assert feedback.stats(ADAPTER).by_status == {"consumed": 6, "pending": 2}
@@ -87,10 +90,15 @@ def test_a_queued_run_is_pending_work_without_feedback(books):
 
 def test_a_policy_that_samples_on_a_schedule_queues_its_own_runs(books, tmp_path, demo_model):
     training, _ = books
-    adapters = AdapterBook(training.db, WeightStore(tmp_path / "w"), RegistrationPolicy(
-        BaseModelInfo.load(demo_model), max_rank=64, max_bytes=1 << 30))
-    sampling = {"judge": {"kind": "rules", "max_tokens": 8},
-                "sampling": {"prompts": ["hi"], "every_s": 3600}}
+    adapters = AdapterBook(
+        training.db,
+        WeightStore(tmp_path / "w"),
+        RegistrationPolicy(BaseModelInfo.load(demo_model), max_rank=64, max_bytes=1 << 30),
+    )
+    sampling = {
+        "judge": {"kind": "rules", "max_tokens": 8},
+        "sampling": {"prompts": ["hi"], "every_s": 3600},
+    }
     adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(sampling), actor="t")
     assert training.queue_scheduled(actor="trainer:a") == [ADAPTER]  # it never ran
     (queued,) = training.runs(ADAPTER)
@@ -101,11 +109,13 @@ def test_a_policy_that_samples_on_a_schedule_queues_its_own_runs(books, tmp_path
     later = utcnow() + timedelta(seconds=3599)
     assert training.queue_scheduled(actor="trainer:a", now=later) == []
     assert training.queue_scheduled(actor="trainer:a", now=later + timedelta(seconds=2)) == [
-        ADAPTER]
+        ADAPTER
+    ]
     reasons = [e.reason for e in adapters.history(ADAPTER) if e.kind == "training_queued"]
     assert reasons == ["the policy samples every 3600 s"] * 2
 
-    adapters.set_policy(ADAPTER, TrainingPolicy.model_validate(
-        {**sampling, "enabled": False}), actor="t")
+    adapters.set_policy(
+        ADAPTER, TrainingPolicy.model_validate({**sampling, "enabled": False}), actor="t"
+    )
     training.refuse_queued(ADAPTER, reason="no server")
     assert training.queue_scheduled(actor="trainer:a", now=later + timedelta(days=1)) == []

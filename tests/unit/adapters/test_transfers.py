@@ -10,8 +10,8 @@ import pytest
 
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.errors import Conflict, InvalidArgument, NotFound
+from loraloop.adapters.leased_jobs import LeaseLost
 from loraloop.adapters.registry import registry_on
-from loraloop.adapters.training import LeaseLost
 from loraloop.adapters.transfers import MAX_ATTEMPTS
 from loraloop.adapters.versions import NewVersion, RegistrationPolicy
 from loraloop.trainer.demo_model import build_random_adapter
@@ -52,7 +52,9 @@ def test_a_passed_job_stands_and_a_failed_one_is_queued_again(transfers):
     transfers.claim(worker="w", lease_s=60)
     transfers.finish(retry.id, "passed", worker="w", reason="gate passed")
     assert transfers.queue(ADAPTER, "successor", actor="op") == (
-        transfers.job(ADAPTER, retry.id), False)
+        transfers.job(ADAPTER, retry.id),
+        False,
+    )
 
 
 def test_what_cannot_be_queued_is_refused(registry, three_versions):
@@ -76,10 +78,11 @@ def test_a_migration_queues_every_live_version_of_this_base_once(registry, trans
     registry.adapters.promote("acme/sales", 1, actor="op")
     first = registry.transfers.queue_live("successor", actor="op", reason="new base")
     assert [(job.adapter_id, job.from_version, created) for job, created in first] == [
-        ("acme/sales", 1, True), ("acme/support", 2, True)]
+        ("acme/sales", 1, True),
+        ("acme/support", 2, True),
+    ]
     again = registry.transfers.queue_live("successor", actor="op")
-    assert [(job.id, created) for job, created in again] == [(job.id, False)
-                                                           for job, _ in first]
+    assert [(job.id, created) for job, created in again] == [(job.id, False) for job, _ in first]
     found = registry.transfers.find(to_base="successor")
     assert [job.adapter_id for job in found] == ["acme/support", "acme/sales"]  # newest first
     assert registry.transfers.find(ids=[first[0][0].id]) == [first[0][0]]
@@ -90,8 +93,13 @@ def test_claims_take_the_oldest_job_and_leave_held_ones(registry, transfers):
     first, _ = transfers.queue(ADAPTER, "successor", actor="op")
     second, _ = transfers.queue(ADAPTER, "other", actor="op")
     claim = transfers.claim(worker="a", lease_s=60)
-    assert (claim.job_id, claim.adapter_id, claim.from_version, claim.to_base,
-            claim.attempt) == (first.id, ADAPTER, 2, "successor", 1)
+    assert (claim.job_id, claim.adapter_id, claim.from_version, claim.to_base, claim.attempt) == (
+        first.id,
+        ADAPTER,
+        2,
+        "successor",
+        1,
+    )
     assert transfers.claim(worker="b", lease_s=60).job_id == second.id
     assert transfers.claim(worker="c", lease_s=60) is None
     transfers.renew(first.id, worker="a", lease_s=60, progress={"step": 3})
@@ -101,7 +109,9 @@ def test_claims_take_the_oldest_job_and_leave_held_ones(registry, transfers):
         transfers.renew(first.id, worker="b", lease_s=60, progress={})
     started = [e for e in registry.adapters.history(ADAPTER) if e.kind == "transfer_started"]
     assert [(e.actor, e.detail["attempt"], e.reason) for e in started] == [
-        ("trainer:a", 1, None), ("trainer:b", 1, None)]
+        ("trainer:a", 1, None),
+        ("trainer:b", 1, None),
+    ]
 
 
 def test_a_lapsed_lease_hands_the_job_to_the_next_trainer(registry, transfers):
@@ -110,13 +120,18 @@ def test_a_lapsed_lease_hands_the_job_to_the_next_trainer(registry, transfers):
     time.sleep(0.3)
     again = transfers.claim(worker="next", lease_s=60)
     assert (again.job_id, again.attempt) == (job.id, 2)
-    for stale in (lambda: transfers.renew(job.id, worker="killed", lease_s=60, progress={}),
-                  lambda: transfers.finish(job.id, "passed", worker="killed", reason="late")):
+    for stale in (
+        lambda: transfers.renew(job.id, worker="killed", lease_s=60, progress={}),
+        lambda: transfers.finish(job.id, "passed", worker="killed", reason="late"),
+    ):
         with pytest.raises(LeaseLost):
             stale()
     last = registry.adapters.history(ADAPTER)[-1]
     assert (last.kind, last.actor, last.reason) == (
-        "transfer_started", "trainer:next", "the lease of killed lapsed; started again")
+        "transfer_started",
+        "trainer:next",
+        "the lease of killed lapsed; started again",
+    )
     assert transfers.job(ADAPTER, job.id).worker == "next"
 
 
@@ -133,36 +148,51 @@ def test_a_job_whose_trainers_keep_dying_fails(registry, transfers):
 
 @pytest.fixture
 def successor(registry, successor_model):
-    policy = RegistrationPolicy(BaseModelInfo.load(successor_model, aliases=["successor"]),
-                                max_rank=64, max_bytes=1 << 30)
+    policy = RegistrationPolicy(
+        BaseModelInfo.load(successor_model, aliases=["successor"]), max_rank=64, max_bytes=1 << 30
+    )
     return registry_on(registry.db, registry.store, policy)
 
 
-def test_finish_records_the_version_made_in_the_registration(registry, transfers, successor,
-                                                             successor_model, tmp_path):
+def test_finish_records_the_version_made_in_the_registration(
+    registry, transfers, successor, successor_model, tmp_path
+):
     job, _ = transfers.queue(ADAPTER, "successor", actor="op")
     transfers.claim(worker="w", lease_s=60)
     files = adapter_files(build_random_adapter(successor_model, tmp_path / "s", seed=3))
     version, _ = successor.adapters.register(
-        ADAPTER, files, NewVersion(source="transfer", parent_version=2), actor="trainer:w",
-        within=lambda session, v: transfers.attach(job.id, v.number, worker="w",
-                                                   session=session))
-    transfers.finish(job.id, "passed", worker="w", reason="gate passed",
-                     metrics={"transfer_kl": 0.9}, to_base_fingerprint=successor.adapters.base)
+        ADAPTER,
+        files,
+        NewVersion(source="transfer", parent_version=2),
+        actor="trainer:w",
+        within=lambda session, v: transfers.attach(job.id, v.number, worker="w", session=session),
+    )
+    transfers.finish(
+        job.id,
+        "passed",
+        worker="w",
+        reason="gate passed",
+        metrics={"transfer_kl": 0.9},
+        to_base_fingerprint=successor.adapters.base,
+    )
     done = transfers.job(ADAPTER, job.id)
     assert (done.status, done.result_version, done.metrics, done.reason) == (
-        "passed", version.number, {"transfer_kl": 0.9}, "gate passed")
+        "passed",
+        version.number,
+        {"transfer_kl": 0.9},
+        "gate passed",
+    )
     assert done.to_base_fingerprint == successor.adapters.base and done.finished_at
     last = registry.adapters.history(ADAPTER)[-1]
-    assert (last.kind, last.from_version, last.to_version) == ("transfer_passed", 2,
-                                                               version.number)
+    assert (last.kind, last.from_version, last.to_version) == ("transfer_passed", 2, version.number)
     assert last.detail["metrics"] == {"transfer_kl": 0.9}
     with pytest.raises(LeaseLost):  # ended: no longer anyone's
         transfers.finish(job.id, "failed", worker="w", reason="again")
 
 
 def test_a_registration_by_a_trainer_that_lost_the_job_rolls_back(
-        registry, transfers, successor, successor_model, tmp_path):
+    registry, transfers, successor, successor_model, tmp_path
+):
     job, _ = transfers.queue(ADAPTER, "successor", actor="op")
     transfers.claim(worker="slow", lease_s=0.2)
     time.sleep(0.3)
@@ -170,8 +200,13 @@ def test_a_registration_by_a_trainer_that_lost_the_job_rolls_back(
     files = adapter_files(build_random_adapter(successor_model, tmp_path / "s", seed=3))
     with pytest.raises(LeaseLost):
         successor.adapters.register(
-            ADAPTER, files, NewVersion(source="transfer"), actor="trainer:slow",
-            within=lambda session, v: transfers.attach(job.id, v.number, worker="slow",
-                                                       session=session))
+            ADAPTER,
+            files,
+            NewVersion(source="transfer"),
+            actor="trainer:slow",
+            within=lambda session, v: transfers.attach(
+                job.id, v.number, worker="slow", session=session
+            ),
+        )
     assert [v.number for v in registry.adapters.versions(ADAPTER)] == [1, 2, 3]
     assert transfers.job(ADAPTER, job.id).result_version is None

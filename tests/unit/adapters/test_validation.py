@@ -81,7 +81,13 @@ def test_base_model_info_reads_shapes_and_names(base, base_dir):
     assert base.linear_shapes["model.layers.0.mlp.down_proj"] == (256, 512)
     assert "lm_head" not in base.linear_shapes  # outside the decoder layers
     assert base.target_modules == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     assert {"demo", str(base_dir), str(base_dir.resolve())} <= base.aliases
 
@@ -295,10 +301,15 @@ def test_wrong_tensor_shape_is_refused(upload, base):
 
 def test_tensor_for_a_module_absent_from_the_base_is_refused(upload, base):
     absent = "base_model.model.model.layers.5.self_attn.q_proj"  # the base has 2 layers
-    edit_weights(upload, lambda t: t.update({
-        f"{absent}.lora_A.weight": torch.zeros(8, 256),
-        f"{absent}.lora_B.weight": torch.zeros(256, 8),
-    }))
+    edit_weights(
+        upload,
+        lambda t: t.update(
+            {
+                f"{absent}.lora_A.weight": torch.zeros(8, 256),
+                f"{absent}.lora_B.weight": torch.zeros(256, 8),
+            }
+        ),
+    )
     problems = problems_of(upload, base)
     assert len(problems) == 2
     assert has(problems, "layers.5.self_attn.q_proj.lora_A.weight' adapts a module that is not")
@@ -306,10 +317,15 @@ def test_tensor_for_a_module_absent_from_the_base_is_refused(upload, base):
 
 def test_tensor_for_an_untargeted_module_is_refused(upload, base):
     gate = "base_model.model.model.layers.0.mlp.gate_proj"
-    edit_weights(upload, lambda t: t.update({
-        f"{gate}.lora_A.weight": torch.zeros(8, 256),
-        f"{gate}.lora_B.weight": torch.zeros(512, 8),
-    }))
+    edit_weights(
+        upload,
+        lambda t: t.update(
+            {
+                f"{gate}.lora_A.weight": torch.zeros(8, 256),
+                f"{gate}.lora_B.weight": torch.zeros(512, 8),
+            }
+        ),
+    )
     assert has(problems_of(upload, base), "adapts gate_proj, which target_modules does not list")
 
 
@@ -340,15 +356,19 @@ def largest_update_gain(files: dict[str, Path]) -> float:
     independent of validation's QR shortcut."""
     tensors = load_file(files[WEIGHTS_FILE])
     return max(
-        float(torch.linalg.matrix_norm(
-            tensors[key.replace("lora_A", "lora_B")].double() @ tensors[key].double(), ord=2))
-        for key in tensors if "lora_A" in key
+        float(
+            torch.linalg.matrix_norm(
+                tensors[key.replace("lora_A", "lora_B")].double() @ tensors[key].double(), ord=2
+            )
+        )
+        for key in tensors
+        if "lora_A" in key
     )
 
 
 def test_gain_bound_is_the_eighth_root_of_the_dtype_range(base, base_dir):
     assert base.compute_dtype == torch.float32
-    assert base.max_gain == pytest.approx(2.0 ** 16)
+    assert base.max_gain == pytest.approx(2.0**16)
     assert BaseModelInfo.load(base_dir, dtype="bfloat16").max_gain == pytest.approx(2**16, rel=1e-3)
     assert BaseModelInfo.load(base_dir, dtype="float16").max_gain == pytest.approx(4, rel=1e-4)
 
@@ -368,8 +388,10 @@ def test_overflowing_alpha_is_refused(upload, base, alpha):
 
 
 def test_overflowing_lora_b_is_refused(upload, base):
-    edit_weights(upload, lambda t: t.update(
-        {k: torch.full_like(v, 1e30) for k, v in t.items() if "lora_B" in k}))
+    edit_weights(
+        upload,
+        lambda t: t.update({k: torch.full_like(v, 1e30) for k, v in t.items() if "lora_B" in k}),
+    )
     problems = problems_of(upload, base)
     assert has(problems, "scale * lora_B has a gain (spectral norm) of ")
     assert has(problems, "and 7 more modules, above the 6.55e+04")
@@ -438,8 +460,13 @@ def test_empty_weights_are_refused(upload, base):
 
 
 def test_every_problem_is_listed_at_once(upload, base, tmp_path):
-    edit_config(upload, r=128, base_model_name_or_path="other/model", use_dora=True,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "nonexistent_proj"])
+    edit_config(
+        upload,
+        r=128,
+        base_model_name_or_path="other/model",
+        use_dora=True,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "nonexistent_proj"],
+    )
     upload["../escape"] = tmp_path / "never-created"
     problems = problems_of(upload, base)
     for expected in [

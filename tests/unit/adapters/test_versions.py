@@ -33,9 +33,15 @@ def test_register_records_what_the_version_is(registry, files, base):
     registry.adapters.create(ADAPTER, actor="alice")
     first, created = registry.adapters.register(ADAPTER, files[0], NewVersion(), actor="alice")
     second, _ = registry.adapters.register(
-        ADAPTER, files[1],
-        NewVersion(source="trainer", parent_version=1, metrics={"win_rate": 0.61},
-                   tags={"run": "r7"}, reason="nightly"),
+        ADAPTER,
+        files[1],
+        NewVersion(
+            source="trainer",
+            parent_version=1,
+            metrics={"win_rate": 0.61},
+            tags={"run": "r7"},
+            reason="nightly",
+        ),
         actor="trainer",
     )
     assert created and (first.number, second.number) == (1, 2)
@@ -48,7 +54,8 @@ def test_register_records_what_the_version_is(registry, files, base):
     stored = registry.store.path_of(second.storage_key)
     assert sorted(p.name for p in stored.iterdir()) == sorted(ADAPTER_FILES)
     assert (stored / "adapter_model.safetensors").read_bytes() == (
-        files[1]["adapter_model.safetensors"].read_bytes())
+        files[1]["adapter_model.safetensors"].read_bytes()
+    )
 
 
 def test_same_files_twice_give_the_existing_version(registry, files):
@@ -119,9 +126,11 @@ def test_rejected_versions_never_serve_again(three_versions):
     with pytest.raises(Conflict, match="is live"):
         three_versions.reject(ADAPTER, 1, actor="a")
     assert three_versions.reject(ADAPTER, 2, actor="a", reason="bad").status == "rejected"
-    for change in (lambda: three_versions.promote(ADAPTER, 2, actor="a"),
-                   lambda: three_versions.set_canary(ADAPTER, 2, 10, actor="a"),
-                   lambda: three_versions.rollback(ADAPTER, actor="a", to_version=2)):
+    for change in (
+        lambda: three_versions.promote(ADAPTER, 2, actor="a"),
+        lambda: three_versions.set_canary(ADAPTER, 2, 10, actor="a"),
+        lambda: three_versions.rollback(ADAPTER, actor="a", to_version=2),
+    ):
         with pytest.raises(Conflict, match="rejected"):
             change()
     three_versions.promote(ADAPTER, 3, actor="a")
@@ -154,8 +163,10 @@ def test_history_records_every_change_with_actor_and_reason(three_versions):
     three_versions.rollback(ADAPTER, actor="admin:alice", reason="complaints")
     three_versions.reject(ADAPTER, 2, actor="admin:alice", reason="regressed")
     three_versions.retire(ADAPTER, 3, actor="admin:carol", reason="superseded")
-    events = [(e.kind, e.actor, e.from_version, e.to_version, e.reason)
-              for e in three_versions.history(ADAPTER)]
+    events = [
+        (e.kind, e.actor, e.from_version, e.to_version, e.reason)
+        for e in three_versions.history(ADAPTER)
+    ]
     assert events == [
         ("adapter_created", "test", None, None, None),
         ("register", "test", None, 1, None),
@@ -170,7 +181,8 @@ def test_history_records_every_change_with_actor_and_reason(three_versions):
         ("retire", "admin:carol", 3, None, "superseded"),
     ]
     assert [e.id for e in three_versions.history(ADAPTER, limit=2)] == [
-        e.id for e in three_versions.history(ADAPTER)[-2:]]
+        e.id for e in three_versions.history(ADAPTER)[-2:]
+    ]
 
 
 def run_in_threads(count: int, work: Callable[[int], None]) -> list[BaseException]:
@@ -219,8 +231,12 @@ def test_concurrent_registration_of_the_same_files_gives_one_version(registry, f
     registry.tenants.create("acme", actor="test")
     registry.adapters.create(ADAPTER, actor="test")
     numbers = []
-    errors = run_in_threads(6, lambda i: numbers.append(
-        registry.adapters.register(ADAPTER, files[0], NewVersion(), actor="t")[0].number))
+    errors = run_in_threads(
+        6,
+        lambda i: numbers.append(
+            registry.adapters.register(ADAPTER, files[0], NewVersion(), actor="t")[0].number
+        ),
+    )
     assert errors == [] and numbers == [1] * 6
 
 

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from loraloop.adapters.rollout_policy import RolloutPolicy, RolloutStep
-from loraloop.adapters.rollouts import RolloutRecord
+from loraloop.adapters.rollouts.book import RolloutRecord
 from loraloop.adapters.validation import ADAPTER_FILES
 from loraloop.adapters.versions import NewVersion
-from loraloop.serve.engine.protocol import AdapterRef, GenerationDelta, SamplingSpec
+from loraloop.serve.engine.interface import AdapterRef, GenerationDelta, SamplingSpec
 from loraloop.serve.errors import NonFiniteOutput
 from loraloop.serve.openai.protocol import ChatCompletionRequest
 from loraloop.serve.openai.service import collect
@@ -46,9 +46,14 @@ class ScriptedEngine:
     async def remove_adapter(self, adapter: AdapterRef) -> None:
         pass
 
-    async def generate(self, prompt_token_ids: list[int], sampling: SamplingSpec,
-                       adapter: AdapterRef | None, request_id: str,
-                       cache_salt: str | None = None) -> AsyncIterator[GenerationDelta]:
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        sampling: SamplingSpec,
+        adapter: AdapterRef | None,
+        request_id: str,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[GenerationDelta]:
         version = adapter.version if adapter else 0
         pieces = self.answers.get(version, [f"v{version}", " says hi"])
         self.started.append(request_id)
@@ -58,8 +63,9 @@ class ScriptedEngine:
                 await asyncio.sleep(0)  # a step of the engine: others may run meanwhile
                 if index == 1 and version in self.failing:
                     raise NonFiniteOutput(f"version {version} computed NaN")
-                yield GenerationDelta(piece, (index,), None,
-                                      "stop" if index == len(pieces) - 1 else None)
+                yield GenerationDelta(
+                    piece, (index,), None, "stop" if index == len(pieces) - 1 else None
+                )
         finally:
             self.active_requests -= 1
 
@@ -70,15 +76,23 @@ class ScriptedEngine:
         pass
 
 
-def server_settings(demo_model: Path, data_dir: Path, database_url: str | None = None,
-                    **fields) -> ServeSettings:
-    return ServeSettings(model=str(demo_model), served_model_name="demo", auth=False,
-                         data_dir=data_dir, database_url=database_url, max_model_len=512,
-                         **fields)
+def server_settings(
+    demo_model: Path, data_dir: Path, database_url: str | None = None, **fields
+) -> ServeSettings:
+    return ServeSettings(
+        model=str(demo_model),
+        served_model_name="demo",
+        auth=False,
+        data_dir=data_dir,
+        database_url=database_url,
+        max_model_len=512,
+        **fields,
+    )
 
 
-def start_rollout(state: ServerState, adapter_dirs: dict[str, Path],
-                  plan: RolloutPolicy = SHADOW_ALWAYS) -> RolloutRecord:
+def start_rollout(
+    state: ServerState, adapter_dirs: dict[str, Path], plan: RolloutPolicy = SHADOW_ALWAYS
+) -> RolloutRecord:
     """ADAPTER with version 1 (acme/support's weights) live and a rollout of version 2
     (acme/sales's weights) begun under `plan`."""
     register_two_versions(state, adapter_dirs)
@@ -104,11 +118,17 @@ async def serving(state: ServerState) -> ServerState:
     return state
 
 
-async def ask(state: ServerState, model: str = ADAPTER, max_tokens: int = 12, **fields
-              ) -> tuple[str, str]:
+async def ask(
+    state: ServerState, model: str = ADAPTER, max_tokens: int = 12, **fields
+) -> tuple[str, str]:
     """(the answer's text, what served it) for a greedy chat request."""
-    request = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": PROMPT}],
-                                    temperature=0, max_tokens=max_tokens, **fields)
+    request = ChatCompletionRequest(
+        model=model,
+        messages=[{"role": "user", "content": PROMPT}],
+        temperature=0,
+        max_tokens=max_tokens,
+        **fields,
+    )
     generation = await state.service.chat(request, None)
     (choice, *_) = await collect(generation)
     return choice.text, generation.model

@@ -19,19 +19,21 @@ POLICY = f"/admin/v1/adapters/{ADAPTER}/policy"
 
 @pytest.fixture
 def client(database, demo_model, adapter_dirs, tmp_path):
-    app = create_app(server_settings(demo_model, tmp_path, database_url=database),
-                     ScriptedEngine())
+    app = create_app(server_settings(demo_model, tmp_path, database_url=database), ScriptedEngine())
     register_two_versions(app.state.loraloop, adapter_dirs)
     with TestClient(app) as client:
         yield client
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ('{"gate": {"max_kl_from_live": Infinity}}', "max_kl_from_live"),
-    ('{"gate": {"max_kl_from_base": Infinity}}', "max_kl_from_base"),
-    ('{"max_wait_s": 1e14}', "max_wait_s"),
-    (f'{{"seed": {10**40}}}', "seed"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"gate": {"max_kl_from_live": Infinity}}', "max_kl_from_live"),
+        ('{"gate": {"max_kl_from_base": Infinity}}', "max_kl_from_base"),
+        ('{"max_wait_s": 1e14}', "max_wait_s"),
+        (f'{{"seed": {10**40}}}', "seed"),
+    ],
+)
 def test_a_policy_the_trainer_cannot_use_is_refused(client, body, field):
     before = client.get(POLICY).json()
     reply = client.put(POLICY, content=body, headers={"Content-Type": "application/json"})

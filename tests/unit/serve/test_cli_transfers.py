@@ -10,8 +10,14 @@ from loraloop.serve.cli.transfers import waiting_hint
 
 
 def _job(job_id: int, status: str, worker: str | None = None) -> dict:
-    return {"id": job_id, "adapter": f"acme/a{job_id}", "from_version": 1, "status": status,
-            "to_base": "successor", "worker": worker}
+    return {
+        "id": job_id,
+        "adapter": f"acme/a{job_id}",
+        "from_version": 1,
+        "status": status,
+        "to_base": "successor",
+        "worker": worker,
+    }
 
 
 def test_a_trainer_busy_with_the_migrations_other_job_is_named():
@@ -25,8 +31,10 @@ def test_a_trainer_busy_with_the_migrations_other_job_is_named():
 
 def test_a_trainer_busy_with_another_migration_is_named():
     client = create_autospec(AdminClient, instance=True)
-    client.find_transfers_to.return_value = [_job(9, "running", worker="trainer-2"),
-                                             _job(8, "passed", worker="trainer-2")]
+    client.find_transfers_to.return_value = [
+        _job(9, "running", worker="trainer-2"),
+        _job(8, "passed", worker="trainer-2"),
+    ]
     hint = waiting_hint(client, [_job(10, "queued")], [_job(10, "queued")])
     assert "trainer-2 is running job 9 (acme/a9@1)" in hint
     client.find_transfers_to.assert_called_once_with("successor")

@@ -42,8 +42,11 @@ def failing_app() -> FastAPI:
 @pytest.fixture
 def server_port():
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(failing_app(), host="127.0.0.1", port=port,
-                                           log_config=None, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            failing_app(), host="127.0.0.1", port=port, log_config=None, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -75,9 +78,14 @@ def test_a_500_keeps_the_connection_open(server_port):
         status, headers, body = exchange(sock, "/boom")
         assert status == 500
         assert headers.get("connection") != "close"
-        assert body == {"error": {"message": "The server had an internal error.",
-                                  "type": "server_error", "param": None,
-                                  "code": "internal_error"}}
+        assert body == {
+            "error": {
+                "message": "The server had an internal error.",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+            }
+        }
         for _ in range(3):  # the same connection keeps working, after more errors too
             assert exchange(sock, "/ok")[:1] == (200,)
             assert exchange(sock, "/boom")[0] == 500

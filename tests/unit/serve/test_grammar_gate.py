@@ -11,15 +11,21 @@ from contextlib import contextmanager
 
 import pytest
 
-from loraloop.serve.engine.protocol import OutputConstraint
+from loraloop.serve.engine.interface import OutputConstraint
 from loraloop.serve.errors import InvalidRequest
 from loraloop.serve.openai.grammar_gate import GrammarGate
 
-SMALL = OutputConstraint("json_schema", json.dumps({"type": "object", "properties": {
-    "a": {"type": "string"}}}))
+SMALL = OutputConstraint(
+    "json_schema", json.dumps({"type": "object", "properties": {"a": {"type": "string"}}})
+)
 # 1,000 optional properties: about 6 s to compile on one core.
-SLOW = OutputConstraint("json_schema", json.dumps({"type": "object", "properties": {
-    f"p{i}": {"type": "string"} for i in range(1000)}}), param="tools")
+SLOW = OutputConstraint(
+    "json_schema",
+    json.dumps(
+        {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(1000)}}
+    ),
+    param="tools",
+)
 
 
 @contextmanager
@@ -54,8 +60,12 @@ def test_a_grammar_the_backend_refuses_is_a_400_without_its_internals(tokenizer)
     async def scenario():
         with opened(tokenizer, 30) as gate:
             with pytest.raises(InvalidRequest) as caught:
-                await gate.check(OutputConstraint("json_schema", json.dumps(
-                    {"type": "string", "pattern": "^(a)\\1$"})), None)
+                await gate.check(
+                    OutputConstraint(
+                        "json_schema", json.dumps({"type": "string", "pattern": "^(a)\\1$"})
+                    ),
+                    None,
+                )
             assert caught.value.param == "response_format"
             assert "Backreference" in caught.value.message
             assert ".cc" not in caught.value.message and "/project" not in caught.value.message

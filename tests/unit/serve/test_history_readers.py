@@ -11,7 +11,7 @@ import json
 
 from fastapi.testclient import TestClient
 
-from loraloop.adapters.policy import TrainingPolicy
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.serve.app import create_app
 from loraloop.serve.settings import ServeSettings
 
@@ -21,17 +21,30 @@ from .rollout_setup import ADAPTER, ScriptedEngine, register_two_versions
 ADMIN_KEY = "test-admin-key-0123456789"
 HISTORY = f"/admin/v1/adapters/{ADAPTER}/history"
 SECRETS = ("judge.internal", "grade like a strict auditor", "JUDGE_ACME_KEY")
-POLICY = TrainingPolicy.model_validate({
-    "judge": {"kind": "llm", "url": "http://judge.internal:9000/v1", "model": "grader",
-              "rubric": "grade like a strict auditor", "api_key_env": "JUDGE_ACME_KEY"},
-    "rollout": {"steps": [{"percent": 0}]}, "min_pairs": 8,
-})
+POLICY = TrainingPolicy.model_validate(
+    {
+        "judge": {
+            "kind": "llm",
+            "url": "http://judge.internal:9000/v1",
+            "model": "grader",
+            "rubric": "grade like a strict auditor",
+            "api_key_env": "JUDGE_ACME_KEY",
+        },
+        "rollout": {"steps": [{"percent": 0}]},
+        "min_pairs": 8,
+    }
+)
 
 
 def test_a_tenant_reads_its_history_without_its_policy(demo_model, adapter_dirs, tmp_path):
-    settings = ServeSettings(model=str(demo_model), served_model_name="demo",
-                             data_dir=tmp_path, max_model_len=512, admin_key=ADMIN_KEY,
-                             registry_poll_s=0.05)
+    settings = ServeSettings(
+        model=str(demo_model),
+        served_model_name="demo",
+        data_dir=tmp_path,
+        max_model_len=512,
+        admin_key=ADMIN_KEY,
+        registry_poll_s=0.05,
+    )
     app = create_app(settings, ScriptedEngine())
     state = app.state.loraloop
     register_two_versions(state, adapter_dirs)
@@ -39,8 +52,11 @@ def test_a_tenant_reads_its_history_without_its_policy(demo_model, adapter_dirs,
     state.registry.adapters.set_policy(ADAPTER, POLICY, actor="op", reason="judged by grader")
     with TestClient(app) as client:
         operator = client.get(HISTORY, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        wait_until(lambda: client.post("/console/session", json={"key": key}).is_success,
-                   10, "the tenant signed in")
+        wait_until(
+            lambda: client.post("/console/session", json={"key": key}).is_success,
+            10,
+            "the tenant signed in",
+        )
         assert client.get(f"/admin/v1/adapters/{ADAPTER}/policy").status_code == 403
         tenant = client.get(HISTORY)
     assert operator.status_code == tenant.status_code == 200, tenant.text

@@ -20,8 +20,15 @@ POLICY = f"/admin/v1/adapters/{ADAPTER}/policy"
 
 
 def llm_judge(api_key_env: str) -> dict:
-    return {"judge": {"kind": "llm", "url": "http://judge.test/v1", "model": "m",
-                      "rubric": "r", "api_key_env": api_key_env}}
+    return {
+        "judge": {
+            "kind": "llm",
+            "url": "http://judge.test/v1",
+            "model": "m",
+            "rubric": "r",
+            "api_key_env": api_key_env,
+        }
+    }
 
 
 def serving(demo_model, tmp_path, **settings) -> TestClient:
@@ -34,8 +41,13 @@ def serving(demo_model, tmp_path, **settings) -> TestClient:
 
 def test_a_judge_key_outside_the_allow_list_is_a_400_naming_the_field(demo_model, tmp_path):
     with serving(demo_model, tmp_path, judge_key_variables=("JUDGE_*",)) as client:
-        for variable in ("LORALOOP_ADMIN_KEY", "AWS_SECRET_ACCESS_KEY", "LORALOOP_DATABASE_URL",
-                         "PGPASSWORD", "OPENAI_API_KEY"):
+        for variable in (
+            "LORALOOP_ADMIN_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "LORALOOP_DATABASE_URL",
+            "PGPASSWORD",
+            "OPENAI_API_KEY",
+        ):
             reply = client.put(POLICY, json=llm_judge(variable))
             assert reply.status_code == 400, reply.text
             error = reply.json()["error"]
@@ -54,8 +66,7 @@ def test_the_allow_list_is_the_servers_setting(demo_model, tmp_path):
         assert client.put(POLICY, json=llm_judge("JUDGE_KEY")).status_code == 400
 
 
-def test_patterns_and_schemas_beyond_the_bounds_are_400s_and_nothing_stalls(
-        demo_model, tmp_path):
+def test_patterns_and_schemas_beyond_the_bounds_are_400s_and_nothing_stalls(demo_model, tmp_path):
     nested: dict = {}
     node = nested
     for _ in range(300):
@@ -63,11 +74,13 @@ def test_patterns_and_schemas_beyond_the_bounds_are_400s_and_nothing_stalls(
         node = node["items"]
     with serving(demo_model, tmp_path) as client:
         started = time.monotonic()
-        reply = client.put(POLICY, json={"judge": {
-            "kind": "rules", "required": ["((a{1,100}){1,100}){1,100}"]}})
+        reply = client.put(
+            POLICY, json={"judge": {"kind": "rules", "required": ["((a{1,100}){1,100}){1,100}"]}}
+        )
         assert time.monotonic() - started < 1
-        assert reply.status_code == 400 and reply.json()["error"]["param"] == \
-            "judge.required.0", reply.text
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "judge.required.0", (
+            reply.text
+        )
         reply = client.put(POLICY, json={"judge": {"kind": "rules", "json_schema": nested}})
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["param"] == "judge.json_schema"
@@ -78,8 +91,14 @@ def test_patterns_and_schemas_beyond_the_bounds_are_400s_and_nothing_stalls(
         # A pattern only the bounded compile refuses takes a while: the server answers
         # others meanwhile.
         slow: dict = {}
-        putting = threading.Thread(target=lambda: slow.update(reply=client.put(POLICY, json={
-            "judge": {"kind": "rules", "required": ["(?x)#[\n((a{100}){100}){300}"]}})))
+        putting = threading.Thread(
+            target=lambda: slow.update(
+                reply=client.put(
+                    POLICY,
+                    json={"judge": {"kind": "rules", "required": ["(?x)#[\n((a{100}){100}){300}"]}},
+                )
+            )
+        )
         putting.start()
         time.sleep(0.3)  # the PUT is compiling in its child process
         health_started = time.monotonic()
@@ -96,5 +115,6 @@ def test_the_policy_body_is_documented_as_the_policy(demo_model, tmp_path):
         spec = client.get("/openapi.json").json()
     body = spec["paths"]["/admin/v1/adapters/{tenant}/{name}/policy"]["put"]["requestBody"]
     assert body["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/TrainingPolicy"}
+        "$ref": "#/components/schemas/TrainingPolicy"
+    }
     assert "TrainingPolicy" in spec["components"]["schemas"]

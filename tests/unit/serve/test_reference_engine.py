@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from loraloop.serve.engine.protocol import OutputConstraint, SamplingSpec
+from loraloop.serve.engine.interface import OutputConstraint, SamplingSpec
 from loraloop.serve.engine.reference import IncrementalText, ReferenceEngine
 from loraloop.serve.errors import InvalidRequest
 
@@ -45,12 +45,14 @@ def test_incremental_text_withholds_a_trailing_half_character():
     assert "".join(deltas) == "ab"
 
 
-
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"top_k": 3}, "top_k"),
-    ({"presence_penalty": 1.0}, "presence_penalty"),
-    ({"constraint": OutputConstraint("json_object")}, "response_format"),
-])
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"top_k": 3}, "top_k"),
+        ({"presence_penalty": 1.0}, "presence_penalty"),
+        ({"constraint": OutputConstraint("json_object")}, "response_format"),
+    ],
+)
 def test_sampling_the_reference_does_not_implement_is_refused_by_name(fields, param):
     engine = ReferenceEngine("unused", max_model_len=64)  # refused before the model is needed
     stream = engine.generate([1, 2], SamplingSpec(max_tokens=4, **fields), None, "r")

@@ -14,8 +14,8 @@ from contextlib import aclosing
 import pytest
 
 from loraloop.adapters.db import Database
-from loraloop.adapters.rollout_counts import TPOT_BUCKETS
-from loraloop.adapters.rollouts import RolloutBook
+from loraloop.adapters.rollouts.book import RolloutBook
+from loraloop.adapters.rollouts.counts import TPOT_BUCKETS
 from loraloop.serve.app import build_state
 from loraloop.serve.errors import NonFiniteOutput
 from loraloop.serve.openai.protocol import ChatCompletionRequest
@@ -40,8 +40,9 @@ def guard_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 async def left_after_the_first_token(state) -> None:
-    request = ChatCompletionRequest(model=ADAPTER, max_tokens=8,
-                                    messages=[{"role": "user", "content": PROMPT}])
+    request = ChatCompletionRequest(
+        model=ADAPTER, max_tokens=8, messages=[{"role": "user", "content": PROMPT}]
+    )
     generation = await state.service.chat(request, None)
     async with aclosing(generation.events) as events:
         await anext(events)
@@ -49,8 +50,9 @@ async def left_after_the_first_token(state) -> None:
 
 def test_guard_counts_from_two_servers_add_up(database, demo_model, adapter_dirs, tmp_path):
     engines = ScriptedEngine(), ScriptedEngine({2: [" ", "\n"]})  # the second: v2 is empty
-    first, second = (build_state(server_settings(demo_model, tmp_path, database), engine)
-                     for engine in engines)
+    first, second = (
+        build_state(server_settings(demo_model, tmp_path, database), engine) for engine in engines
+    )
     rollout = start_rollout(first, adapter_dirs)
 
     async def scenario():
@@ -70,11 +72,13 @@ def test_guard_counts_from_two_servers_add_up(database, demo_model, adapter_dirs
     counts = first.registry.rollouts.evidence(rollout).counts
     assert {version: guard_counts(c) for version, c in counts.items()} == {
         1: {"requests": 3, "timed": 2},
-        2: {"requests": 2, "empty": 1, "errors": 1, "timed": 1}}
+        2: {"requests": 2, "empty": 1, "errors": 1, "timed": 1},
+    }
 
 
-def test_counts_that_could_not_be_written_go_with_the_next_write(demo_model, adapter_dirs,
-                                                                 tmp_path):
+def test_counts_that_could_not_be_written_go_with_the_next_write(
+    demo_model, adapter_dirs, tmp_path
+):
     state = build_state(server_settings(demo_model, tmp_path), ScriptedEngine())
     rollout = start_rollout(state, adapter_dirs)
     recorder, away = state.rollouts.counts, Database(UNREACHABLE)

@@ -17,8 +17,8 @@ from loraloop.adapters.feedback import Submission
 from loraloop.adapters.prompts import StoredPrompt
 from loraloop.adapters.rollout_policy import RolloutPolicy, RolloutStep
 from loraloop.serve.app import create_app
-from loraloop.trainer.judges.protocol import Verdict
-from loraloop.trainer.rollout import RolloutDriver
+from loraloop.trainer.judges.interface import Verdict
+from loraloop.trainer.rollouts.driver import RolloutDriver
 from loraloop.trainer.sampling import SampledAnswers, judged_feedback
 
 from ...support import wait_until
@@ -26,8 +26,9 @@ from .rollout_setup import ADAPTER, PROMPT, ScriptedEngine, server_settings, sta
 
 # One canary step that nothing but the scores can decide (no comparisons, a long clock).
 CANARY = RolloutPolicy(steps=[RolloutStep(percent=10, min_requests=0, max_seconds=3600)])
-WATCHED = RolloutPolicy(steps=[RolloutStep(percent=10, min_requests=0, max_seconds=3600)],
-                        watch={"max_seconds": 3600})
+WATCHED = RolloutPolicy(
+    steps=[RolloutStep(percent=10, min_requests=0, max_seconds=3600)], watch={"max_seconds": 3600}
+)
 
 
 class Pleased:
@@ -41,16 +42,24 @@ class Pleased:
 
 def post_scores(client: TestClient, version: int, score: float, count: int) -> None:
     for i in range(count):
-        reply = client.post("/v1/feedback", json={
-            "adapter": f"{ADAPTER}@{version}", "prompt": f"{PROMPT} {i}",
-            "completion": f"answer {i}", "score": score, "judge": "thumbs"})
+        reply = client.post(
+            "/v1/feedback",
+            json={
+                "adapter": f"{ADAPTER}@{version}",
+                "prompt": f"{PROMPT} {i}",
+                "completion": f"answer {i}",
+                "score": score,
+                "judge": "thumbs",
+            },
+        )
         assert reply.status_code == 201, reply.text
 
 
 @pytest.fixture
 def served(database, demo_model, tmp_path):
-    app = create_app(server_settings(demo_model, tmp_path, database, registry_poll_s=0.05),
-                     ScriptedEngine())
+    app = create_app(
+        server_settings(demo_model, tmp_path, database, registry_poll_s=0.05), ScriptedEngine()
+    )
     yield app, app.state.loraloop
     app.state.loraloop.registry.db.dispose()
 
@@ -61,7 +70,8 @@ def test_application_scores_roll_a_worse_candidate_back(served, adapter_dirs, de
     # The trainer's judge thinks the candidate is perfect: its scores are not the users'.
     sampled = [SampledAnswers(StoredPrompt(text=f"{PROMPT} {i}"), ("yes",)) for i in range(20)]
     state.registry.feedback.submit_many(
-        [Submission(item) for item in judged_feedback(ADAPTER, 2, sampled, Pleased())])
+        [Submission(item) for item in judged_feedback(ADAPTER, 2, sampled, Pleased())]
+    )
     with TestClient(app) as client:
         wait_until(lambda: ADAPTER in state.routes.snapshot.rollouts, 10, "the rollout routed")
         post_scores(client, 2, 0.0, 8)
@@ -69,12 +79,20 @@ def test_application_scores_roll_a_worse_candidate_back(served, adapter_dirs, de
     driver = RolloutDriver(state.registry, demo_model, worker="d", lease_s=30)
     assert driver.drive_once() == [f"{ADAPTER}: rollback"]
     ended = state.registry.rollouts.current(ADAPTER)
-    assert (ended.id, ended.status, ended.decision["cause"]) == (rollout.id, "rolled_back",
-                                                                 "scores")
-    event = next(e for e in state.registry.adapters.history(ADAPTER)
-                 if e.kind == "rollout_rollback")
+    assert (ended.id, ended.status, ended.decision["cause"]) == (
+        rollout.id,
+        "rolled_back",
+        "scores",
+    )
+    event = next(
+        e for e in state.registry.adapters.history(ADAPTER) if e.kind == "rollout_rollback"
+    )
     assert event.detail["decision"]["scores"] == {
-        "candidate_mean": 0.0, "baseline_mean": 1.0, "candidate_n": 8, "baseline_n": 13}
+        "candidate_mean": 0.0,
+        "baseline_mean": 1.0,
+        "candidate_n": 8,
+        "baseline_n": 13,
+    }
     assert "application scores: mean 0.000 over 8" in event.reason
 
 
@@ -88,12 +106,16 @@ def test_the_watch_keeps_the_version_it_rolls_back_to(served, adapter_dirs, demo
         assert book.acquire(rollout.id, worker="d", lease_s=30)
         book.advance(rollout.id, worker="d", decision={}, reason="better")
         assert (adapters.get(ADAPTER).live_version, book.current(ADAPTER).watching) == (2, True)
-        refused = client.post(f"/admin/v1/adapters/{ADAPTER}/versions/1/reject",
-                              json={"reason": "old"})
+        refused = client.post(
+            f"/admin/v1/adapters/{ADAPTER}/versions/1/reject", json={"reason": "old"}
+        )
         assert refused.status_code == 409, refused.text
         assert f"rollout {rollout.id}" in refused.json()["error"]["message"]
-        wait_until(lambda: (ADAPTER, 1) in state.routes.snapshot.versions, 10,
-                   "the previous version still routed")
+        wait_until(
+            lambda: (ADAPTER, 1) in state.routes.snapshot.versions,
+            10,
+            "the previous version still routed",
+        )
         post_scores(client, 2, 0.0, 8)  # the candidate's, in the watch
     assert adapters.version(ADAPTER, 1).status == "retired"
     driver = RolloutDriver(state.registry, demo_model, worker="d", lease_s=30)

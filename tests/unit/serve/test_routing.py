@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 
 from loraloop.adapters.rollout_policy import RolloutPolicy
-from loraloop.adapters.rollouts import RolloutRecord
+from loraloop.adapters.rollouts.book import RolloutRecord
 from loraloop.adapters.serving_view import ServingView
 from loraloop.adapters.versions import AdapterRecord, VersionRecord
 from loraloop.serve.errors import AdapterNotFound
@@ -20,13 +20,32 @@ def _serving_view(rollouts=(), **pointers) -> ServingView:
     """a/one: v1 live (v2 canary when asked); b/two: v1 live; lora ids 1, 2, 3."""
     versions = [("a/one", 1), ("a/one", 2), ("b/two", 1)]
     servable = tuple(
-        VersionRecord(adapter_id, number, "live", lora_id, "0" * 64, f"sha256/{lora_id}", "f",
-                      None, 8, 8.0, ("q_proj",), 1, "upload", None, {}, {}, NOW, "t")
+        VersionRecord(
+            adapter_id,
+            number,
+            "live",
+            lora_id,
+            "0" * 64,
+            f"sha256/{lora_id}",
+            "f",
+            None,
+            8,
+            8.0,
+            ("q_proj",),
+            1,
+            "upload",
+            None,
+            {},
+            {},
+            NOW,
+            "t",
+        )
         for lora_id, (adapter_id, number) in enumerate(versions, start=1)
     )
     adapters = (
-        AdapterRecord("a/one", None, NOW, "t", 1, pointers.get("canary"),
-                      pointers.get("percent"), 2),
+        AdapterRecord(
+            "a/one", None, NOW, "t", 1, pointers.get("canary"), pointers.get("percent"), 2
+        ),
         AdapterRecord("b/two", None, NOW, "t", 1, None, None, 1),
     )
     return ServingView(7, adapters, servable, {}, tuple(rollouts))
@@ -62,21 +81,34 @@ def test_routing_sends_the_canary_its_share(tmp_path):
     assert snapshot.resolve("a/one", draw=lambda: 0.2499).version == 2
     assert snapshot.resolve("a/one", draw=lambda: 0.25).version == 1
     assert snapshot.resolve("a/one@1", draw=lambda: 0.0).version == 1  # pinned: never diverted
-    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1",
-                                                                    "a/one@2"]
+    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1", "a/one@2"]
 
 
 def _rollout(candidate: int, baseline: int) -> RolloutRecord:
-    return RolloutRecord(1, "a/one", candidate, baseline, "active", 0, NOW, RolloutPolicy(), {},
-                         None, None, None, NOW, "t", None)
+    return RolloutRecord(
+        1,
+        "a/one",
+        candidate,
+        baseline,
+        "active",
+        0,
+        NOW,
+        RolloutPolicy(),
+        {},
+        None,
+        None,
+        None,
+        NOW,
+        "t",
+        None,
+    )
 
 
 def test_routing_keeps_both_versions_of_a_rollout_warm(tmp_path):
     view = _serving_view(rollouts=[_rollout(candidate=2, baseline=1)])  # in shadow: no canary
     snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
     assert snapshot.resolve("a/one", draw=lambda: 0.0).version == 1  # shadow: live answers
-    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1",
-                                                                    "a/one@2"]
+    assert [r.served_name for r in snapshot.routed_adapters()] == ["a/one@1", "b/two@1", "a/one@2"]
     rollout = snapshot.rollouts["a/one"]
     assert snapshot.rollout_of(snapshot.resolve("a/one@2")) is rollout
     assert snapshot.rollout_of(snapshot.resolve("a/one@1")) is rollout
@@ -92,8 +124,15 @@ def test_a_rollouts_version_that_cannot_be_served_is_not_warmed(tmp_path):
 
 def test_a_version_of_another_base_is_never_routed_and_operators_learn_why(tmp_path):
     view = _serving_view()
-    view = ServingView(view.revision, view.adapters, view.servable, {}, (),
-                       elsewhere={("a/one", 3): "f" * 64}, base="e" * 64)
+    view = ServingView(
+        view.revision,
+        view.adapters,
+        view.servable,
+        {},
+        (),
+        elsewhere={("a/one", 3): "f" * 64},
+        base="e" * 64,
+    )
     snapshot = RoutingSnapshot.from_view("base", view, lambda key: tmp_path / key)
     with pytest.raises(AdapterNotFound, match="made for another base model") as operator:
         snapshot.resolve("a/one@3")  # an operator's request

@@ -28,6 +28,7 @@ def db(database):
 
 def replica(db: Database, now: list) -> ConsoleSessions:
     """One server's view of the sessions, on a clock the test moves."""
+
     def clock():
         return now[0]
 

@@ -49,7 +49,11 @@ def test_shadow_settings_are_bounded(monkeypatch):
     monkeypatch.setenv("LORALOOP_SHADOW__QUEUE_SIZE", "5")
     shadow = ServeSettings(model="m", auth=False).shadow
     assert (shadow.queue_size, shadow.max_active_requests, shadow.concurrency) == (5, 8, 1)
-    for refused in ({"queue_size": 0}, {"concurrency": 9}, {"max_active_requests": -1},
-                    {"queue_sise": 5}):
+    for refused in (
+        {"queue_size": 0},
+        {"concurrency": 9},
+        {"max_active_requests": -1},
+        {"queue_sise": 5},
+    ):
         with pytest.raises(ValidationError, match="shadow"):
             ServeSettings(model="m", auth=False, shadow=refused)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from loraloop.adapters.db import Database
 from loraloop.adapters.prompts import StoredPrompt
-from loraloop.adapters.rollouts import RolloutBook, ShadowPair
+from loraloop.adapters.rollouts.book import RolloutBook, ShadowPair
 from loraloop.adapters.schema import ShadowComparison
 from loraloop.serve.app import build_state
 from loraloop.serve.engine.reference import ReferenceEngine
@@ -47,17 +47,22 @@ class LoggedEngine(ReferenceEngine):
 
     async def generate(self, prompt_token_ids, sampling, adapter, request_id, cache_salt=None):
         self.log.append(("begins", request_id))
-        async for delta in super().generate(prompt_token_ids, sampling, adapter, request_id,
-                                            cache_salt):
+        async for delta in super().generate(
+            prompt_token_ids, sampling, adapter, request_id, cache_salt
+        ):
             yield delta
         self.log.append(("ends", request_id))
 
 
 def shadow_results(state: ServerState) -> dict[str, float]:
     results = ("answered", "dropped_full", "dropped_busy", "dropped_stale", "failed")
-    return {result: state.metrics.registry.get_sample_value(
-        "loraloop_shadow_requests_total", {"adapter": ADAPTER, "result": result}) or 0
-        for result in results}
+    return {
+        result: state.metrics.registry.get_sample_value(
+            "loraloop_shadow_requests_total", {"adapter": ADAPTER, "result": result}
+        )
+        or 0
+        for result in results
+    }
 
 
 async def until_shadows(state: ServerState, done: int, timeout_s: float = 30) -> None:
@@ -69,15 +74,19 @@ async def until_shadows(state: ServerState, done: int, timeout_s: float = 30) ->
 
 def stored_pairs(state: ServerState) -> list[tuple]:
     with state.registry.db.reading() as session:
-        return [(row.step, row.served_version,
-                 None if row.prompt is None else StoredPrompt.from_json(row.prompt),
-                 row.candidate_answer, row.baseline_answer)
-                for row in session.scalars(select(ShadowComparison)
-                                           .order_by(ShadowComparison.id))]
+        return [
+            (
+                row.step,
+                row.served_version,
+                None if row.prompt is None else StoredPrompt.from_json(row.prompt),
+                row.candidate_answer,
+                row.baseline_answer,
+            )
+            for row in session.scalars(select(ShadowComparison).order_by(ShadowComparison.id))
+        ]
 
 
-def test_a_shadowed_request_pairs_both_versions_greedy_answers(demo_model, adapter_dirs,
-                                                               tmp_path):
+def test_a_shadowed_request_pairs_both_versions_greedy_answers(demo_model, adapter_dirs, tmp_path):
     engine = LoggedEngine(str(demo_model), max_model_len=512)
     state = build_state(server_settings(demo_model, tmp_path), engine)
 
@@ -102,10 +111,16 @@ def test_a_shadowed_request_pairs_both_versions_greedy_answers(demo_model, adapt
     assert alone[1][0] != alone[2][0]  # the versions differ, so the pair can show which is which
     assert answered == (alone[1][0], f"{ADAPTER}@1")  # shadow stage: the live version answers
     assert stored_pairs(state) == [
-        (0, 1, StoredPrompt.chat([("user", PROMPT)]), alone[2][0], alone[1][0])]
+        (0, 1, StoredPrompt.chat([("user", PROMPT)]), alone[2][0], alone[1][0])
+    ]
     events = [(what, request_id.split("-")[0]) for what, request_id in engine.log]
-    assert events == [("begins", "chatcmpl"), ("ends", "chatcmpl"),
-                      ("the user's stream ended", ""), ("begins", "shadow"), ("ends", "shadow")]
+    assert events == [
+        ("begins", "chatcmpl"),
+        ("ends", "chatcmpl"),
+        ("the user's stream ended", ""),
+        ("begins", "shadow"),
+        ("ends", "shadow"),
+    ]
     counts = state.registry.rollouts.evidence(rollout).counts
     assert counts[1]["requests"] == 1 and 2 not in counts  # shadows are no requests
     assert "errors" not in counts[1] and "empty" not in counts[1]
@@ -113,8 +128,9 @@ def test_a_shadowed_request_pairs_both_versions_greedy_answers(demo_model, adapt
 
 def test_a_full_queue_or_a_busy_engine_drops_shadows(demo_model, adapter_dirs, tmp_path):
     engine = ScriptedEngine()
-    settings = server_settings(demo_model, tmp_path, shadow={"queue_size": 1,
-                                                             "max_active_requests": 2})
+    settings = server_settings(
+        demo_model, tmp_path, shadow={"queue_size": 1, "max_active_requests": 2}
+    )
     state = build_state(settings, engine)
 
     async def scenario():
@@ -132,13 +148,19 @@ def test_a_full_queue_or_a_busy_engine_drops_shadows(demo_model, adapter_dirs, t
         return answers
 
     assert asyncio.run(scenario()) == [("v1 says hi", f"{ADAPTER}@1")] * 3
-    assert shadow_results(state) == {"answered": 1, "dropped_full": 2, "dropped_busy": 1,
-                                     "dropped_stale": 0, "failed": 0}
+    assert shadow_results(state) == {
+        "answered": 1,
+        "dropped_full": 2,
+        "dropped_busy": 1,
+        "dropped_stale": 0,
+        "failed": 0,
+    }
     assert [r.split("-")[0] for r in engine.started] == ["chatcmpl"] * 4 + ["shadow"]
 
 
 def test_a_shadow_queued_in_a_step_the_rollout_left_is_dropped_and_counted(
-        demo_model, adapter_dirs, tmp_path):
+    demo_model, adapter_dirs, tmp_path
+):
     """Its pair would be evidence for a step no longer decided: filed under the old step, it
     would never be judged, and silently so."""
     engine = ScriptedEngine()
@@ -189,7 +211,8 @@ def test_a_failing_shadow_never_touches_the_users_request(demo_model, adapter_di
     assert shadow_results(state)["failed"] == 1
     # Only the second request's pair; the candidate served it, so the user saw its answer.
     assert [pair[1:2] + pair[3:] for pair in stored_pairs(state)] == [
-        (2, "v2 says hi", "v1 says hi")]
+        (2, "v2 says hi", "v1 says hi")
+    ]
 
 
 def test_pairs_wait_for_the_registry_within_a_bound(demo_model, adapter_dirs, tmp_path):
@@ -208,8 +231,7 @@ def test_pairs_wait_for_the_registry_within_a_bound(demo_model, adapter_dirs, tm
     away.dispose()
 
 
-def test_the_server_drops_shadow_texts_past_their_retention(demo_model, adapter_dirs,
-                                                            tmp_path):
+def test_the_server_drops_shadow_texts_past_their_retention(demo_model, adapter_dirs, tmp_path):
     settings = server_settings(demo_model, tmp_path, shadow={"retention_s": 0.3})
     state = build_state(settings, ScriptedEngine())
     rollout = start_rollout(state, adapter_dirs)

@@ -35,8 +35,9 @@ def db(database, tmp_path, demo_model) -> Iterator[Database]:
 
 
 def counted(db: Database, since) -> list[tuple]:
-    return [(r.hour - since, r.version, vars(r.count))
-            for r in UsageBook(db).recent(ADAPTER, hours=2)]
+    return [
+        (r.hour - since, r.version, vars(r.count)) for r in UsageBook(db).recent(ADAPTER, hours=2)
+    ]
 
 
 def test_servers_counts_add_up_per_version_and_hour(db):
@@ -54,7 +55,8 @@ def test_servers_counts_add_up_per_version_and_hour(db):
     assert counted(db, last_hour) == [
         (timedelta(0), 1, {"requests": 2, "prompt_tokens": 30, "completion_tokens": 12}),
         (timedelta(0), 2, {"requests": 1, "prompt_tokens": 1, "completion_tokens": 1}),
-        (timedelta(hours=1), 1, {"requests": 1, "prompt_tokens": 3, "completion_tokens": 3})]
+        (timedelta(hours=1), 1, {"requests": 1, "prompt_tokens": 3, "completion_tokens": 3}),
+    ]
 
 
 def test_counts_that_could_not_be_written_go_with_the_next_write(db):
@@ -66,5 +68,6 @@ def test_counts_that_could_not_be_written_go_with_the_next_write(db):
     recorder.book = UsageBook(db)  # the registry is back
     asyncio.run(recorder.flush())
     assert counted(db, hour_of(now)) == [
-        (timedelta(0), 1, {"requests": 2, "prompt_tokens": 10, "completion_tokens": 5})]
+        (timedelta(0), 1, {"requests": 2, "prompt_tokens": 10, "completion_tokens": 5})
+    ]
     away.dispose()

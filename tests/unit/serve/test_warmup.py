@@ -14,7 +14,7 @@ import pytest
 
 from loraloop.adapters.db import Database
 from loraloop.serve.admission import AdmissionGate
-from loraloop.serve.engine.protocol import AdapterRef
+from loraloop.serve.engine.interface import AdapterRef
 from loraloop.serve.errors import AdapterUnavailable
 from loraloop.serve.metrics import ServeMetrics
 from loraloop.serve.routing import CurrentRoutes, RoutingSnapshot
@@ -65,8 +65,12 @@ def clock() -> Clock:
 
 @pytest.fixture
 def warmer(engine, clock, tmp_path) -> AdapterWarmer:
-    metrics = ServeMetrics(AdmissionGate(8), engine, CurrentRoutes(RoutingSnapshot("demo")),
-                           Database(f"sqlite:///{tmp_path / 'unused.db'}"))
+    metrics = ServeMetrics(
+        AdmissionGate(8),
+        engine,
+        CurrentRoutes(RoutingSnapshot("demo")),
+        Database(f"sqlite:///{tmp_path / 'unused.db'}"),
+    )
     return AdapterWarmer(engine, metrics, retry_failed_s=30, clock=clock)
 
 

@@ -34,8 +34,7 @@ def test_same_seed_same_bytes_other_seed_other_weights(demo_model, tmp_path):
     assert (other / weights).read_bytes() != (demo_model / weights).read_bytes()
 
 
-def test_pretraining_is_deterministic_and_the_cache_gives_the_same_bytes(tmp_path,
-                                                                         monkeypatch):
+def test_pretraining_is_deterministic_and_the_cache_gives_the_same_bytes(tmp_path, monkeypatch):
     short = DemoModelShape(pretrain_steps=3)
     built = []
     for cache in ("one", "two", "two"):  # two fresh pretrainings, then a cache hit
@@ -45,8 +44,9 @@ def test_pretraining_is_deterministic_and_the_cache_gives_the_same_bytes(tmp_pat
     for name in FILES:
         assert len({(model / name).read_bytes() for model in built}) == 1
     random_weights = build_demo_model(tmp_path / "random", shape=DemoModelShape(pretrain_steps=0))
-    assert ((random_weights / "model.safetensors").read_bytes()
-            != (built[0] / "model.safetensors").read_bytes())
+    assert (random_weights / "model.safetensors").read_bytes() != (
+        built[0] / "model.safetensors"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("base", ["demo_model", "successor_model"])
@@ -60,14 +60,22 @@ def test_answers_in_words_and_ends_its_turn(base, request):
     lengths = set()
     for _ in range(4):
         asked, _topic = question(rng)
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": asked}],
-                                            add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": asked}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
         torch.manual_seed(0)
         for sample in (False, True, True):
-            out = model.generate(ids, max_new_tokens=40, do_sample=sample, temperature=1.0,
-                                 pad_token_id=tokenizer.pad_token_id)
-            answer = tokenizer.decode(out[0, ids.shape[1]:])
+            out = model.generate(
+                ids,
+                max_new_tokens=40,
+                do_sample=sample,
+                temperature=1.0,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            answer = tokenizer.decode(out[0, ids.shape[1] :])
             assert answer.endswith(IM_END), answer
             text = answer.removesuffix(IM_END).rstrip(".")
             assert set(text.split()) <= words, answer
@@ -78,8 +86,9 @@ def test_answers_in_words_and_ends_its_turn(base, request):
 def test_a_successor_base_shares_the_tokenizer_and_nothing_else(demo_model, successor_model):
     for name in TOKENIZER_FILES:
         assert (successor_model / name).read_bytes() == (demo_model / name).read_bytes()
-    config, other = (json.loads((model / "config.json").read_text())
-                     for model in (demo_model, successor_model))
+    config, other = (
+        json.loads((model / "config.json").read_text()) for model in (demo_model, successor_model)
+    )
     for dimension in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
         assert config[dimension] != other[dimension]
 
@@ -87,8 +96,9 @@ def test_a_successor_base_shares_the_tokenizer_and_nothing_else(demo_model, succ
 def test_loads_and_generates_with_chat_template(demo_model):
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
     model = AutoModelForCausalLM.from_pretrained(demo_model)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}],
-                                        add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello"}], add_generation_prompt=True, return_dict=True
+    )["input_ids"]
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
     assert tokenizer.eos_token == IM_END
     out = model.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False)

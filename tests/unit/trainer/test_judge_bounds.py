@@ -19,8 +19,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.trainer.judges import JudgeUnavailable, judge_for
 
 PROMPT = StoredPrompt.chat([("user", "where is my order?")])
@@ -93,9 +93,18 @@ def flood(handler) -> None:
 
 
 def llm_policy(url: str, **fields):
-    return TrainingPolicy.model_validate({"judge": {
-        "kind": "llm", "url": url, "model": "m", "rubric": "r", "structured": False,
-        **fields}}).judge
+    return TrainingPolicy.model_validate(
+        {
+            "judge": {
+                "kind": "llm",
+                "url": url,
+                "model": "m",
+                "rubric": "r",
+                "structured": False,
+                **fields,
+            }
+        }
+    ).judge
 
 
 def test_a_dripping_endpoint_cannot_hold_a_call_past_its_deadline():
@@ -126,10 +135,17 @@ def test_a_huge_reply_is_abandoned_past_the_size_cap():
     assert llm.tally.abstained == {"reply too large": 1}
 
 
-@pytest.mark.parametrize("variable", ["LORALOOP_ADMIN_KEY", "LORALOOP_DATABASE_URL",
-                                      "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "DATABASE_URL"])
-def test_the_trainers_own_credentials_are_never_sent_whatever_the_allow_list(
-        variable, monkeypatch):
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "LORALOOP_ADMIN_KEY",
+        "LORALOOP_DATABASE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "PGPASSWORD",
+        "DATABASE_URL",
+    ],
+)
+def test_the_trainers_own_credentials_are_never_sent_whatever_the_allow_list(variable, monkeypatch):
     """A policy stored before the operator's allow-list was narrowed (or written to the
     registry by other means) still cannot make the judge send these."""
     monkeypatch.setenv(variable, "the-trainers-secret")
@@ -145,29 +161,41 @@ def test_a_key_outside_the_allow_list_is_refused_when_the_judge_is_built(monkeyp
     monkeypatch.setenv("JUDGE_LOOP_KEY", "for-the-judge")
     with listening(answer_verdict) as (url, server):
         with pytest.raises(JudgeUnavailable, match="LORALOOP_JUDGE_KEY_VARIABLES"):
-            judge_for(llm_policy(url, api_key_env="OPENAI_API_KEY"), None,
-                      key_variables=("JUDGE_*",))
+            judge_for(
+                llm_policy(url, api_key_env="OPENAI_API_KEY"), None, key_variables=("JUDGE_*",)
+            )
         assert server.authorizations == []
-        allowed = judge_for(llm_policy(url, api_key_env="JUDGE_LOOP_KEY"), None,
-                            key_variables=("JUDGE_*",))
+        allowed = judge_for(
+            llm_policy(url, api_key_env="JUDGE_LOOP_KEY"), None, key_variables=("JUDGE_*",)
+        )
         # "A" in both orders: answered, so the two orders disagree.
         assert allowed.compare(PROMPT, "a", "b").rationale == "the two orders disagree"
         assert server.authorizations == ["Bearer for-the-judge"] * 2
 
 
 SCHEMA_WITH_PATTERNS = {
-    "type": "object", "properties": {"code": {"type": "string", "pattern": "^([ab]+)+$"}},
-    "patternProperties": {"^([ab]+)+$": {"type": "integer"}}, "additionalProperties": False}
+    "type": "object",
+    "properties": {"code": {"type": "string", "pattern": "^([ab]+)+$"}},
+    "patternProperties": {"^([ab]+)+$": {"type": "integer"}},
+    "additionalProperties": False,
+}
 
 
-@pytest.mark.parametrize("document", [
-    {"code": "a" * 28 + "!"},  # Python's re: 10 s and doubling per character
-    {"code": "ab" * 10_000 + "!"},
-    {"ab" * 10_000 + "!": 1},  # a property name against patternProperties
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"code": "a" * 28 + "!"},  # Python's re: 10 s and doubling per character
+        {"code": "ab" * 10_000 + "!"},
+        {"ab" * 10_000 + "!": 1},  # a property name against patternProperties
+    ],
+)
 def test_schema_patterns_search_under_the_rules_time_limit(document, tokenizer):
-    rules = judge_for(TrainingPolicy.model_validate({"judge": {
-        "kind": "rules", "json_schema": SCHEMA_WITH_PATTERNS}}).judge, tokenizer)
+    rules = judge_for(
+        TrainingPolicy.model_validate(
+            {"judge": {"kind": "rules", "json_schema": SCHEMA_WITH_PATTERNS}}
+        ).judge,
+        tokenizer,
+    )
     started = time.monotonic()
     verdict = rules.score(PROMPT, json.dumps(document))
     assert time.monotonic() - started < 1
@@ -179,16 +207,19 @@ def test_schema_patterns_search_under_the_rules_time_limit(document, tokenizer):
 
 
 def test_schema_patterns_still_decide(tokenizer):
-    rules = judge_for(TrainingPolicy.model_validate({"judge": {
-        "kind": "rules", "json_schema": SCHEMA_WITH_PATTERNS}}).judge, tokenizer)
+    rules = judge_for(
+        TrainingPolicy.model_validate(
+            {"judge": {"kind": "rules", "json_schema": SCHEMA_WITH_PATTERNS}}
+        ).judge,
+        tokenizer,
+    )
     assert rules.score(PROMPT, '{"code": "abba", "ab": 3}').score == 1.0
     assert rules.score(PROMPT, '{"code": "abc"}').score == 0.5
     assert rules.score(PROMPT, '{"ab": "three"}').score == 0.5  # patternProperties applies
     assert rules.score(PROMPT, '{"other": 1}').score == 0.5  # additionalProperties: false
 
 
-def test_a_python_judges_malformed_results_are_abstentions_with_their_cause(
-        tmp_path, monkeypatch):
+def test_a_python_judges_malformed_results_are_abstentions_with_their_cause(tmp_path, monkeypatch):
     (tmp_path / "odd_judges.py").write_text(
         "import math\n"
         "def triple(prompt, completion):\n"
@@ -205,30 +236,41 @@ def test_a_python_judges_malformed_results_are_abstentions_with_their_cause(
         "    def __str__(self):\n"
         "        raise RuntimeError('no')\n"
         "def loud(prompt, completion):\n"
-        "    return 0.5, Loud()\n")
+        "    return 0.5, Loud()\n"
+    )
     monkeypatch.syspath_prepend(tmp_path)
-    expected = {"triple": "returned a 3-tuple, not (score, rationale)",
-                "text": "returned str, not a score", "nan": "score out of [0, 1]",
-                "over": "score out of [0, 1]", "unsure": "cannot tell",
-                "loud": "raised RuntimeError"}
+    expected = {
+        "triple": "returned a 3-tuple, not (score, rationale)",
+        "text": "returned str, not a score",
+        "nan": "score out of [0, 1]",
+        "over": "score out of [0, 1]",
+        "unsure": "cannot tell",
+        "loud": "raised RuntimeError",
+    }
     for name, cause in expected.items():
-        judge = judge_for(TrainingPolicy.model_validate({"judge": {
-            "kind": "python", "target": f"odd_judges:{name}"}}).judge, None)
+        judge = judge_for(
+            TrainingPolicy.model_validate(
+                {"judge": {"kind": "python", "target": f"odd_judges:{name}"}}
+            ).judge,
+            None,
+        )
         verdict = judge.score(PROMPT, "x")
         assert (verdict.score, verdict.rationale) == (None, cause), name
         assert judge.compare(PROMPT, "x", "y").winner is None
         assert judge.tally.abstained == {cause: 3}, name
 
 
-def test_a_python_judge_that_does_not_import_fails_when_built_saying_why(
-        tmp_path, monkeypatch):
-    (tmp_path / "broken_judges.py").write_text("raise RuntimeError('missing config')\n"
-                                               "def judge(p, c):\n    return 1\n")
+def test_a_python_judge_that_does_not_import_fails_when_built_saying_why(tmp_path, monkeypatch):
+    (tmp_path / "broken_judges.py").write_text(
+        "raise RuntimeError('missing config')\ndef judge(p, c):\n    return 1\n"
+    )
     (tmp_path / "plain_judges.py").write_text("judge = 3\n")
     monkeypatch.syspath_prepend(tmp_path)
-    for target, reason in [("broken_judges:judge", "RuntimeError: missing config"),
-                           ("no_such_module:judge", "ModuleNotFoundError"),
-                           ("plain_judges:judge", "is not a function")]:
+    for target, reason in [
+        ("broken_judges:judge", "RuntimeError: missing config"),
+        ("no_such_module:judge", "ModuleNotFoundError"),
+        ("plain_judges:judge", "is not a function"),
+    ]:
         policy = TrainingPolicy.model_validate({"judge": {"kind": "python", "target": target}})
         with pytest.raises(JudgeUnavailable, match=reason):
             judge_for(policy.judge, None)

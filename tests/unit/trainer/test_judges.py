@@ -9,8 +9,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import TrainingPolicy
 from loraloop.trainer.judges import JudgeUnavailable, judge_for
 
 from ...support import hanging_endpoint
@@ -23,11 +23,15 @@ def judge(fields: dict, tokenizer=None):
 
 
 def test_rules_score_the_share_of_checks_passed(tokenizer):
-    rules = judge({"kind": "rules", "max_tokens": 12, "required": [r"\border\b"],
-                   "forbidden": ["(?i)sorry"]}, tokenizer)
+    rules = judge(
+        {"kind": "rules", "max_tokens": 12, "required": [r"\border\b"], "forbidden": ["(?i)sorry"]},
+        tokenizer,
+    )
     assert rules.score(PROMPT, "your order ships today").score == 1.0
-    partly = rules.score(PROMPT, "sorry, your order is late and will come one day next week "
-                                 "or the week after that one")
+    partly = rules.score(
+        PROMPT,
+        "sorry, your order is late and will come one day next week or the week after that one",
+    )
     assert partly.score == pytest.approx(1 / 3)
     assert "max_tokens" in partly.rationale and "forbidden" in partly.rationale
     assert rules.compare(PROMPT, "sorry", "your order ships").winner == 1
@@ -35,9 +39,17 @@ def test_rules_score_the_share_of_checks_passed(tokenizer):
 
 
 def test_rules_check_json_against_a_schema(tokenizer):
-    rules = judge({"kind": "rules", "json_schema": {
-        "type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}},
-        tokenizer)
+    rules = judge(
+        {
+            "kind": "rules",
+            "json_schema": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean"}},
+            },
+        },
+        tokenizer,
+    )
     assert rules.score(PROMPT, '{"ok": true}').score == 1.0
     assert rules.score(PROMPT, '{"ok": 3}').score == 0.5
     assert rules.score(PROMPT, "not json").score == 0.0
@@ -52,15 +64,26 @@ def test_a_pattern_that_backtracks_for_ever_abstains_in_time(tokenizer):
     assert rules.tally.abstained == {"regex timeout": 1}
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"kind": "rules"}, "at least one check"),
-    ({"kind": "rules", "required": ["("]}, "not a regular expression"),
-    ({"kind": "rules", "json_schema": {"type": "nope"}}, "not a valid JSON Schema"),
-    ({"kind": "python", "target": "os.system"}, "target"),
-    ({"kind": "llm", "url": "not a url", "model": "m", "rubric": "r"}, "url"),
-    ({"kind": "llm", "url": "http://h/v1", "model": "m", "rubric": "r",
-      "api_key_env": "lower-case"}, "api_key_env"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "rules"}, "at least one check"),
+        ({"kind": "rules", "required": ["("]}, "not a regular expression"),
+        ({"kind": "rules", "json_schema": {"type": "nope"}}, "not a valid JSON Schema"),
+        ({"kind": "python", "target": "os.system"}, "target"),
+        ({"kind": "llm", "url": "not a url", "model": "m", "rubric": "r"}, "url"),
+        (
+            {
+                "kind": "llm",
+                "url": "http://h/v1",
+                "model": "m",
+                "rubric": "r",
+                "api_key_env": "lower-case",
+            },
+            "api_key_env",
+        ),
+    ],
+)
 def test_bad_judge_policies_are_refused_when_set(fields, message):
     with pytest.raises(ValidationError, match=message):
         TrainingPolicy.model_validate({"judge": fields})
@@ -74,10 +97,12 @@ def test_python_judges_are_imported_and_held_to_their_contract(tmp_path, monkeyp
         "def broken(prompt, completion):\n"
         "    raise RuntimeError('oops')\n"
         "def wild(prompt, completion):\n"
-        "    return 7\n")
+        "    return 7\n"
+    )
     monkeypatch.syspath_prepend(tmp_path)
-    assert judge({"kind": "python", "target": "my_judges:length"}).score(
-        PROMPT, "12345").score == 0.5
+    assert (
+        judge({"kind": "python", "target": "my_judges:length"}).score(PROMPT, "12345").score == 0.5
+    )
     broken = judge({"kind": "python", "target": "my_judges:broken"})
     assert broken.score(PROMPT, "x").rationale == "raised RuntimeError"
     assert judge({"kind": "python", "target": "my_judges:wild"}).score(PROMPT, "x").score is None
@@ -98,34 +123,52 @@ def llm_judge(replies, monkeypatch, **fields):
 
     from loraloop.trainer.judges.llm import LLMJudge
 
-    policy = TrainingPolicy.model_validate({"judge": {
-        "kind": "llm", "url": "http://judge.test/v1", "model": "judge-model", "rubric": "brief",
-        "api_key_env": "JUDGE_KEY", "retries": 1, **fields}}).judge
-    return LLMJudge(policy, key_variables=("JUDGE_*",),
-                    transport=httpx.MockTransport(answer)), seen
+    policy = TrainingPolicy.model_validate(
+        {
+            "judge": {
+                "kind": "llm",
+                "url": "http://judge.test/v1",
+                "model": "judge-model",
+                "rubric": "brief",
+                "api_key_env": "JUDGE_KEY",
+                "retries": 1,
+                **fields,
+            }
+        }
+    ).judge
+    return LLMJudge(policy, key_variables=("JUDGE_*",), transport=httpx.MockTransport(answer)), seen
 
 
 def test_llm_judge_asks_both_orders_and_abstains_when_they_disagree(monkeypatch):
     a_wins = '{"winner": "A", "reason": "shorter"}'
     b_wins = '{"winner": "B", "reason": "shorter"}'
-    llm, seen = llm_judge([(200, a_wins), (200, b_wins), (200, a_wins), (200, a_wins)],
-                          monkeypatch)
+    llm, seen = llm_judge([(200, a_wins), (200, b_wins), (200, a_wins), (200, a_wins)], monkeypatch)
     assert llm.compare(PROMPT, "short", "long answer").winner == 0
-    assert seen[0]["messages"][0]["content"].index("short") < \
-        seen[0]["messages"][0]["content"].index("long answer")
-    assert seen[1]["messages"][0]["content"].index("long answer") < \
-        seen[1]["messages"][0]["content"].index("short")
+    assert seen[0]["messages"][0]["content"].index("short") < seen[0]["messages"][0][
+        "content"
+    ].index("long answer")
+    assert seen[1]["messages"][0]["content"].index("long answer") < seen[1]["messages"][0][
+        "content"
+    ].index("short")
     assert seen[0]["response_format"]["type"] == "json_schema"
     assert llm.compare(PROMPT, "short", "long answer").winner is None
     assert llm.tally.abstained == {"the two orders disagree": 1}
     assert llm.name.startswith("llm:v1-") and llm.name.endswith(":judge-model")
 
 
-def test_llm_judge_counts_malformed_replies_retries_failures_and_keeps_its_budget(
-        monkeypatch):
-    llm, _ = llm_judge([(200, "I cannot decide"), (503, ""), (200, "B, because"),
-                        (200, '{"winner": "A"}'), (200, '{"score": 7, "reason": "ok"}'),
-                        (200, '{"score": 70}')], monkeypatch, max_calls=6)
+def test_llm_judge_counts_malformed_replies_retries_failures_and_keeps_its_budget(monkeypatch):
+    llm, _ = llm_judge(
+        [
+            (200, "I cannot decide"),
+            (503, ""),
+            (200, "B, because"),
+            (200, '{"winner": "A"}'),
+            (200, '{"score": 7, "reason": "ok"}'),
+            (200, '{"score": 70}'),
+        ],
+        monkeypatch,
+        max_calls=6,
+    )
     assert llm.compare(PROMPT, "x", "y").rationale == "malformed reply"
     assert llm.compare(PROMPT, "x", "y").winner == 1  # 503 retried; "B, ..." still parses
     assert llm.score(PROMPT, "x").score == 0.7
@@ -137,17 +180,34 @@ def test_llm_judge_counts_malformed_replies_retries_failures_and_keeps_its_budge
 
 def test_llm_judge_needs_its_key_in_the_environment(monkeypatch):
     monkeypatch.delenv("JUDGE_KEY", raising=False)
-    policy = TrainingPolicy.model_validate({"judge": {
-        "kind": "llm", "url": "http://judge.test/v1", "model": "m", "rubric": "r",
-        "api_key_env": "JUDGE_KEY"}}).judge
+    policy = TrainingPolicy.model_validate(
+        {
+            "judge": {
+                "kind": "llm",
+                "url": "http://judge.test/v1",
+                "model": "m",
+                "rubric": "r",
+                "api_key_env": "JUDGE_KEY",
+            }
+        }
+    ).judge
     with pytest.raises(JudgeUnavailable, match="JUDGE_KEY is not set"):
         judge_for(policy, None, key_variables=("JUDGE_*",))
 
 
 def test_a_hanging_judge_keeps_the_run_within_its_time_budget():
     with hanging_endpoint(3.0) as url:
-        llm = judge({"kind": "llm", "url": url, "model": "m", "rubric": "r", "timeout_s": 0.5,
-                     "retries": 1, "max_seconds": 2})
+        llm = judge(
+            {
+                "kind": "llm",
+                "url": url,
+                "model": "m",
+                "rubric": "r",
+                "timeout_s": 0.5,
+                "retries": 1,
+                "max_seconds": 2,
+            }
+        )
         started = time.monotonic()
         comparisons = [llm.compare(PROMPT, "a", "b") for _ in range(5)]
         elapsed = time.monotonic() - started

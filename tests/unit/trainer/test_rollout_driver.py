@@ -10,21 +10,27 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
-from loraloop.adapters.policy import TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
-from loraloop.adapters.rollouts import PairToJudge, ShadowPair
+from loraloop.adapters.rollouts.book import PairToJudge, ShadowPair
 from loraloop.adapters.schema import Rollout, utcnow
-from loraloop.trainer.judges.protocol import Comparison
-from loraloop.trainer.rollout import RolloutDriver, judge_pair
+from loraloop.adapters.training_policy import TrainingPolicy
+from loraloop.trainer.judges.interface import Comparison
+from loraloop.trainer.rollouts.driver import RolloutDriver, judge_pair
 
 ADAPTER = "acme/support"
 PROMPT = StoredPrompt.chat([("user", "tell me about the music")])
-POLICY = TrainingPolicy.model_validate({
-    "judge": {"kind": "rules", "required": ["^refund"]},
-    "rollout": {"steps": [{"percent": 0, "min_requests": 0, "min_comparisons": 7},
-                          {"percent": 20, "min_requests": 0, "min_comparisons": 7}],
-                "watch": None},
-})
+POLICY = TrainingPolicy.model_validate(
+    {
+        "judge": {"kind": "rules", "required": ["^refund"]},
+        "rollout": {
+            "steps": [
+                {"percent": 0, "min_requests": 0, "min_comparisons": 7},
+                {"percent": 20, "min_requests": 0, "min_comparisons": 7},
+            ],
+            "watch": None,
+        },
+    }
+)
 
 
 class FirstAlways:
@@ -37,23 +43,26 @@ class FirstAlways:
 
 
 def test_the_candidate_is_shown_first_and_second_in_turn():
-    verdicts = [judge_pair(FirstAlways(), PairToJudge(i, PROMPT, "refund a", "a"))[0]
-                for i in range(10)]
+    verdicts = [
+        judge_pair(FirstAlways(), PairToJudge(i, PROMPT, "refund a", "a"))[0] for i in range(10)
+    ]
     assert verdicts.count("candidate") == verdicts.count("baseline") == 5
     assert judge_pair(FirstAlways(), PairToJudge(1, PROMPT, "same", "same"))[0] == "tie"
 
 
 def feed(registry, rollout_id: int, step: int, count: int) -> None:
-    registry.rollouts.add_pairs(ShadowPair(rollout_id, step, 1, PROMPT, f"refund {i}", f"{i}")
-                                for i in range(count))
+    registry.rollouts.add_pairs(
+        ShadowPair(rollout_id, step, 1, PROMPT, f"refund {i}", f"{i}") for i in range(count)
+    )
 
 
 def test_two_drivers_never_both_drive_one_rollout(registry, three_versions, demo_model):
     three_versions.promote(ADAPTER, 1, actor="op")
     three_versions.set_policy(ADAPTER, POLICY, actor="op")
     rollout = registry.rollouts.start(ADAPTER, 2, POLICY.rollout, actor="op")
-    drivers = [RolloutDriver(registry, demo_model, worker=f"driver-{i}", lease_s=30)
-               for i in range(2)]
+    drivers = [
+        RolloutDriver(registry, demo_model, worker=f"driver-{i}", lease_s=30) for i in range(2)
+    ]
     stop = threading.Event()
 
     def drive(driver: RolloutDriver) -> None:
@@ -70,7 +79,8 @@ def test_two_drivers_never_both_drive_one_rollout(registry, three_versions, demo
             feed(registry, rollout.id, step, 8)
             deadline = time.monotonic() + 30
             while registry.rollouts.current(ADAPTER).step == step and (
-                    registry.rollouts.current(ADAPTER).status == "active"):
+                registry.rollouts.current(ADAPTER).status == "active"
+            ):
                 assert time.monotonic() < deadline, registry.rollouts.current(ADAPTER)
                 time.sleep(0.05)
     finally:
@@ -86,13 +96,13 @@ def test_two_drivers_never_both_drive_one_rollout(registry, three_versions, demo
     assert [e.kind for e in events].count("promote") == 1
 
 
-def test_a_lapsed_lease_passes_the_rollout_to_another_driver(registry, three_versions,
-                                                             demo_model):
+def test_a_lapsed_lease_passes_the_rollout_to_another_driver(registry, three_versions, demo_model):
     three_versions.promote(ADAPTER, 1, actor="op")
     three_versions.set_policy(ADAPTER, POLICY, actor="op")
     rollout = registry.rollouts.start(ADAPTER, 2, POLICY.rollout, actor="op")
-    first, second = (RolloutDriver(registry, demo_model, worker=name, lease_s=30)
-                     for name in ("first", "second"))
+    first, second = (
+        RolloutDriver(registry, demo_model, worker=name, lease_s=30) for name in ("first", "second")
+    )
     assert first.drive_once() == [] and second.drive_once() == []  # waits: no evidence
     assert registry.rollouts.current(ADAPTER).driver == "first"
     feed(registry, rollout.id, 0, 8)
@@ -106,11 +116,15 @@ def test_a_lapsed_lease_passes_the_rollout_to_another_driver(registry, three_ver
     assert advance.actor == "rollout:second" and advance.detail["decision"]["wins"] == 8
 
 
-def test_a_worse_candidate_is_rolled_back_with_the_evidence(registry, three_versions,
-                                                             demo_model):
+def test_a_worse_candidate_is_rolled_back_with_the_evidence(registry, three_versions, demo_model):
     three_versions.promote(ADAPTER, 1, actor="op")
-    forbids = POLICY.model_copy(update={"judge": TrainingPolicy.model_validate(
-        {"judge": {"kind": "rules", "forbidden": ["^refund"]}}).judge})
+    forbids = POLICY.model_copy(
+        update={
+            "judge": TrainingPolicy.model_validate(
+                {"judge": {"kind": "rules", "forbidden": ["^refund"]}}
+            ).judge
+        }
+    )
     three_versions.set_policy(ADAPTER, forbids, actor="op")
     rollout = registry.rollouts.start(ADAPTER, 2, forbids.rollout, actor="op")
     feed(registry, rollout.id, 0, 8)
@@ -123,7 +137,8 @@ def test_a_worse_candidate_is_rolled_back_with_the_evidence(registry, three_vers
 
 
 def test_a_driver_acting_on_a_record_read_before_another_moved_the_rollout_changes_nothing(
-        registry, three_versions, demo_model, monkeypatch):
+    registry, three_versions, demo_model, monkeypatch
+):
     """Driver a reads the rollouts at step 0 and is held (a slow judge elsewhere); driver b
     takes this rollout, advances it to step 1, and its lease lapses; a then takes it back
     with the record it read before. Its decision, made on step 0's evidence, must not move

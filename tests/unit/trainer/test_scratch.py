@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loraloop.adapters.leases import lease_holders
+from loraloop.adapters.leased_jobs import lease_holders
 from loraloop.trainer.scratch import remove_leftovers, scratch_dir
 
 ADAPTER, OTHER = "acme/support", "acme/sales"
@@ -36,5 +36,6 @@ def test_a_starting_trainer_removes_only_what_stopped_trainers_left(registry, th
 
     registry.training.finish(alive.run_id, "failed", reason="done")  # the last lease ends
     assert remove_leftovers(staging, worker="me", holders=holders) == sorted(
-        [Path(busy.name), unnamed])
+        [Path(busy.name), unnamed]
+    )
     assert elsewhere.exists()

@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM
 
 from loraloop.adapters.base_model import BaseModelInfo
 from loraloop.adapters.names import ADAPTER_FILES, CONFIG_FILE, WEIGHTS_FILE
-from loraloop.adapters.policy import GatePolicy, TrainingPolicy
 from loraloop.adapters.prompts import StoredPrompt
+from loraloop.adapters.training_policy import GatePolicy, TrainingPolicy
 from loraloop.adapters.validation import validate_adapter
 from loraloop.serve.cli.demo import DEMO_POLICY as DEMO_POLICY_FIELDS
 from loraloop.serve.cli.demo import MARKER, answers, user_messages
@@ -95,8 +95,13 @@ def marker_run(base_model, parent, marker_split, tmp_path_factory):
 
 def gate_run(scorer, candidate, live, held_out, result, policy=DEMO_POLICY, judge=None):
     return evaluate_candidate(
-        scorer, candidate=candidate, live=live, held_out=held_out,
-        drift_prompts=[pair.prompt for pair in held_out], train=result, policy=policy,
+        scorer,
+        candidate=candidate,
+        live=live,
+        held_out=held_out,
+        drift_prompts=[pair.prompt for pair in held_out],
+        train=result,
+        policy=policy,
         judge=judge,
     )
 
@@ -108,7 +113,7 @@ def failed_checks(report) -> set[str]:
 # --- Pairs ------------------------------------------------------------------------------------
 
 
-def test_scores_pair_best_against_worst_per_prompt():
+def test_scores_pair_every_two_answers_a_gap_apart():
     scored = [
         ScoredCompletion(text("p"), "ok", 0.5, feedback_id=3),
         ScoredCompletion(text("p"), "great", 0.9, feedback_id=1),
@@ -120,11 +125,16 @@ def test_scores_pair_best_against_worst_per_prompt():
         ScoredCompletion(text("s"), "second", 0.8, feedback_id=9),
         ScoredCompletion(text("s"), "worst", 0.2, feedback_id=7),
     ]
-    assert pairs_from_scores(scored, min_gap=0.3) == [
+    pairing = pairs_from_scores(scored, min_gap=0.3, max_per_prompt=8)
+    assert pairing.pairs == [
         PreferencePair(text("p"), "great", "bad", (1, 2)),
+        PreferencePair(text("p"), "great", "ok", (1, 3)),
+        PreferencePair(text("p"), "ok", "bad", (2, 3)),
         PreferencePair(text("s"), "first", "worst", (7, 8)),
+        PreferencePair(text("s"), "second", "worst", (7, 9)),
     ]
-    assert pairs_from_scores(scored, min_gap=0.9) == []
+    assert pairing.unpaired == {"no_gap": 2, "alone": 1}
+    assert pairs_from_scores(scored, min_gap=0.9, max_per_prompt=8).pairs == []
 
 
 def test_build_pairs_merges_duplicates_and_drops_self_preference():
@@ -136,7 +146,7 @@ def test_build_pairs_merges_duplicates_and_drops_self_preference():
         PreferencePair(chat, "b", "a", (7,)),  # the opposite preference is a different pair
     ]
     scored = [ScoredCompletion(chat, "a", 0.9, 1), ScoredCompletion(chat, "b", 0.1, 3)]
-    assert build_pairs(preferences, scored, min_score_gap=0.3) == [
+    assert build_pairs(preferences, scored, min_score_gap=0.3, max_per_prompt=8).pairs == [
         PreferencePair(chat, "a", "b", (1, 2, 3, 5)),
         PreferencePair(chat, "b", "a", (7,)),
     ]
@@ -181,8 +191,11 @@ def greedy_answers(base_model, tokenizer, adapters: dict[str, Path], prompts) ->
         model.set_adapter(name)
         for prompt in prompts:
             ids = tokenizer.apply_chat_template(
-                prompt.template_messages(), add_generation_prompt=True,
-                tokenize=True, return_dict=True, return_tensors="pt",
+                prompt.template_messages(),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
             )
             out = model.generate(**ids, max_new_tokens=8, do_sample=False)
             replies[name].append(tokenizer.decode(out[0, ids["input_ids"].shape[1] :]))
@@ -198,7 +211,8 @@ def test_marker_is_learned_on_unseen_prompts_and_promoted(
     prompts = [pair.prompt for pair in held_out]
     replies = greedy_answers(base_model, tokenizer, {"parent": parent, "new": output}, prompts)
     learned = [
-        new for old, new in zip(replies["parent"], replies["new"], strict=True)
+        new
+        for old, new in zip(replies["parent"], replies["new"], strict=True)
         if new.startswith(MARKER) and not old.startswith(MARKER)
     ]
     assert len(learned) >= 0.75 * len(held_out), replies
@@ -228,8 +242,10 @@ def test_output_is_exactly_a_valid_adapter(base_model, parent, marker_run):
     config = json.loads((output / CONFIG_FILE).read_text())
     assert config["base_model_name_or_path"] == str(base_model)
     facts = validate_adapter(
-        {name: output / name for name in ADAPTER_FILES}, BaseModelInfo.load(base_model),
-        max_rank=64, max_bytes=1 << 30,
+        {name: output / name for name in ADAPTER_FILES},
+        BaseModelInfo.load(base_model),
+        max_rank=64,
+        max_bytes=1 << 30,
     )
     assert facts.rank == 8
     assert result.trainable_parameters == sum(
@@ -293,8 +309,10 @@ def test_first_version_trains_a_fresh_lora_against_the_base(base_model, scorer, 
     assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert config["r"] == 4 and result.trainable_parameters > 0
     validate_adapter(
-        {name: tmp_path / "v1" / name for name in ADAPTER_FILES}, BaseModelInfo.load(base_model),
-        max_rank=64, max_bytes=1 << 30,
+        {name: tmp_path / "v1" / name for name in ADAPTER_FILES},
+        BaseModelInfo.load(base_model),
+        max_rank=64,
+        max_bytes=1 << 30,
     )
     assert weights_changed(None, tmp_path / "v1")
     report = gate_run(scorer, tmp_path / "v1", None, held_out, result)
@@ -325,8 +343,10 @@ def test_scorer_notices_new_weights_at_a_known_path(scorer, parent, marker_run, 
 
 
 def test_kl_is_zero_against_itself_and_positive_against_the_base(scorer, parent):
-    prompts = [StoredPrompt.chat([("user", "where is my order?")]),
-               text("the price of one book is")]
+    prompts = [
+        StoredPrompt.chat([("user", "where is my order?")]),
+        text("the price of one book is"),
+    ]
     assert scorer.mean_token_kl(parent, parent, prompts) == pytest.approx(0, abs=1e-4)
     assert scorer.mean_token_kl(parent, None, prompts) > 1.0
 
@@ -348,7 +368,8 @@ def judged_policy() -> TrainingPolicy:
 
 
 def test_the_judge_backs_a_candidate_whose_answers_changed(
-        scorer, parent, marker_split, marker_run):
+    scorer, parent, marker_split, marker_run
+):
     _, held_out = marker_split
     output, result, _ = marker_run
     policy = judged_policy()
@@ -359,10 +380,13 @@ def test_the_judge_backs_a_candidate_whose_answers_changed(
     assert report.metrics["judged_win_rate"] >= 0.75
     assert report.metrics["judged_win_rate_lower_bound"] > 0.5
     assert report.metrics["judged_wins"] + report.metrics["judged_losses"] > 0
-    # Each held-out prompt: the greedy answers and judged_samples sampled pairs.
+    # Each held-out prompt: the greedy answers, then sampled pairs until the test decided.
     prompts = len({pair.prompt for pair in held_out})
     compared = sum(report.metrics[f"judged_{n}"] for n in ("wins", "losses", "undecided"))
-    assert compared == prompts * (1 + policy.gate.judged_samples)
+    draws = report.metrics["judged_draws"]
+    assert compared == report.metrics["judged_comparisons"] == prompts * draws
+    assert draws < 1 + policy.gate.judged_samples  # decided before the budget ran out
+    assert report.metrics["judged_log_lr_better"] >= report.metrics["judged_threshold"]
 
 
 def test_sampled_answers_repeat_with_their_seed_and_differ_across_seeds(scorer, parent):
@@ -374,18 +398,27 @@ def test_sampled_answers_repeat_with_their_seed_and_differ_across_seeds(scorer, 
 
 
 def test_likelihoods_that_improve_without_the_answers_are_rejected(
-        base_model, parent, scorer, marker_split, tmp_path):
+    base_model, parent, scorer, marker_split, tmp_path
+):
     """A light touch of training on the marker pairs: held-out margins move the preferred
     way, but not one answer (greedy or sampled) starts with the marker, so the judge finds
     nothing to prefer."""
     train, held_out = marker_split
     light = TrainingPolicy.model_validate(
-        {**DEMO_POLICY_FIELDS, "learning_rate": 1e-3, "epochs": 1, "judge": MARKER_FIRST})
+        {**DEMO_POLICY_FIELDS, "learning_rate": 1e-3, "epochs": 1, "judge": MARKER_FIRST}
+    )
     result = train_dpo(base_model, parent, train, light, tmp_path / "v2")
     unjudged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light)
     assert unjudged.metrics["heldout_margin"] > unjudged.metrics["heldout_margin_live"]
-    judged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light,
-                      judge=judge_for(light.judge, scorer.tokenizer))
+    judged = gate_run(
+        scorer,
+        tmp_path / "v2",
+        parent,
+        held_out,
+        result,
+        light,
+        judge=judge_for(light.judge, scorer.tokenizer),
+    )
     assert not judged.passed
     assert {"judged_win_rate_min", "judged_win_rate_significant"} <= failed_checks(judged)
     assert "judged_win_rate_min" in judged.failures()
@@ -393,16 +426,28 @@ def test_likelihoods_that_improve_without_the_answers_are_rejected(
 
 
 def test_a_hanging_judge_ends_the_gate_in_time_with_the_reason(
-        scorer, parent, marker_split, marker_run):
+    scorer, parent, marker_split, marker_run
+):
     """An LLM judge whose endpoint never answers in time: every comparison is undecided,
     the gate finishes within the judge's time budget and rejects, saying so."""
     _, held_out = marker_split
     output, result, _ = marker_run
     with hanging_endpoint(2.0) as url:
-        policy = TrainingPolicy.model_validate({**DEMO_POLICY_FIELDS, "judge": {
-            "kind": "llm", "url": url, "model": "m", "rubric": "r", "timeout_s": 0.3,
-            "retries": 0, "max_seconds": 1.5}, "gate": {**DEMO_POLICY_FIELDS["gate"],
-                                                       "judged_samples": 0}})
+        policy = TrainingPolicy.model_validate(
+            {
+                **DEMO_POLICY_FIELDS,
+                "judge": {
+                    "kind": "llm",
+                    "url": url,
+                    "model": "m",
+                    "rubric": "r",
+                    "timeout_s": 0.3,
+                    "retries": 0,
+                    "max_seconds": 1.5,
+                },
+                "gate": {**DEMO_POLICY_FIELDS["gate"], "judged_samples": 0},
+            }
+        )
         judge = judge_for(policy.judge, scorer.tokenizer)
         started = time.monotonic()
         report = gate_run(scorer, output, parent, held_out, result, policy, judge=judge)
@@ -421,17 +466,26 @@ def test_a_hanging_judge_ends_the_gate_in_time_with_the_reason(
 def longer_preferred(pair: PreferencePair) -> PreferencePair:
     """The marker pair with its preferred answer twice as long: less probable for every
     version, so held-out accuracy says little about what the judge rewards."""
-    return PreferencePair(pair.prompt, f"{pair.chosen} {pair.rejected}", pair.rejected,
-                          pair.feedback_ids)
+    return PreferencePair(
+        pair.prompt, f"{pair.chosen} {pair.rejected}", pair.rejected, pair.feedback_ids
+    )
 
 
 def test_a_significant_judged_win_is_promoted_below_the_accuracy_floor(
-        scorer, parent, marker_split, marker_run):
+    scorer, parent, marker_split, marker_run
+):
     _, held_out = marker_split
     output, result, _ = marker_run
     policy = judged_policy()
-    report = gate_run(scorer, output, parent, [longer_preferred(p) for p in held_out], result,
-                      policy, judge=judge_for(policy.judge, scorer.tokenizer))
+    report = gate_run(
+        scorer,
+        output,
+        parent,
+        [longer_preferred(p) for p in held_out],
+        result,
+        policy,
+        judge=judge_for(policy.judge, scorer.tokenizer),
+    )
     assert report.metrics["heldout_accuracy"] < policy.gate.min_accuracy  # the old veto
     assert report.metrics["judged_win_rate_lower_bound"] > 0.5
     assert report.passed and report.promote, report.failures()
@@ -439,14 +493,22 @@ def test_a_significant_judged_win_is_promoted_below_the_accuracy_floor(
 
 
 def test_a_significant_drop_in_held_out_accuracy_vetoes_a_judged_win(
-        scorer, parent, marker_split, marker_run):
+    scorer, parent, marker_split, marker_run
+):
     """Held-out pairs that prefer answers without the marker: the candidate now orders them
     wrong where the live version ordered them right, whatever the judge says."""
     _, held_out = marker_split
     output, result, _ = marker_run
     policy = judged_policy()
-    report = gate_run(scorer, output, parent, [swapped(p) for p in held_out], result, policy,
-                      judge=judge_for(policy.judge, scorer.tokenizer))
+    report = gate_run(
+        scorer,
+        output,
+        parent,
+        [swapped(p) for p in held_out],
+        result,
+        policy,
+        judge=judge_for(policy.judge, scorer.tokenizer),
+    )
     assert report.metrics["judged_win_rate_lower_bound"] > 0.5
     assert not report.promote
     assert "heldout_accuracy_not_worse" in failed_checks(report), report.failures()
@@ -458,7 +520,7 @@ class AnswersTwice:
 
     def answers(self, adapter, prompts, max_new_tokens=32, *, temperature=0.0, seed=0):
         words = answers(4 * len(prompts), seed=seed + 1)  # a few words each
-        texts = [" ".join(words[4 * i:4 * i + 4]) for i in range(len(prompts))]
+        texts = [" ".join(words[4 * i : 4 * i + 4]) for i in range(len(prompts))]
         return [f"{t} {t}" if adapter == "candidate" else t for t in texts]
 
 
@@ -474,19 +536,20 @@ class PrefersLonger:
 def test_a_candidate_that_only_answers_longer_does_not_win_the_length_controlled_comparison():
     policy = judged_policy()
     held_out = marker_pairs(12, seed=3)
-    judged = judge_answers(AnswersTwice(), PrefersLonger(), "candidate", "live", held_out,
-                           policy)
+    judged = judge_answers(AnswersTwice(), PrefersLonger(), "candidate", "live", held_out, policy)
     assert judged.wins == judged.compared and judged.losses == 0  # raw: longer always wins
     assert judged.longer_wins == judged.wins and judged.decided == 0
     assert judged.candidate_words == pytest.approx(2 * judged.live_words)
     failures = {c.name for c in judged_checks(judged, policy, "prefers-longer") if not c.passed}
     assert failures == {"judged_win_rate_min", "judged_win_rate_significant"}
-    raw = policy.model_copy(update={"gate": policy.gate.model_copy(
-        update={"length_control": False})})
-    uncontrolled = judge_answers(AnswersTwice(), PrefersLonger(), "candidate", "live",
-                                 held_out, raw)
-    assert uncontrolled.decided == judged.wins and uncontrolled.win_rate == 1.0
+    raw = policy.model_copy(
+        update={"gate": policy.gate.model_copy(update={"length_control": False})}
+    )
+    uncontrolled = judge_answers(
+        AnswersTwice(), PrefersLonger(), "candidate", "live", held_out, raw
+    )
+    assert uncontrolled.win_rate == 1.0
+    assert uncontrolled.verdict(raw.gate.confidence_z) == "better"
     capped = raw.gate.model_copy(update={"max_length_ratio": 1.5})
-    checks = judged_checks(uncontrolled, raw.model_copy(update={"gate": capped}),
-                           "prefers-longer")
+    checks = judged_checks(uncontrolled, raw.model_copy(update={"gate": capped}), "prefers-longer")
     assert {c.name for c in checks if not c.passed} == {"length_ratio_max"}

@@ -29,7 +29,7 @@ from loraloop.serve.cli.demo import MARKER
 from loraloop.trainer.demo_model import DemoModelShape, build_demo_model
 from loraloop.trainer.evaluate import weights_changed
 from loraloop.trainer.rendering import prompt_ids
-from loraloop.trainer.transfer import (
+from loraloop.trainer.transfers.distillation import (
     TokenizerMismatch,
     TransferSettings,
     check_same_tokenizer,
@@ -61,8 +61,15 @@ def prompts() -> tuple[list[StoredPrompt], list[StoredPrompt]]:
 def transfer(demo_model, marker_teacher, successor_model, prompts, tmp_path_factory):
     progress: list[dict] = []
     output = tmp_path_factory.mktemp("transfer") / "v1"
-    result = distill(demo_model, marker_teacher, successor_model, prompts[0], SETTINGS, output,
-                     progress=progress.append)
+    result = distill(
+        demo_model,
+        marker_teacher,
+        successor_model,
+        prompts[0],
+        SETTINGS,
+        output,
+        progress=progress.append,
+    )
     return output, result, progress
 
 
@@ -75,8 +82,9 @@ def first_tokens(base: Path, adapter: Path | None, prompts: list[StoredPrompt]) 
     firsts = []
     with torch.no_grad():
         for prompt in prompts:
-            ids = tokenizer.apply_chat_template(prompt.template_messages(),
-                                                add_generation_prompt=True, return_dict=True)
+            ids = tokenizer.apply_chat_template(
+                prompt.template_messages(), add_generation_prompt=True, return_dict=True
+            )
             firsts.append(int(model(torch.tensor([ids["input_ids"]])).logits[0, -1].argmax()))
     return firsts
 
@@ -88,18 +96,29 @@ def share_equal(ours: list[int], theirs: list[int]) -> float:
 # --- Tokenizers ---------------------------------------------------------------------------
 
 
-def test_bases_of_another_vocabulary_are_refused_before_any_work(demo_model, marker_teacher,
-                                                                  tmp_path):
-    other = build_demo_model(tmp_path / "other", shape=DemoModelShape(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        pretrain_steps=0))
+def test_bases_of_another_vocabulary_are_refused_before_any_work(
+    demo_model, marker_teacher, tmp_path
+):
+    other = build_demo_model(
+        tmp_path / "other",
+        shape=DemoModelShape(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            pretrain_steps=0,
+        ),
+    )
     sizes = [len(AutoTokenizer.from_pretrained(base)) for base in (demo_model, other)]
     assert sizes[0] != sizes[1]
-    with pytest.raises(TokenizerMismatch,
-                       match=rf"^the bases do not share a tokenizer: vocabulary {sizes[0]} vs "
-                             rf"{sizes[1]} tokens; \d+ tokens have another id or none"):
-        distill(demo_model, marker_teacher, other, [chat("hi"), chat("bye")], SETTINGS,
-                tmp_path / "out")
+    with pytest.raises(
+        TokenizerMismatch,
+        match=rf"^the bases do not share a tokenizer: vocabulary {sizes[0]} vs "
+        rf"{sizes[1]} tokens; \d+ tokens have another id or none",
+    ):
+        distill(
+            demo_model, marker_teacher, other, [chat("hi"), chat("bye")], SETTINGS, tmp_path / "out"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -134,8 +153,11 @@ def _with_tokenizer_json(demo_model: Path, target: Path, change) -> Path:
 
 def test_a_prefix_space_in_the_pre_tokenizer_is_named(demo_model, tmp_path):
     """Same vocabulary, same special tokens, same template: other ids for the same text."""
-    copy = _with_tokenizer_json(demo_model, tmp_path / "copy",
-                                lambda saved: saved["pre_tokenizer"].update(add_prefix_space=True))
+    copy = _with_tokenizer_json(
+        demo_model,
+        tmp_path / "copy",
+        lambda saved: saved["pre_tokenizer"].update(add_prefix_space=True),
+    )
     message = refusal(demo_model, copy)
     assert "the pre-tokenizers differ" in message
     assert "'hello world' encodes to" in message
@@ -159,7 +181,8 @@ def test_bases_of_one_family_pass(demo_model, successor_model):
 
 
 def test_teacher_continuations_are_greedy_then_sampled_and_end_after_a_stop(
-        demo_model, marker_teacher, prompts):
+    demo_model, marker_teacher, prompts
+):
     settings = TransferSettings(continuation_tokens=12, samples_per_prompt=3, seed=5)
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
     base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
@@ -168,8 +191,9 @@ def test_teacher_continuations_are_greedy_then_sampled_and_end_after_a_stop(
 
     rows = teacher_continuations(model, tokenizer, few, settings)
 
-    assert [ids for ids, _ in rows] == [tuple(prompt_ids(tokenizer, p)) for p in few
-                                        for _ in range(per_prompt)]
+    assert [ids for ids, _ in rows] == [
+        tuple(prompt_ids(tokenizer, p)) for p in few for _ in range(per_prompt)
+    ]
     for _, tokens in rows:  # cut after the first stop token, else at the most tokens
         assert stop not in tokens[:-1] and (tokens[-1] == stop or len(tokens) == 12), tokens
     with torch.no_grad():  # each prompt's first row is the teacher's greedy answer
@@ -178,8 +202,10 @@ def test_teacher_continuations_are_greedy_then_sampled_and_end_after_a_stop(
             assert tuple(logits.argmax(-1).tolist()) == tokens
     assert len({tokens for _, tokens in rows}) > len(few)  # the others are drawn
     # Each prompt's draws are its own: the last prompt alone, at its index, draws the same.
-    assert teacher_continuations(model, tokenizer, few[2:], settings, first_index=2) == (
-        rows[2 * per_prompt :])
+    assert (
+        teacher_continuations(model, tokenizer, few[2:], settings, first_index=2)
+        == (rows[2 * per_prompt :])
+    )
 
 
 class _TableModel(torch.nn.Module):
@@ -207,8 +233,7 @@ def test_measure_follows_the_teacher_along_its_continuations():
     same = measure(_TableModel(teacher), _TableModel(teacher), rows, vocab=vocab, batch_size=2)
     assert (same.mean_kl, same.agreement, same.positions) == (pytest.approx(0.0), 1.0, 6)
 
-    uniform = measure(_TableModel(teacher), _TableModel(student), rows, vocab=vocab,
-                      batch_size=2)
+    uniform = measure(_TableModel(teacher), _TableModel(student), rows, vocab=vocab, batch_size=2)
     p = teacher[0, :vocab].softmax(-1)
     assert uniform.mean_kl == pytest.approx(float((p * p.log()).sum()) + math.log(vocab))
     # The uniform student's top token is 0, the teacher's after token 3 (the positions
@@ -220,7 +245,8 @@ def test_measure_follows_the_teacher_along_its_continuations():
 
 
 def test_the_habit_carries_to_the_new_base_on_unseen_prompts(
-        demo_model, successor_model, marker_teacher, prompts, transfer):
+    demo_model, successor_model, marker_teacher, prompts, transfer
+):
     output, _, _ = transfer
     unseen = prompts[1]
     marker = AutoTokenizer.from_pretrained(demo_model).convert_tokens_to_ids(MARKER)
@@ -273,26 +299,30 @@ def test_output_is_exactly_a_valid_adapter_for_the_new_base(successor_model, tra
     assert config["base_model_name_or_path"] == str(successor_model)
     assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
     facts = validate_adapter(
-        {name: output / name for name in ADAPTER_FILES}, BaseModelInfo.load(successor_model),
-        max_rank=64, max_bytes=1 << 30,
+        {name: output / name for name in ADAPTER_FILES},
+        BaseModelInfo.load(successor_model),
+        max_rank=64,
+        max_bytes=1 << 30,
     )
     assert facts.rank == SETTINGS.rank
     assert weights_changed(None, output)
 
 
 def test_same_seed_same_bytes_and_zero_epochs_keep_the_fresh_lora(
-        demo_model, marker_teacher, successor_model, prompts, tmp_path):
+    demo_model, marker_teacher, successor_model, prompts, tmp_path
+):
     few = prompts[0][:6]
     quick = TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=1)
     runs = {
-        "once": quick, "again": quick,
-        "reseeded": TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=1,
-                                     seed=1),
+        "once": quick,
+        "again": quick,
+        "reseeded": TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=1, seed=1),
         "untrained": TransferSettings(continuation_tokens=6, samples_per_prompt=1, epochs=0),
     }
-    results = {name: distill(demo_model, marker_teacher, successor_model, few, settings,
-                             tmp_path / name)
-               for name, settings in runs.items()}
+    results = {
+        name: distill(demo_model, marker_teacher, successor_model, few, settings, tmp_path / name)
+        for name, settings in runs.items()
+    }
     weights = {name: (tmp_path / name / WEIGHTS_FILE).read_bytes() for name in runs}
     assert weights["once"] == weights["again"] != weights["reseeded"]
     assert results["once"].transferred == results["again"].transferred

@@ -1,0 +1,1 @@
+"""Rollouts in the registry: their book, servers' counts, shadow comparisons' texts."""

@@ -1,0 +1,1 @@
+"""Transfers, trainer side: distilling an adapter onto another base, and the job runner."""
