@@ -192,7 +192,8 @@ def test_preferences_become_a_promoted_version_and_rollback_restores(
 
 def test_judge_scores_alone_make_pairs_and_a_version(vllm_server, trainer, admin, adapter_dirs):
     adapter = "loop/judged"
-    # 30 prompts with three scores each: 30 pairs, best vs worst, once every prompt has both
+    # 30 prompts with three scores each. At the default score_gap (0.3), 0.9 pairs with 0.2
+    # and with 0.4, while 0.4 and 0.2 are too close: 60 pairs.
     new_adapter(admin, adapter, adapter_dirs["acme/sales"], min_pairs=30)
     lines = []
     for message, answer in zip(user_messages(30, seed=11), answers(30, seed=11), strict=True):
@@ -214,7 +215,7 @@ def test_judge_scores_alone_make_pairs_and_a_version(vllm_server, trainer, admin
     send_batch(vllm_server, lines)
     run = wait_for_run(admin, adapter, trainer)
     assert run["status"] in ("promoted", "rejected", "candidate"), run
-    assert run["pairs"] == 30 and run["candidate_version"] == 2  # best vs worst per prompt
+    assert run["pairs"] == 60 and run["candidate_version"] == 2
     assert admin.show_version(adapter, 2)["source"] == "trainer"
 
 

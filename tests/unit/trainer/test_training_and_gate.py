@@ -405,7 +405,13 @@ def test_likelihoods_that_improve_without_the_answers_are_rejected(
     nothing to prefer."""
     train, held_out = marker_split
     light = TrainingPolicy.model_validate(
-        {**DEMO_POLICY_FIELDS, "learning_rate": 1e-3, "epochs": 1, "judge": MARKER_FIRST}
+        {
+            **DEMO_POLICY_FIELDS,
+            "learning_rate": 1e-3,
+            "epochs": 1,
+            "min_steps": 1,
+            "judge": MARKER_FIRST,
+        }
     )
     result = train_dpo(base_model, parent, train, light, tmp_path / "v2")
     unjudged = gate_run(scorer, tmp_path / "v2", parent, held_out, result, light)
