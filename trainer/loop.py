@@ -52,8 +52,8 @@ class TrainerLoop:
     ) -> None:
         self.training, self.worker, self.poll_s = registry.training, worker, poll_s
         self.transfers = transfers  # transfer jobs, run when no training is due
-        self.stopping = stopping or threading.Event()  # set: no new run, the one under way
-        # stops at its next step
+        # Once set: no new run starts, and the one under way stops at its next step.
+        self.stopping = stopping or threading.Event()
         self._rests = Backoff(poll_s)  # adapters whose last look or run failed
         self._next_schedule = 0.0  # monotonic time of the next look for scheduled runs
         self.runs = TrainingRunner(
